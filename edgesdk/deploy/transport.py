@@ -1,0 +1,309 @@
+"""SSH transport on paramiko: keys only, host keys always checked, timeouts everywhere, quoted argv.
+
+paramiko's exceptions are translated here, at the boundary, into edgesdk's RemoteError tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from edgesdk.errors import InputError, RemoteError
+
+# Terrapin (CVE-2023-48795): strict kex protects only against servers that speak it
+# (OpenSSH >= 9.6). Older boards run older OpenSSH or Dropbear, so refuse the
+# affected modes: CBC ciphers and encrypt-then-MAC MACs (paramiko has no chacha20).
+TERRAPIN_DISABLED = {
+    "ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"],
+    "macs": [
+        "hmac-sha2-256-etm@openssh.com",
+        "hmac-sha2-512-etm@openssh.com",
+        "hmac-sha1-etm@openssh.com",
+        "hmac-md5-etm@openssh.com",
+    ],
+}
+
+
+class HostKeyError(RemoteError):
+    """The board's host key is unknown or does not match: no command was sent."""
+
+
+class ConnectError(RemoteError):
+    """The board could not be reached or refused our key."""
+
+
+class RemoteCommandError(RemoteError):
+    """A command on the board exited non-zero or timed out."""
+
+    def __init__(self, argv: list[str], returncode: int | None, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        status = "timed out" if returncode is None else f"exited with {returncode}"
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        super().__init__(f"remote command {shlex.join(argv)} {status}\n{tail}")
+
+
+def fingerprint_sha256(key_blob: bytes) -> str:
+    """OpenSSH-style fingerprint of a public key blob: 'SHA256:<base64, no padding>'."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to reach a board. Settings are checked at construction."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    accept_new: bool = False
+    fingerprint: str | None = None
+    connect_timeout: float = 10.0
+    command_timeout: float = 120.0
+    keepalive: int = 15
+
+    def __post_init__(self) -> None:
+        if not self.host or any(c in self.host for c in " \n\t;$`'\""):
+            raise InputError(f"bad host name {self.host!r}")
+        if not (0 < self.port < 65536):
+            raise InputError(f"bad port {self.port} for host {self.host}")
+        if self.fingerprint is not None and not self.fingerprint.startswith("SHA256:"):
+            raise InputError(f"--fingerprint must look like SHA256:..., got {self.fingerprint!r}")
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @classmethod
+    def parse(cls, spec: str, **kw: object) -> SSHTarget:
+        """Parse 'user@host[:port]', honouring ~/.ssh/config Host aliases."""
+        user, _, hostport = spec.rpartition("@")
+        host, port = hostport, None
+        if hostport.count(":") == 1:
+            host, p = hostport.split(":")
+            try:
+                port = int(p)
+            except ValueError as exc:
+                raise InputError(f"bad port in {spec!r}") from exc
+        cfg = _ssh_config_lookup(host)
+        real_host = cfg.get("hostname", host)
+        args: dict[str, object] = {"host": real_host}
+        args["port"] = port or int(cfg.get("port", 22))
+        args["user"] = user or cfg.get("user", "root")
+        if "identityfile" in cfg and "identity" not in kw:
+            args["identity"] = Path(cfg["identityfile"][0]).expanduser()
+        args.update(kw)
+        return cls(**args)  # type: ignore[arg-type]
+
+
+def _ssh_config_lookup(alias: str) -> dict:
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return {}
+    import paramiko
+
+    try:
+        return dict(paramiko.SSHConfig.from_path(str(path)).lookup(alias))
+    except Exception as exc:  # a broken config is the user's to fix, with the file named
+        raise InputError(f"{path}: cannot parse: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class SSHConnection:
+    """A lazily opened, idempotently closed SSH connection to one board."""
+
+    target: SSHTarget
+    _client: object | None = field(default=None, init=False, repr=False)
+
+    def __enter__(self) -> SSHConnection:
+        self.connect()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._client is not None:
+            return
+        import paramiko
+
+        t = self.target
+        client = paramiko.SSHClient()
+        known = t.known_hosts or Path.home() / ".ssh" / "known_hosts"
+        if known.is_file():
+            try:
+                client.load_host_keys(str(known))
+            except Exception as exc:
+                raise InputError(f"{known}: cannot read known_hosts: {exc}") from exc
+        client.set_missing_host_key_policy(_EnrollPolicy(t, known))
+        pkey = None
+        if t.identity is not None:
+            pkey = _load_key(t.identity)
+        try:
+            client.connect(
+                t.host,
+                port=t.port,
+                username=t.user,
+                pkey=pkey,
+                allow_agent=False,
+                look_for_keys=pkey is None,
+                timeout=t.connect_timeout,
+                banner_timeout=t.connect_timeout,
+                auth_timeout=t.connect_timeout,
+                channel_timeout=t.connect_timeout,
+                disabled_algorithms=TERRAPIN_DISABLED,
+            )
+        except HostKeyError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"host key of {t.known_hosts_name} does not match {known}: expected "
+                f"{fingerprint_sha256(exc.expected_key.asbytes())}, got {fingerprint_sha256(exc.key.asbytes())}. "
+                "Nothing was sent. If the board was reinstalled, remove its line from known_hosts."
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise ConnectError(f"{t.user}@{t.known_hosts_name}: key authentication failed ({exc})") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            raise ConnectError(f"cannot connect to {t.user}@{t.known_hosts_name}: {exc}") from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(t.keepalive)
+        self._client = client
+
+    @property
+    def client(self):  # paramiko.SSHClient
+        self.connect()
+        return self._client
+
+    def run(
+        self, argv: list[str], *, timeout: float | None = None, stdin: bytes | None = None, check: bool = True
+    ) -> CommandResult:
+        """Run one command, given as an argv list; every word is shell-quoted."""
+        if isinstance(argv, str) or not argv:
+            raise TypeError("run() takes a non-empty argv list, never a shell string")
+        cmd = shlex.join(argv)
+        limit = timeout if timeout is not None else self.target.command_timeout
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.target.connect_timeout)
+            chan.settimeout(limit)
+            chan.exec_command(cmd)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = _drain(chan, limit)
+            rc = chan.recv_exit_status()
+            chan.close()
+        except (socket.timeout, TimeoutError) as exc:
+            raise RemoteCommandError(argv, None, f"no answer within {limit:.0f}s") from exc
+        except Exception as exc:
+            import paramiko
+
+            if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
+                raise ConnectError(f"connection to {self.target.known_hosts_name} lost: {exc}") from exc
+            raise
+        res = CommandResult(argv, rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        if check and rc != 0:
+            raise RemoteCommandError(argv, rc, res.stderr or res.stdout)
+        return res
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+
+def _drain(chan, limit: float) -> tuple[bytes, bytes]:
+    """Read stdout and stderr together until the command exits; socket.timeout on a stall."""
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + limit
+    while True:
+        if chan.recv_ready():
+            out += chan.recv(1 << 16)
+            continue
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+            continue
+        if chan.exit_status_ready() or chan.eof_received:
+            if not chan.recv_ready() and not chan.recv_stderr_ready():
+                if chan.exit_status_ready():
+                    break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("command did not finish in time")
+        select.select([chan], [], [], min(remaining, 1.0))
+    return bytes(out), bytes(err)
+
+
+def _load_key(path: Path):
+    import paramiko
+
+    if not path.is_file():
+        raise InputError(f"identity file {path} does not exist")
+    errors = []
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key_file(str(path))
+        except paramiko.PasswordRequiredException as exc:
+            raise InputError(f"identity {path} is passphrase-protected; load it in a key file without one") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(f"{cls.__name__}: {exc}")
+    raise InputError(f"identity {path} is not a private key paramiko can read ({'; '.join(errors)})")
+
+
+class _EnrollPolicy:
+    """Unknown host keys are refused, unless the user enrolled them (accept-new or a fingerprint)."""
+
+    def __init__(self, target: SSHTarget, known_hosts: Path) -> None:
+        self.target = target
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        fp = fingerprint_sha256(key.asbytes())
+        t = self.target
+        if t.fingerprint is not None:
+            if fp != t.fingerprint:
+                raise HostKeyError(f"host key of {hostname} is {fp}, not the expected {t.fingerprint}. Nothing was sent.")
+        elif not t.accept_new:
+            raise HostKeyError(
+                f"unknown host {hostname} (key {key.get_name()} {fp}); refused. Verify the fingerprint on the board "
+                "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then pass --fingerprint "
+                f"{fp} or --accept-new."
+            )
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+__all__ = [
+    "CommandResult",
+    "ConnectError",
+    "HostKeyError",
+    "RemoteCommandError",
+    "SSHConnection",
+    "SSHTarget",
+    "fingerprint_sha256",
+]

@@ -1,0 +1,269 @@
+"""What this machine has for edgesdk: toolchains, engines and external tools, each with a version or a fix."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edgesdk.boards import BoardProfile, list_boards
+from edgesdk.errors import ProfileError
+from edgesdk.paths import toolchain_venv
+from edgesdk.toolchains.spec import Tool, ToolchainSpec, get_op_table, list_toolchains
+
+Status = Literal["ok", "missing", "broken", "n/a"]
+
+#: Python engines edgesdk.runtime can drive: engine id -> (import names in order, pip hint).
+ENGINE_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
+    "ncnn": (("ncnn",), "pip install ncnn"),
+    "mnn": (("MNN",), "pip install MNN"),
+    "tflite": (("ai_edge_litert", "tflite_runtime"), "pip install ai-edge-litert  (or tflite-runtime)"),
+    "onnxruntime": (("onnxruntime",), "pip install onnxruntime"),
+    "edgetpu": (("pycoral",), "on the board: apt-get install libedgetpu1-std python3-pycoral (Coral apt repo)"),
+    "vart": (("vart",), "on the board: the Vitis AI runtime (VART) from the Kria Ubuntu image / Vitis AI"),
+    "bpu": (("hobot_dnn",), "on the board: the RDK X3 image ships hobot_dnn (pyeasy_dnn)"),
+    "nnie": ((), "no Python API: NNIE runs through the C runner built with the HiSilicon SDK (see cross/)"),
+}
+#: Distribution names, for reading versions without importing.
+_DISTS = {"MNN": "MNN", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "pycoral": "pycoral"}
+
+#: External tools and how to get each.
+EXTERNAL_TOOLS: list[tuple[str, list[str], str, str]] = [
+    # (name, version argv, regex, install hint)
+    ("qemu-aarch64-static", ["qemu-aarch64-static", "--version"], r"version ([\d.]+)", "apt-get install qemu-user-static binfmt-support"),
+    ("qemu-arm-static", ["qemu-arm-static", "--version"], r"version ([\d.]+)", "apt-get install qemu-user-static binfmt-support"),
+    ("debootstrap", ["debootstrap", "--version"], r"debootstrap ([\d.a-z+~-]+)", "apt-get install debootstrap"),
+    ("sshd", ["sshd", "-V"], r"OpenSSH_([\w.]+)", "apt-get install openssh-server"),
+    ("ssh", ["ssh", "-V"], r"OpenSSH_([\w.]+)", "apt-get install openssh-client"),
+    ("cmake", ["cmake", "--version"], r"version ([\d.]+)", "apt-get install cmake"),
+    ("aarch64-linux-gnu-gcc", ["aarch64-linux-gnu-gcc", "--version"], r"\) ([\d.]+)", "apt-get install g++-aarch64-linux-gnu"),
+    ("arm-linux-gnueabihf-gcc", ["arm-linux-gnueabihf-gcc", "--version"], r"\) ([\d.]+)", "apt-get install g++-arm-linux-gnueabihf"),
+    ("docker", ["docker", "--version"], r"version ([\d.]+)", "install Docker Engine (vendor toolchain containers only)"),
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    category: Literal["package", "board-data", "toolchain", "engine", "tool", "emulation"]
+    name: str
+    status: Status
+    version: str | None = None
+    detail: str | None = None
+    fix: str | None = None
+    component: str | None = None  # e.g. the toolchain a tool belongs to
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+    host: dict[str, str] = field(default_factory=dict)
+    board: str | None = None
+
+    @property
+    def broken(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "broken"]
+
+    @property
+    def ok(self) -> bool:
+        """False only for a broken install; missing optional things are fine."""
+        return not self.broken
+
+    def to_dict(self) -> dict:
+        return {
+            "board": self.board,
+            "host": self.host,
+            "ok": self.ok,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def _run_version(argv: list[str], regex: str | None, timeout: float = 20) -> tuple[Status, str | None, str | None]:
+    exe = shutil.which(argv[0]) if "/" not in argv[0] else (argv[0] if Path(argv[0]).exists() else None)
+    if exe is None:
+        return "missing", None, None
+    try:
+        res = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "broken", None, f"{exe} does not run: {exc}"
+    text = (res.stdout or "") + (res.stderr or "")
+    if regex:
+        m = re.search(regex, text)
+        if m:
+            return "ok", m.group(1), exe
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    # Many tools print usage and exit non-zero for a version flag; a found binary that
+    # prints anything is installed.
+    if first:
+        return "ok", first[:60], exe
+    if res.returncode != 0:
+        return "broken", None, f"{exe} exited {res.returncode} with no output"
+    return "ok", None, exe
+
+
+def _module_version(mod: str) -> tuple[Status, str | None, str | None]:
+    if importlib.util.find_spec(mod) is None:
+        return "missing", None, None
+    try:
+        m = importlib.import_module(mod)
+    except Exception as exc:  # an installed package that does not import is a broken install
+        return "broken", None, f"import {mod} failed: {type(exc).__name__}: {exc}"
+    ver = getattr(m, "__version__", None)
+    if ver is None:
+        try:
+            ver = importlib.metadata.version(_DISTS.get(mod, mod))
+        except importlib.metadata.PackageNotFoundError:
+            ver = None
+    return "ok", str(ver) if ver else None, None
+
+
+def _venv_module_version(venv: Path, mod: str) -> tuple[Status, str | None, str | None]:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        return "missing", None, None
+    code = (
+        "import importlib, importlib.metadata as md\n"
+        f"m = importlib.import_module({mod!r})\n"
+        "v = getattr(m, '__version__', None)\n"
+        "print(v or '')\n"
+    )
+    try:
+        res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "broken", None, f"{py} does not run: {exc}"
+    if res.returncode != 0:
+        tail = (res.stderr or "").strip().splitlines()[-1:] or [""]
+        return "broken", None, f"import {mod} in {venv} failed: {tail[0]}"
+    return "ok", res.stdout.strip() or None, None
+
+
+def check_tool(spec: ToolchainSpec, tool: Tool) -> Check:
+    arch = platform.machine()
+    if tool.platforms and arch not in tool.platforms:
+        return Check("toolchain", tool.name, "n/a", None, f"exists for {', '.join(tool.platforms)} only", tool.install_hint, spec.id)
+    if tool.kind == "executable":
+        assert tool.command is not None
+        cmd = tool.command
+        if tool.where == "venv":
+            cmd = str(toolchain_venv(spec.id) / "bin" / tool.command)
+        status, ver, detail = _run_version([cmd, *tool.version_args], tool.version_regex)
+    elif tool.kind == "python-module":
+        assert tool.module is not None
+        if tool.where == "venv":
+            status, ver, detail = _venv_module_version(toolchain_venv(spec.id), tool.module)
+        else:
+            status, ver, detail = _module_version(tool.module)
+    else:
+        status, ver, detail = _container_image(tool.image or "")
+    if status == "missing" and not tool.required:
+        detail = (detail + "; " if detail else "") + "optional"
+    return Check("toolchain", tool.name, status, ver, detail, tool.install_hint if status != "ok" else None, spec.id)
+
+
+def _container_image(image: str) -> tuple[Status, str | None, str | None]:
+    docker = shutil.which("docker")
+    if docker is None:
+        return "missing", None, "docker is not installed"
+    try:
+        res = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "missing", None, f"docker does not answer: {exc}"
+    if res.returncode != 0:
+        msg = (res.stderr or "").strip().splitlines()
+        return "missing", None, (msg[-1][:120] if msg else f"image {image} not present")
+    return "ok", res.stdout.strip()[:19], None
+
+
+def check_emulation() -> list[Check]:
+    out = []
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "status").exists():
+        out.append(Check("emulation", "binfmt_misc", "missing", None, "not mounted",
+                         "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && update-binfmts --enable"))
+    else:
+        for arch in ("aarch64", "arm"):
+            entry = binfmt / f"qemu-{arch}"
+            if not entry.exists():
+                out.append(Check("emulation", f"binfmt qemu-{arch}", "missing", None, None,
+                                 "apt-get install qemu-user-static binfmt-support && update-binfmts --enable"))
+                continue
+            text = entry.read_text()
+            flags = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("flags:")), "")
+            if not text.startswith("enabled"):
+                out.append(Check("emulation", f"binfmt qemu-{arch}", "missing", None, "disabled", f"update-binfmts --enable qemu-{arch}"))
+            elif "F" not in flags:
+                out.append(Check("emulation", f"binfmt qemu-{arch}", "broken", None, f"flags {flags!r} lack F: fails in chroots",
+                                 "apt-get install --reinstall qemu-user-static"))
+            else:
+                out.append(Check("emulation", f"binfmt qemu-{arch}", "ok", None, f"flags {flags}"))
+    import os
+
+    out.append(Check("emulation", "root", "ok" if os.geteuid() == 0 else "missing", None,
+                     None if os.geteuid() == 0 else "emulated boards need root", None if os.geteuid() == 0 else "run as root"))
+    return out
+
+
+def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
+    """Probe everything edgesdk can use here. Restrict toolchains/engines to `board`'s when given."""
+    import sys
+
+    from edgesdk import __version__
+
+    rep = DoctorReport(board=board.id if board else None)
+    rep.host = {"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
+                "edgesdk": __version__, "executable": sys.executable}
+    rep.checks.append(Check("package", "edgesdk", "ok", __version__, str(Path(__file__).parent)))
+    # Shipped data: a profile that does not validate is a broken install.
+    try:
+        boards = list_boards()
+        rep.checks.append(Check("board-data", "board profiles", "ok", None, f"{len(boards)} boards"))
+    except ProfileError as exc:
+        rep.checks.append(Check("board-data", "board profiles", "broken", None, str(exc), "reinstall edgesdk"))
+    try:
+        specs = list_toolchains()
+        for s in specs:
+            get_op_table(s.id)
+    except ProfileError as exc:
+        rep.checks.append(Check("board-data", "toolchain specs", "broken", None, str(exc), "reinstall edgesdk"))
+        specs = []
+    else:
+        rep.checks.append(Check("board-data", "toolchain specs", "ok", None, f"{len(specs)} toolchains"))
+
+    wanted_tc = set(board.toolchains) if board else None
+    for s in specs:
+        if wanted_tc is not None and s.id not in wanted_tc:
+            continue
+        for t in s.tools:
+            rep.checks.append(check_tool(s, t))
+
+    engines = board.engines if board else list(ENGINE_MODULES)
+    for eng in engines:
+        mods, hint = ENGINE_MODULES[eng]
+        if not mods:
+            rep.checks.append(Check("engine", eng, "n/a", None, hint, None))
+            continue
+        found: tuple[Status, str | None, str | None] = ("missing", None, None)
+        used = mods[0]
+        for m in mods:
+            found = _module_version(m)
+            used = m
+            if found[0] != "missing":
+                break
+        status, ver, detail = found
+        rep.checks.append(Check("engine", eng, status, ver, detail or (f"module {used}" if status == "ok" else None),
+                                hint if status != "ok" else None))
+
+    for name, argv, regex, hint in EXTERNAL_TOOLS:
+        status, ver, detail = _run_version(argv, regex)
+        rep.checks.append(Check("tool", name, status, ver, detail, hint if status != "ok" else None))
+    rep.checks.extend(check_emulation())
+    return rep
+
+
+__all__ = ["Check", "DoctorReport", "run_doctor"]
