@@ -44,6 +44,7 @@ class Figure(_Strict):
     unit: str
     derivation: str | None = None
     source: Source
+    confirmed: bool = Field(default=True, description="false for a placeholder or an untraced figure")
 
 
 class Soc(_Strict):
