@@ -1,7 +1,9 @@
 """The one exception tree of edgesdk; foreign errors are translated into it at the boundary.
 
-    EdgeSDKError
+    EdgeSDKError                   (defined in edgesdk.runtime.errors: the runtime shares the tree)
     ├── InputError                 bad input from the user: exit code 2
+    │   ├── BundleError            a bundle or manifest that cannot be used          (runtime)
+    │   ├── InputMismatch          a feed with the wrong input name, shape or dtype   (runtime)
     │   ├── ProfileError           a board profile or toolchain spec file is invalid
     │   ├── UnknownBoardError      a board id that does not exist (carries did-you-mean)
     │   ├── UnknownToolchainError  a toolchain id that does not exist
@@ -9,6 +11,8 @@
     ├── EnvironmentProblem         something on this machine is missing or broken (exit 1)
     │   └── EmulatorError          the emulated board cannot be built or started
     ├── ToolchainError             an external converter/compiler failed (names tool, command, stderr)
+    ├── EngineUnavailable          an engine is not installed; names the fix          (runtime)
+    ├── EngineFailure              an engine failed to load or run a model            (runtime)
     └── RemoteError                an SSH / board-side failure
 """
 
@@ -16,17 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
-class EdgeSDKError(Exception):
-    """Base of every error edgesdk raises on purpose."""
-
-    exit_code: int = 1
-
-
-class InputError(EdgeSDKError):
-    """The user gave something we cannot use (file, id, option)."""
-
-    exit_code = 2
+from edgesdk.runtime.errors import (
+    BundleError,
+    EdgeSDKError,
+    EngineFailure,
+    EngineUnavailable,
+    InputError,
+    InputMismatch,
+)
 
 
 class ProfileError(InputError):
@@ -101,7 +102,11 @@ class RemoteError(EdgeSDKError):
 
 
 __all__ = [
+    "BundleError",
     "EdgeSDKError",
+    "EngineFailure",
+    "EngineUnavailable",
+    "InputMismatch",
     "EmulatorError",
     "EnvironmentProblem",
     "InputError",
