@@ -23,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: system packages need root (or sudo); emulated boards need root too" >&2; exit 1; fi
 fi
 
-APT_PKGS=(qemu-user-static binfmt-support debootstrap openssh-server openssh-client cmake python3-venv)
+APT_PKGS=(qemu-user-static binfmt-support debootstrap openssh-server openssh-client cmake python3-venv g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -52,6 +52,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 EXTRAS="host"
 [ "$WANT_TEST" = 1 ] && EXTRAS="host,test"
 say "installing edgesdk[$EXTRAS] into .venv (pinned by constraints.txt)"
-"${PIP[@]}" install -c constraints.txt hatchling
+"${PIP[@]}" install -c constraints.txt hatchling editables
 "${PIP[@]}" install -c constraints.txt --no-build-isolation -e ".[$EXTRAS]"
 say "done: $("$ROOT/.venv/bin/edgesdk" --version)"
