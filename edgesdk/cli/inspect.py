@@ -1,0 +1,145 @@
+"""`edgesdk inspect`: where each op of a model runs on a board, the segments, and a latency estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
+from edgesdk.errors import InputError
+
+INPUT_SHAPE_OPTION = typer.Option(
+    None, "--input-shape", metavar="NAME=D0,D1,...",
+    help="Fix a dynamic input shape, e.g. images=1,3,640,640 (repeat for several inputs).")
+MIN_ISLAND_OPTION = typer.Option(
+    0.01, "--min-island-share", min=0.0, max=1.0,
+    help="Accelerator islands below this share of the FLOPs fold into the CPU when that saves two transfers.")
+
+
+def shapes_from(options: list[str] | None) -> dict[str, tuple[int, ...]]:
+    from edgesdk.graph import parse_input_shape
+
+    out: dict[str, tuple[int, ...]] = {}
+    for text in options or []:
+        name, shape = parse_input_shape(text)
+        out[name] = shape
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+@handle_errors
+def inspect_cmd(
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model file."),
+    board: str | None = typer.Option(None, "--board", "-b", metavar="ID", help="Board id, e.g. coral-usb."),
+    all_boards: bool = typer.Option(False, "--all-boards", help="Compare every board in one table."),
+    input_shape: list[str] | None = INPUT_SHAPE_OPTION,
+    min_island_share: float = MIN_ISLAND_OPTION,
+    html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write a self-contained HTML report."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Show where each op of MODEL runs on a board, and why; the segments; an estimated latency.
+
+    Examples:
+
+      edgesdk inspect model.onnx --board coral-usb
+
+      edgesdk inspect det.onnx --board kv260 --input-shape x=1,3,640,640 --html report.html
+
+      edgesdk inspect det.onnx --all-boards --input-shape x=1,3,640,640
+    """
+    from edgesdk.graph.report import ESTIMATE_LABEL, compare_boards, inspect_model
+
+    shapes = shapes_from(input_shape)
+    if all_boards:
+        if html is not None:
+            raise InputError("--html needs one --board, not --all-boards")
+        rows = compare_boards(model, shapes, [board] if board else None, min_island_share)
+        if json_out:
+            print_json([r.to_dict() for r in rows])
+            return
+        t = Table(title=f"{model.name} on every board ({ESTIMATE_LABEL})")
+        for col in ("board", "accelerator", "FLOPs on accelerator", "FLOPs on preferred engine", "segments",
+                    "hand-offs", "est. latency"):
+            t.add_column(col, justify="right" if col not in ("board", "accelerator") else "left")
+        for r in rows:
+            acc = r.accelerator.split(" (")[0].split(",")[0] if r.accelerator else "- (CPU only)"
+            share = _pct(r.accelerator_flops_share)
+            if r.compiler_view_share is not None:
+                share += f" (compiler alone: {_pct(r.compiler_view_share)})"
+            t.add_row(r.board_id, acc, share, f"{r.primary_engine} {_pct(r.primary_flops_share)}",
+                      str(r.segments), str(r.handoffs), f"~{r.estimate_ms:.1f} ms")
+        console.print(t)
+        return
+    if board is None:
+        raise InputError("give --board ID (see `edgesdk boards`) or --all-boards")
+    rep = inspect_model(model, board, shapes, min_island_share)
+    if html is not None:
+        from edgesdk.graph.html import write_html
+
+        write_html(rep, html)
+    if json_out:
+        print_json(rep.to_dict())
+        return
+    _print_report(rep)
+    if html is not None:
+        console.print(f"HTML report: {html}")
+
+
+def _print_report(rep) -> None:  # noqa: ANN001 - InspectReport, imported lazily
+    from edgesdk.graph.report import ESTIMATE_LABEL
+
+    console.print(f"[bold]{rep.model}[/]: {rep.nodes} nodes, {rep.total_flops / 1e9:.2f} GFLOPs, "
+                  f"{_mb(rep.param_bytes)} of weights; inputs "
+                  + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in rep.inputs))
+    console.print(f"board [cyan]{rep.board_id}[/] ({rep.board_name}); "
+                  f"accelerator: {rep.accelerator or 'none (CPU engines only)'}; rule: {rep.partition_rule}")
+    t = Table(title="ops")
+    for col in ("op type", "count", "runs on", "why"):
+        t.add_column(col)
+    for r in rep.ops:
+        t.add_row(r.op_type, str(r.count), ", ".join(f"{e} {n}" for e, n in r.where.items()),
+                  "\n".join(r.reasons[:3]) + (f"\n(+{len(r.reasons) - 3} more)" if len(r.reasons) > 3 else ""))
+    console.print(t)
+    s = Table(title=f"segments; latency is an {ESTIMATE_LABEL}")
+    for col in ("#", "engine", "nodes", "FLOPs share", "in", "out", "est. ms", "bound"):
+        s.add_column(col)
+    for seg, e in zip(rep.plan.segments, rep.estimates):
+        s.add_row(str(seg.index), f"{seg.engine} ({seg.target})", str(len(seg.nodes)), _pct(seg.flops_share),
+                  _mb(seg.input_bytes), _mb(seg.output_bytes), f"{e.ms:.2f}", e.bound)
+    console.print(s)
+    acc = f"{_pct(rep.accelerator_flops_share)} of FLOPs on the accelerator; " if rep.accelerator else ""
+    console.print(f"{acc}{len(rep.plan.segments)} segment(s), {len(rep.plan.transfers)} transfer(s) "
+                  f"({rep.plan.handoffs} CPU/accelerator hand-offs, {_mb(rep.transfer_bytes)}); "
+                  f"estimated total ~{rep.estimate_ms:.1f} ms (estimate)")
+    if rep.compiler_view:
+        cv = rep.compiler_view
+        first = cv["first_unsupported"]
+        console.print(f"vendor compiler alone ({cv['rule']}): {_pct(cv['accelerator_flops_share'])} of FLOPs on the "
+                      f"accelerator; everything after {first['node']} ({first['op_type']}) stays on the CPU"
+                      if first else "vendor compiler alone: the whole model maps to the accelerator")
+    for f in rep.plan.folded:
+        console.print(f"folded into the CPU: accelerator island {', '.join(f.nodes[:4])}"
+                      f"{'...' if len(f.nodes) > 4 else ''} ({_pct(f.flops_share)} of FLOPs), saves "
+                      f"{f.transfers_saved} transfers")
+    if rep.rewrites:
+        w = Table(title="suggested rewrites")
+        for col in ("op type", "nodes", "suggestion"):
+            w.add_column(col)
+        for r in rep.rewrites:
+            w.add_row(r.op_type, str(r.count), r.suggestion)
+        console.print(w)
+    for n in rep.notes:
+        console.print(f"note: {n}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_cmd)

@@ -1,0 +1,370 @@
+"""Safe model loading: external data confined to the model's folder, checked graph, fixed static input shapes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from edgesdk.errors import InputError, ModelError
+from edgesdk.graph.shapes import NodeCost, TensorInfo, infer_shapes, node_cost, tensor_table
+
+#: Protobuf cannot serialise or parse a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+#: Op domains edgesdk understands (the ONNX default domain and its aliases).
+KNOWN_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+@dataclass(eq=False)
+class Model:
+    """A checked ONNX model with static input shapes, inferred tensor shapes and per-node costs.
+
+    ``proto`` holds the structure; weights stored as external data stay on disk until a segment
+    needs them (see ``base_dir``).
+    """
+
+    proto: onnx.ModelProto
+    path: Path | None
+    name: str
+    opset: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tensors: dict[str, TensorInfo]
+    node_inputs: list[tuple[str, ...]]  # explicit and outer-scope (subgraph) inputs of each node
+    costs: list[NodeCost]
+    producer: dict[str, int] = field(default_factory=dict)
+    has_external_data: bool = False
+    _inits: dict[str, onnx.TensorProto] | None = field(default=None, repr=False)
+
+    @property
+    def nodes(self) -> Sequence[onnx.NodeProto]:
+        return self.proto.graph.node
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self.path.parent if self.path is not None else None
+
+    @property
+    def total_flops(self) -> int:
+        return sum(c.flops for c in self.costs)
+
+    def initializer(self, name: str) -> onnx.TensorProto | None:
+        if self._inits is None:
+            self._inits = {t.name: t for t in self.proto.graph.initializer}
+        return self._inits.get(name)
+
+    def consumers(self) -> list[list[int]]:
+        """For each node, the indices of the nodes that read one of its outputs."""
+        out: list[list[int]] = [[] for _ in self.nodes]
+        for j, ins in enumerate(self.node_inputs):
+            seen = set()
+            for name in ins:
+                i = self.producer.get(name)
+                if i is not None and i not in seen:
+                    seen.add(i)
+                    out[i].append(j)
+        return out
+
+
+# -- external data ---------------------------------------------------------------------------------
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            if a.HasField("g"):
+                yield from _graph_tensors(a.g)
+            for g in a.graphs:
+                yield from _graph_tensors(g)
+
+
+def _all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    yield from _graph_tensors(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+
+
+def _external_location(t: onnx.TensorProto) -> str | None:
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    for kv in t.external_data:
+        if kv.key == "location":
+            return kv.value
+    return ""
+
+
+def check_external_data(proto: onnx.ModelProto, model_dir: Path) -> bool:
+    """Refuse any external data path that could leave the model's folder. True if the model has any.
+
+    Runs before a single external byte is read (CVE-2024-27318 was this bug in onnx itself).
+    """
+    base = os.path.realpath(model_dir)
+    found = False
+    for t in _all_tensors(proto):
+        loc = _external_location(t)
+        if loc is None:
+            continue
+        found = True
+        where = f"tensor {t.name!r}: external data location {loc!r}"
+        if not loc:
+            raise ModelError(f"{where} is empty")
+        if "\x00" in loc:
+            raise ModelError(f"{where} contains a NUL byte")
+        posix, win = PurePosixPath(loc), PureWindowsPath(loc)
+        if posix.is_absolute() or win.is_absolute() or win.drive or loc.startswith(("/", "\\")):
+            raise ModelError(f"{where} is an absolute path; external data must sit inside the model's folder")
+        if ".." in posix.parts or ".." in win.parts:
+            raise ModelError(f"{where} contains '..'; external data must sit inside the model's folder")
+        target = os.path.realpath(os.path.join(base, loc))
+        if os.path.commonpath([base, target]) != base:
+            raise ModelError(f"{where} resolves (through a symlink) to {target}, outside the model's folder {base}")
+        if not os.path.isfile(target):
+            raise ModelError(f"{where}: file {target} does not exist")
+    return found
+
+
+# -- input shapes ----------------------------------------------------------------------------------
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``name=1,3,224,224`` (the --input-shape option)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise InputError(f"--input-shape {text!r}: expected NAME=D0,D1,... e.g. images=1,3,640,640")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise InputError(f"--input-shape {text!r}: dimensions must be integers, e.g. {name}=1,3,224,224") from exc
+    if any(d <= 0 for d in shape):
+        raise InputError(f"--input-shape {text!r}: dimensions must be positive")
+    return name, shape
+
+
+def _fmt_dims(dims: Sequence[onnx.TensorShapeProto.Dimension]) -> str:
+    return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + ")"
+
+
+def _fix_input_shapes(graph: onnx.GraphProto, real_inputs: list[onnx.ValueInfoProto],
+                      input_shapes: Mapping[str, Sequence[int]]) -> None:
+    by_name = {vi.name: vi for vi in real_inputs}
+    for name, shape in input_shapes.items():
+        vi = by_name.get(name)
+        if vi is None:
+            raise InputError(f"--input-shape {name}=...: the model has no input {name!r}; its inputs: "
+                             + ", ".join(repr(n) for n in by_name))
+        tt = vi.type.tensor_type
+        dims = tt.shape.dim
+        if tt.HasField("shape") and len(dims) != len(shape):
+            raise InputError(f"--input-shape {name}: the input has rank {len(dims)} {_fmt_dims(dims)}, "
+                             f"got {len(shape)} dimensions")
+        if not tt.HasField("shape") or not dims:
+            tt.shape.Clear()
+            for _ in shape:
+                tt.shape.dim.add()
+        for i, (d, v) in enumerate(zip(tt.shape.dim, shape)):
+            if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v:
+                raise InputError(f"--input-shape {name}: dimension {i} is fixed to {d.dim_value} in the model, got {v}")
+            d.Clear()
+            d.dim_value = int(v)
+    for vi in real_inputs:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"input {vi.name!r} is not a tensor; edgesdk handles tensor inputs only")
+        dyn = [i for i, d in enumerate(tt.shape.dim) if not (d.HasField("dim_value") and d.dim_value > 0)]
+        if not tt.HasField("shape") or dyn:
+            hint = ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else
+                            f"<{d.dim_param or 'dim' + str(i)}>" for i, d in enumerate(tt.shape.dim)) or "1,3,224,224"
+            what = f"dynamic dimension(s) {dyn} in shape {_fmt_dims(tt.shape.dim)}" if tt.HasField("shape") \
+                else "no shape"
+            raise ModelError(f"input {vi.name!r} has {what}; fix it with --input-shape {vi.name}={hint} "
+                             f"(input_shapes={{{vi.name!r}: (...)}} in Python)")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Turn Constant nodes into initializers: they cost nothing and belong to whichever segment reads them."""
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in KNOWN_DOMAINS and node.output[0] not in outputs:
+            attr = node.attribute[0] if len(node.attribute) == 1 else None
+            t = None
+            if attr is not None and attr.name == "value":
+                t = onnx.TensorProto()
+                t.CopyFrom(attr.t)
+            elif attr is not None and attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                import numpy as np
+
+                val = onnx.helper.get_attribute_value(attr)
+                dt = np.float32 if "float" in attr.name else np.int64
+                t = numpy_helper.from_array(np.array(val, dtype=dt))
+            if t is not None:
+                t.name = node.output[0]
+                graph.initializer.append(t)
+                continue
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _subgraph_outer_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    out: list[str] = []
+
+    def walk(g: onnx.GraphProto, bound: set[str]) -> None:
+        local = set(bound) | {i.name for i in g.input} | {t.name for t in g.initializer}
+        for n in g.node:
+            for i in n.input:
+                if i and i not in local:
+                    out.append(i)
+            for a in n.attribute:
+                for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sg, local)
+            local.update(o for o in n.output if o)
+
+    for a in node.attribute:
+        for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            walk(sg, set())
+    return out
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Give every node a unique name: reports, plans and segment files refer to nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        name = node.name
+        if not name or name in seen:
+            base = name or f"{node.op_type}_{i}"
+            name, k = base, 1
+            while name in seen:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+        seen.add(name)
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise ModelError(f"{path}: not a file")
+    if size > PROTOBUF_LIMIT:
+        raise ModelError(f"{path}: {size / 2**30:.2f} GiB is larger than protobuf's 2 GB limit; a model this big "
+                         "must keep its weights as external data (onnx.save_model(..., save_as_external_data=True))")
+    if size == 0:
+        raise ModelError(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not an ONNX model, or a truncated one (protobuf parse failed: {exc})") from exc
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.opset_import:
+        raise ModelError(f"{path}: not an ONNX model (no ir_version, graph or opset_import)")
+    return proto
+
+
+def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+    """Load an ONNX model safely and return it checked, with static shapes and per-node costs.
+
+    Raises ModelError (exit code 2) for a non-ONNX or truncated file, an invalid graph, external data
+    outside the model's folder, an unknown op domain, or an input shape left dynamic.
+    """
+    p = Path(path)
+    proto = _parse(p)
+    has_ext = check_external_data(proto, p.parent)
+
+    # Structure checks first: they give clearer messages than the checker.
+    graph = proto.graph
+    for node in graph.node:
+        if node.domain not in KNOWN_DOMAINS:
+            local = {(f.domain, f.name) for f in proto.functions}
+            kind = "a model-local function" if (node.domain, node.op_type) in local else "an unknown op domain"
+            raise ModelError(f"node {node.name or node.op_type!r} uses {kind} {node.domain!r} (op {node.op_type}); "
+                             "edgesdk handles the standard ONNX domain only: export without custom ops")
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx", 0))
+    if opset <= 0:
+        raise ModelError(f"{p}: the model imports no version of the default ONNX op set")
+
+    try:
+        if has_ext:
+            onnx.checker.check_model(str(p))  # needs the folder to check external tensors; paths vetted above
+        else:
+            onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()
+        raise ModelError(f"{p}: invalid ONNX graph: {' '.join(msg[:3])}") from exc
+
+    inits = {t.name for t in graph.initializer}
+    real_inputs = [vi for vi in graph.input if vi.name not in inits]
+    _fix_input_shapes(graph, real_inputs, input_shapes or {})
+    _constants_to_initializers(graph)
+    _name_nodes(graph)
+    # Stale intermediate shapes (often symbolic) would fight the fixed input shapes.
+    del graph.value_info[:]
+    for o in graph.output:
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
+    inferred = infer_shapes(proto)
+    tensors = tensor_table(inferred.graph)
+
+    node_inputs = []
+    producer: dict[str, int] = {}
+    for i, node in enumerate(inferred.graph.node):
+        ins = [n for n in node.input if n]
+        if any(a.HasField("g") or a.graphs for a in node.attribute):
+            ins += _subgraph_outer_inputs(node)
+        node_inputs.append(tuple(dict.fromkeys(ins)))
+        for o in node.output:
+            if o:
+                producer[o] = i
+    costs = [node_cost(n, tensors) for n in inferred.graph.node]
+    return Model(
+        proto=inferred,
+        path=p,
+        name=p.stem,
+        opset=opset,
+        inputs=tuple(vi.name for vi in real_inputs),
+        outputs=tuple(o.name for o in inferred.graph.output),
+        tensors=tensors,
+        node_inputs=node_inputs,
+        costs=costs,
+        producer=producer,
+        has_external_data=has_ext,
+    )
+
+
+def load_weights(model: Model) -> onnx.ModelProto:
+    """A copy of the model's proto with external data read in (paths were vetted at load time)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    if model.has_external_data and model.base_dir is not None:
+        check_external_data(proto, model.base_dir)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(model.base_dir))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ModelError(f"{model.path}: cannot read external data: {exc}") from exc
+    return proto
+
+
+__all__ = ["PROTOBUF_LIMIT", "Model", "check_external_data", "load_model", "load_weights", "parse_input_shape"]

@@ -1,0 +1,299 @@
+"""The inspect report: per-op placement table, segments, roofline latency estimates, rewrites, board comparison."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgesdk.boards import BoardProfile, get_board, list_boards
+from edgesdk.graph.load import Model, load_model
+from edgesdk.graph.partition import DEFAULT_MIN_ISLAND_SHARE, PartitionPlan, partition
+from edgesdk.graph.support import SupportReport, check_support
+from edgesdk.toolchains.spec import OpTable
+
+ESTIMATE_LABEL = "estimate (roofline from the board profile's peaks, not a measurement)"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A model checked and partitioned for one board."""
+
+    model: Model
+    board: BoardProfile
+    support: SupportReport
+    plan: PartitionPlan
+
+
+def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,
+            min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> Analysis:
+    """Support check and partition of a loaded model for one board."""
+    support = check_support(model, board, tables)
+    return Analysis(model, board, support, partition(model, board, support, min_island_flops_share))
+
+
+@dataclass(frozen=True)
+class OpRow:
+    op_type: str
+    count: int
+    where: dict[str, int]  # engine -> node count
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op_type": self.op_type, "count": self.count, "where": self.where, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class SegmentEstimate:
+    index: int
+    engine: str
+    target: str
+    nodes: int
+    flops: int
+    flops_share: float
+    bytes: int
+    compute_ms: float
+    memory_ms: float
+
+    @property
+    def ms(self) -> float:
+        return max(self.compute_ms, self.memory_ms)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_ms >= self.memory_ms else "memory"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "engine": self.engine, "target": self.target, "nodes": self.nodes,
+                "flops": self.flops, "flops_share": self.flops_share, "bytes": self.bytes,
+                "compute_ms": self.compute_ms, "memory_ms": self.memory_ms, "estimate_ms": self.ms,
+                "bound": self.bound}
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    op_type: str
+    count: int
+    suggestion: str
+    source: str  # "op table" or "rewrites table"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op_type": self.op_type, "count": self.count, "suggestion": self.suggestion, "source": self.source}
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    model: str
+    nodes: int
+    total_flops: int
+    param_bytes: int
+    inputs: tuple[dict[str, Any], ...]
+    board_id: str
+    board_name: str
+    partition_rule: str
+    ops: tuple[OpRow, ...]
+    plan: PartitionPlan
+    estimates: tuple[SegmentEstimate, ...]
+    transfer_bytes: int
+    transfer_ms: float
+    rewrites: tuple[Rewrite, ...]
+    accelerator: str | None
+    compiler_view: dict[str, Any] | None
+    notes: tuple[str, ...] = field(default=())
+    #: per node, in topological order: name, op_type, engine, target, kind, reasons
+    node_placements: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+    #: producer node -> consumer node, for drawing
+    edges: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def accelerator_flops_share(self) -> float | None:
+        return self.plan.accelerator_flops_share if self.accelerator else None
+
+    @property
+    def estimate_ms(self) -> float:
+        return sum(e.ms for e in self.estimates) + self.transfer_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "nodes": self.nodes, "total_flops": self.total_flops,
+            "param_bytes": self.param_bytes, "inputs": list(self.inputs),
+            "board": self.board_id, "board_name": self.board_name, "accelerator": self.accelerator,
+            "partition_rule": self.partition_rule,
+            "ops": [r.to_dict() for r in self.ops],
+            "accelerator_flops_share": self.accelerator_flops_share,
+            "segments": [s.to_dict() for s in self.plan.segments],
+            "transfers": {"count": len(self.plan.transfers), "handoffs": self.plan.handoffs,
+                          "bytes": self.transfer_bytes, "estimate_ms": self.transfer_ms},
+            "folded_islands": [f.to_dict() for f in self.plan.folded],
+            "latency": {"label": ESTIMATE_LABEL, "segments": [e.to_dict() for e in self.estimates],
+                        "transfer_ms": self.transfer_ms, "total_ms": self.estimate_ms},
+            "rewrites": [r.to_dict() for r in self.rewrites],
+            "compiler_view": self.compiler_view,
+            "notes": list(self.notes),
+            "placements": list(self.node_placements),
+        }
+
+
+@functools.lru_cache(maxsize=1)
+def rewrite_table() -> dict[str, dict[str, str]]:
+    data = yaml.safe_load((Path(__file__).with_name("rewrites.yaml")).read_text(encoding="utf-8"))
+    return {k: dict(v or {}) for k, v in data.items()}
+
+
+def _estimates(board: BoardProfile, plan: PartitionPlan) -> tuple[list[SegmentEstimate], int, float]:
+    bw = board.memory.bandwidth_gbs.value * 1e9
+    cpu_peak = board.peaks.cpu_fp32_gflops.value * 1e9
+    acc = board.accelerator
+    acc_peak = acc.tops.value * 1e12 if acc else cpu_peak
+    # int8 accelerators move a quarter of the fp32 bytes the graph declares.
+    acc_scale = 0.25 if acc and not set(acc.dtypes) & {"fp16", "int16"} else 0.5
+    out = []
+    for s in plan.segments:
+        nbytes = s.param_bytes + s.input_bytes + s.activation_bytes
+        is_acc = s.target == "accelerator"
+        if is_acc:
+            nbytes = int(nbytes * acc_scale)
+        peak = acc_peak if is_acc else cpu_peak
+        out.append(SegmentEstimate(s.index, s.engine, s.target, len(s.nodes), s.flops, s.flops_share, nbytes,
+                                   1e3 * s.flops / peak, 1e3 * nbytes / bw))
+    tbytes = sum(t.bytes for t in plan.transfers)
+    return out, tbytes, 1e3 * tbytes / bw
+
+
+def build_report(a: Analysis) -> InspectReport:
+    """The inspect report of one analysis."""
+    model, board, support, plan = a.model, a.board, a.support, a.plan
+    folded_nodes = {n for f in plan.folded for n in f.nodes}
+    counts: Counter[str] = Counter()
+    where: dict[str, Counter[str]] = defaultdict(Counter)
+    reasons: dict[str, dict[str, None]] = defaultdict(dict)
+    rewrite_src: dict[str, str] = {}
+    refused: Counter[str] = Counter()
+    for p in support.placements:
+        eng = plan.placement.get(p.node, p.engine)
+        counts[p.op_type] += 1
+        where[p.op_type][eng] += 1
+        for r in p.reasons:
+            reasons[p.op_type][r] = None
+        if p.node in folded_nodes:
+            reasons[p.op_type]["folded into the CPU: a small accelerator island, moving it saves two transfers"] = None
+        if p.reasons and p.target == "cpu":
+            refused[p.op_type] += 1
+            if p.rewrite and p.op_type not in rewrite_src:
+                rewrite_src[p.op_type] = p.rewrite
+    ops = tuple(OpRow(op, counts[op], dict(where[op].most_common()), tuple(reasons[op]))
+                for op in sorted(counts, key=lambda o: (-counts[o], o)))
+
+    table = rewrite_table()
+    kind = board.accelerator.kind if board.accelerator else "cpu"
+    rewrites = []
+    for op, n in refused.most_common():
+        if op in rewrite_src:
+            rewrites.append(Rewrite(op, n, rewrite_src[op], "op table"))
+        else:
+            text = table.get(kind, {}).get(op) or table.get("any", {}).get(op)
+            if text:
+                rewrites.append(Rewrite(op, n, text, "rewrites table"))
+
+    est, tbytes, tms = _estimates(board, plan)
+    compiler_view = None
+    if support.compiler_view is not None:
+        total = model.total_flops or 1
+        idx = {n.name: i for i, n in enumerate(model.nodes)}
+        on_acc = sum(model.costs[idx[p.node]].flops for p in support.compiler_view if p.target == "accelerator")
+        first = next((p for p in support.placements if p.target == "cpu"), None)
+        behind = sum(1 for p in support.compiler_view if p.kind == "partition_rule")
+        compiler_view = {
+            "rule": support.partition_rule,
+            "accelerator_flops_share": on_acc / total,
+            "segments": 1 if first is None or on_acc == 0 else 2,
+            "first_unsupported": {"node": first.node, "op_type": first.op_type, "reasons": list(first.reasons)}
+            if first else None,
+            "placed_behind_by_rule": behind,
+        }
+    params = sum(t.nbytes for t in model.tensors.values() if t.is_initializer)
+    node_placements = []
+    for p in support.placements:
+        eng = plan.placement.get(p.node, p.engine)
+        d = p.to_dict()
+        if p.node in folded_nodes:
+            d.update(engine=eng, target="cpu", kind="folded",
+                     reasons=["folded into the CPU: a small accelerator island, moving it saves two transfers"])
+        node_placements.append(d)
+    names = [n.name for n in model.nodes]
+    edges = tuple((names[i], names[j]) for i, succ in enumerate(model.consumers()) for j in succ)
+    inputs = tuple(model.tensors[n].to_dict() for n in model.inputs)
+    return InspectReport(
+        model=model.name, nodes=len(model.nodes), total_flops=model.total_flops, param_bytes=params, inputs=inputs,
+        board_id=board.id, board_name=board.name, partition_rule=support.partition_rule, ops=ops, plan=plan,
+        estimates=tuple(est), transfer_bytes=tbytes, transfer_ms=tms, rewrites=tuple(rewrites),
+        accelerator=board.accelerator.name if board.accelerator else None, compiler_view=compiler_view,
+        notes=plan.notes, node_placements=tuple(node_placements), edges=edges,
+    )
+
+
+def inspect_model(path: str | Path, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> InspectReport:
+    """Load `path` safely, check and partition it for `board_id`, and report (the `edgesdk inspect` command)."""
+    board = get_board(board_id)
+    model = load_model(path, input_shapes)
+    return build_report(analyze(model, board, min_island_flops_share=min_island_flops_share))
+
+
+@dataclass(frozen=True)
+class BoardSummary:
+    board_id: str
+    accelerator: str | None
+    primary_engine: str
+    accelerator_flops_share: float | None
+    primary_flops_share: float  # share of FLOPs on the board's preferred engine (accelerator or first CPU engine)
+    segments: int
+    handoffs: int
+    estimate_ms: float
+    compiler_view_share: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"board": self.board_id, "accelerator": self.accelerator, "primary_engine": self.primary_engine,
+                "accelerator_flops_share": self.accelerator_flops_share,
+                "primary_flops_share": self.primary_flops_share, "segments": self.segments,
+                "handoffs": self.handoffs, "estimate_ms": self.estimate_ms,
+                "compiler_view_accelerator_flops_share": self.compiler_view_share,
+                "estimate_label": ESTIMATE_LABEL}
+
+
+def compare_boards(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                   board_ids: Sequence[str] | None = None,
+                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> list[BoardSummary]:
+    """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`)."""
+    model = load_model(path, input_shapes)
+    boards = [get_board(b) for b in board_ids] if board_ids else list_boards()
+    out = []
+    for board in boards:
+        r = build_report(analyze(model, board, min_island_flops_share=min_island_flops_share))
+        primary = board.accelerator.engine if board.accelerator else board.engines[0]
+        out.append(BoardSummary(
+            board.id, r.accelerator, primary, r.accelerator_flops_share,
+            sum(s.flops_share for s in r.plan.segments if s.engine == primary), len(r.plan.segments), r.plan.handoffs, r.estimate_ms,
+            r.compiler_view["accelerator_flops_share"] if r.compiler_view else None))
+    return out
+
+
+__all__ = [
+    "ESTIMATE_LABEL",
+    "Analysis",
+    "BoardSummary",
+    "InspectReport",
+    "OpRow",
+    "Rewrite",
+    "SegmentEstimate",
+    "analyze",
+    "build_report",
+    "compare_boards",
+    "inspect_model",
+    "rewrite_table",
+]
