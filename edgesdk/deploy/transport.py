@@ -6,11 +6,14 @@ paramiko's exceptions are translated here, at the boundary, into edgesdk's Remot
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import shlex
 import select
 import socket
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -226,6 +229,55 @@ class SSHConnection:
         if check and rc != 0:
             raise RemoteCommandError(argv, rc, res.stderr or res.stdout)
         return res
+
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None) -> None:
+        """Copy a local file to `remote` over SFTP; the remote file gets `mode` or the local permission bits."""
+        local = Path(local)
+        if not local.is_file():
+            raise InputError(f"cannot copy {local} to the board: not a file")
+        perm = mode if mode is not None else stat.S_IMODE(local.stat().st_mode)
+        with self._sftp(f"put {local} -> {remote}") as sftp:
+            sftp.put(str(local), remote)
+            sftp.chmod(remote, perm)
+
+    def get(self, remote: str, local: str | Path) -> None:
+        """Copy the board's file `remote` to `local` over SFTP (written to a temp name, then renamed)."""
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + ".part")
+        try:
+            with self._sftp(f"get {remote} -> {local}") as sftp:
+                sftp.get(remote, str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(local)
+
+    @contextlib.contextmanager
+    def _sftp(self, what: str) -> Iterator:
+        """One SFTP session for one transfer; paramiko and OS errors become RemoteError here."""
+        import paramiko
+
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(
+                f"{self.target.known_hosts_name}: cannot open SFTP ({exc}); the board's sshd needs an sftp "
+                "subsystem (OpenSSH's sftp-server; on Dropbear install openssh-sftp-server)"
+            ) from exc
+        try:
+            sftp.get_channel().settimeout(self.target.command_timeout)
+            yield sftp
+        except FileNotFoundError as exc:
+            raise RemoteError(f"{what}: no such file ({exc})") from exc
+        except PermissionError as exc:
+            raise RemoteError(f"{what}: permission denied ({exc})") from exc
+        except (socket.timeout, TimeoutError) as exc:
+            raise RemoteError(f"{what}: no progress within {self.target.command_timeout:.0f}s") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{what}: {exc}") from exc
+        finally:
+            sftp.close()
 
     def close(self) -> None:
         if self._client is not None:

@@ -36,6 +36,8 @@ def test_wheel_contains_data(wheel):
         assert f"edgesdk/_data/toolchains/{t}/toolchain.yaml" in names
         assert f"edgesdk/_data/toolchains/{t}/ops.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    assert "edgesdk/graph/rewrites.yaml" in names
+    assert "edgesdk/_data/cross/cmake/aarch64-linux-gnu.cmake" in names
 
 
 def test_installed_wheel_lists_boards_from_elsewhere(wheel, tmp_path):
@@ -56,7 +58,7 @@ def test_installed_wheel_lists_boards_from_elsewhere(wheel, tmp_path):
 
 def test_public_api_all_is_complete():
     public = {n for n in dir(edgesdk) if not n.startswith("_")} - {"annotations"}
-    modules = {"boards", "errors", "cli", "doctor", "paths", "toolchains", "emulator", "deploy", "graph", "runtime", "profile"}
+    modules = {"boards", "errors", "cli", "doctor", "paths", "toolchains", "emulator", "deploy", "graph", "runtime", "profile", "cross"}
     assert public - modules <= set(edgesdk.__all__), public - modules - set(edgesdk.__all__)
     for name in edgesdk.__all__:
         assert hasattr(edgesdk, name)
