@@ -50,8 +50,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 EXTRAS="host"
-[ "$WANT_TEST" = 1 ] && EXTRAS="host,test"
+[ "$WANT_TEST" = 1 ] && EXTRAS="host,test,torch"
 say "installing edgesdk[$EXTRAS] into .venv (pinned by constraints.txt)"
 "${PIP[@]}" install -c constraints.txt hatchling editables
 "${PIP[@]}" install -c constraints.txt --no-build-isolation -e ".[$EXTRAS]"
+# The converters' isolated venvs (~/.cache/edgesdk/toolchains/<id>/venv): pnnx (ncnn), MNN, onnx2tf +
+# TensorFlow (tflite, ~2.6 GB). Idempotent: a venv that already satisfies its pinned requirements is left alone.
+say "edgesdk toolchain install ncnn mnn tflite"
+.venv/bin/edgesdk toolchain install ncnn mnn tflite
 say "done: $("$ROOT/.venv/bin/edgesdk" --version)"

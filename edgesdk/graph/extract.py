@@ -64,7 +64,8 @@ def segment_model(model: Model, full: onnx.ModelProto, segment: Segment,
     return out
 
 
-def _save(proto: onnx.ModelProto, path: Path) -> None:
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Check and write a segment model; weights over the threshold go to a side file next to it."""
     weights = sum(len(t.raw_data) for t in proto.graph.initializer)
     if weights > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -99,7 +100,7 @@ def write_segments(model: Model, plan: PartitionPlan, out_dir: str | Path, force
             fname = f"{seg.index:02d}_{seg.engine}.onnx"
             proto = segment_model(model, full, seg, inits, node_index)
             try:
-                _save(proto, tmp / fname)
+                save_model(proto, tmp / fname)
             except onnx.checker.ValidationError as exc:
                 raise ModelError(f"segment {seg.index} ({seg.engine}) is not a valid ONNX model: {exc}") from exc
             entries.append({

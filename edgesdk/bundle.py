@@ -1,0 +1,100 @@
+"""Writing a bundle: files, reference tensors and manifest.json, assembled in a temp dir and renamed into place."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgesdk.errors import InputError
+from edgesdk.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """Refuse an existing OUT without force, before any work is done (InputError, exit 2)."""
+    o = Path(out)
+    if o.exists() and not force:
+        raise InputError(f"{o} already exists; choose another -o DIR or pass --force to replace it")
+    if o.exists() and not o.is_dir():
+        raise InputError(f"{o} exists and is not a directory")
+    parent = o.absolute().parent
+    if not parent.is_dir():
+        raise InputError(f"{parent} does not exist")
+    return o
+
+
+class BundleWriter:
+    """All or nothing: everything goes to a hidden temp dir beside OUT; `commit` renames it into place.
+
+    Used as a context manager, an exception (or a missing commit) removes the temp dir.
+    """
+
+    def __init__(self, out: str | Path, force: bool = False) -> None:
+        self.out = check_out_dir(out, force)
+        self.force = force
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.absolute().parent))
+        self._done = False
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        if not self._done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _dest(self, rel: str) -> Path:
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts:
+            raise ValueError(f"bundle path {rel!r} must stay inside the bundle")
+        d = self.tmp / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def add_file(self, src: str | Path, rel: str) -> str:
+        shutil.copyfile(src, self._dest(rel))
+        return rel
+
+    def add_array(self, rel: str, array: Any) -> str:
+        import numpy as np
+
+        np.save(self._dest(rel), array, allow_pickle=False)
+        return rel
+
+    def add_text(self, rel: str, text: str) -> str:
+        self._dest(rel).write_text(text, encoding="utf-8")
+        return rel
+
+    def files(self) -> dict[str, str]:
+        out = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                out[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
+        return out
+
+    def commit(self, manifest: Manifest) -> tuple[Path, Manifest]:
+        """Hash every file, fix the content id, write manifest.json, check it reads back, rename into place."""
+        m = replace(manifest, files=self.files(),
+                    created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), bundle_id="")
+        m = replace(m, bundle_id=m.content_id())
+        (self.tmp / MANIFEST).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        load_manifest(self.tmp, verify=True)  # what the board will do: fail here, not there
+        if self.out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old.", dir=self.out.absolute().parent))
+            os.rename(self.out, old / "x")
+            os.rename(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.out)
+        self._done = True
+        return self.out, m
+
+
+__all__ = ["BundleWriter", "check_out_dir"]

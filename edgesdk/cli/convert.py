@@ -1,0 +1,95 @@
+"""`edgesdk convert`: model -> bundle for a board (inspect, partition, convert each segment, write the bundle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, shapes_from
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    from edgesdk.errors import InputError
+
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise InputError(f"--{what} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from exc
+
+
+@handle_errors
+def convert_cmd(
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts)."),
+    board: str = typer.Option(..., "--board", "-b", metavar="ID", help="Board id, e.g. rpi4."),
+    out: Path | None = typer.Option(None, "-o", "--out", metavar="OUT", help="Bundle folder to write (must not exist)."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    engine: str | None = typer.Option(None, "--engine", "-e", help="ncnn, mnn, tflite or onnxruntime (default: the "
+                                      "board's engine order)."),
+    calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Calibration images (jpg/png) or .npy."),
+    preprocess: Path | None = typer.Option(None, "--preprocess", metavar="FILE.yaml",
+                                           help="Preprocessing: size, resize, scale, mean, std, color, layout, dtype."),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
+    scale: float | None = typer.Option(None, "--scale", help="Pixel scale before mean/std (default 1/255)."),
+    color: str | None = typer.Option(None, "--color", help="RGB or BGR: the channel order the model wants."),
+    resize: str | None = typer.Option(None, "--resize", help="letterbox, stretch or none."),
+    calib_limit: int | None = typer.Option(None, "--calib-limit", help="Use at most N calibration samples."),
+    input_shape: list[str] | None = INPUT_SHAPE_OPTION,
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (commands and files), convert nothing."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Convert MODEL for a board and write the bundle OUT.
+
+    Examples:
+
+      edgesdk convert model.onnx --board rpi4 -o build/rpi4
+
+      edgesdk convert model.onnx --board rpi5 --engine tflite --precision int8 --calib calib/ -o build/rpi5-int8
+
+      edgesdk convert model.onnx --board rpi4 --engine mnn --precision int8 --calib calib/ --dry-run
+    """
+    from edgesdk.conversion import convert
+
+    opts = {k: v for k, v in {"mean": _floats(mean, "mean"), "std": _floats(std, "std"), "scale": scale,
+                              "color": color, "resize": resize}.items() if v is not None}
+    pre: object = preprocess
+    if opts and preprocess is None:
+        pre = opts
+    elif opts:
+        from edgesdk.errors import InputError
+
+        raise InputError("give the preprocessing either as --preprocess FILE.yaml or as options, not both")
+    res = convert(model, board, out, precision=precision, engine=engine, calib=calib, preprocess=pre,  # type: ignore[arg-type]
+                  input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit)
+    if json_out:
+        print_json(res.to_dict())
+        return
+    for w in res.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if res.calibration:
+        console.print(f"calibration: {res.calibration['count']} {res.calibration['kind']} from {res.calibration['dir']}")
+    for n in res.notes:
+        console.print(f"note: {n}", highlight=False)
+    if res.dry_run:
+        for p in res.plans:
+            console.print(f"[bold]{p['segment']}[/] {p['engine']} {p['precision']}")
+            for c in p["commands"]:
+                console.print("  $ " + " ".join(c["argv"]), highlight=False, soft_wrap=True)
+            for role, f in p["outputs"].items():
+                console.print(f"  -> {role}: {f}", highlight=False)
+        console.print("dry run: nothing was converted or written")
+        return
+    for s in res.segments:
+        fb = f"  (fallback: {s.fallback_reason.splitlines()[0]})" if s.fallback_reason else ""
+        console.print(f"  {s.id}  {s.engine:<11} {s.precision}  {s.nodes:>5} nodes  {s.seconds:6.2f} s  "
+                      f"{s.bytes / 1024:8.1f} KiB{fb}", highlight=False)
+    console.print(f"wrote bundle {res.bundle_id} to {res.out} in {res.seconds:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_cmd)

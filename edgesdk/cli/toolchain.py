@@ -1,0 +1,59 @@
+"""`edgesdk toolchain install ID` / `edgesdk toolchain status`: the toolchains' isolated environments."""
+
+from __future__ import annotations
+
+import typer
+
+from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
+
+toolchain_app = typer.Typer(help="Install and check the converters' isolated environments.", no_args_is_help=True)
+
+
+@toolchain_app.command("install")
+@handle_errors
+def install_cmd(
+    toolchain: list[str] = typer.Argument(..., metavar="ID...", help="Toolchain id(s): ncnn, mnn, tflite, ..."),
+    force: bool = typer.Option(False, "--force", help="Recreate the venv even if it is up to date."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Create a toolchain's isolated venv (~/.cache/edgesdk/toolchains/ID/venv) from its pinned requirements.
+
+    Examples:
+
+      edgesdk toolchain install tflite
+
+      edgesdk toolchain install ncnn mnn tflite
+    """
+    from edgesdk.toolchains.install import install_toolchain
+
+    results = []
+    for t in toolchain:
+        if not json_out:
+            console.print(f"{t}: installing (this can take minutes for tflite) ...")
+        r = install_toolchain(t, force=force)
+        results.append(r)
+        if not json_out:
+            console.print(f"{t}: {r.action}: {r.detail}", highlight=False)
+    if json_out:
+        print_json([r.to_dict() for r in results])
+
+
+@toolchain_app.command("status")
+@handle_errors
+def status_cmd(json_out: bool = JSON_OPTION) -> None:
+    """Whether each CPU converter is ready, with its version, or the command that fixes it."""
+    from edgesdk.toolchains.adapters import CPU_ENGINES, get_adapter
+
+    rows = [get_adapter(e).check_env() for e in CPU_ENGINES]
+    if json_out:
+        print_json([{"toolchain": r.toolchain, "ok": r.ok, "version": r.version, "detail": r.detail, "fix": r.fix}
+                    for r in rows])
+        return
+    for r in rows:
+        mark = "[green]ok[/]" if r.ok else "[red]missing[/]"
+        console.print(f"  {r.toolchain:<12} {mark}  {r.detail}" + (f"   fix: {r.fix}" if r.fix else ""),
+                      highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(toolchain_app, name="toolchain")
