@@ -12,9 +12,16 @@ from typing import Any
 
 from edgesdk.errors import EnvironmentProblem, InputError, ModelError, ToolchainError
 from edgesdk.runtime.manifest import Manifest, Postprocess, Preprocess, Segment, TensorSpec, Tolerance
-from edgesdk.toolchains.adapters import CPU_ENGINES, Adapter, CalibData, ConversionJob, ConversionRefused, IOSpec
+from edgesdk.toolchains.adapters import (
+    CPU_ENGINES,
+    Adapter,
+    CalibData,
+    ConversionJob,
+    ConversionRefused,
+    IOSpec,
+)
 from edgesdk.toolchains.adapters import adapter_class as _adapter_class
-from edgesdk.toolchains.executor import ConversionPlan, Runner, execute
+from edgesdk.toolchains.executor import Runner, execute
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FALLBACK_ENGINE = "onnxruntime"
@@ -87,9 +94,13 @@ def choose_engine(board: Any, precision: str, engine: str | None) -> tuple[str, 
         cls().check_precision(precision)
         return engine, notes
     if board.accelerator is not None:
-        raise InputError(f"board {board.id!r} has an accelerator ({board.accelerator.engine}); its segments need the "
-                         f"accelerator toolchain, which `edgesdk convert` does not drive yet. Convert for the CPU "
-                         f"with --engine {board.fallback_engine}")
+        if precision != "int8":
+            raise InputError(f"board {board.id!r}: its accelerator ({board.accelerator.engine}) runs int8 only; pass "
+                             f"--precision int8 --calib DIR, or convert for its CPU with --engine "
+                             f"{board.fallback_engine}")
+        notes.append(f"accelerator segments go to the {board.accelerator.engine} toolchain; CPU segments to "
+                     f"{board.fallback_engine}")
+        return board.fallback_engine, notes
     for e in board.engines:
         if e in CPU_ENGINES and precision in _adapter_class(e).precisions:
             if e != board.engines[0]:
@@ -209,6 +220,92 @@ def _random_input(t: TensorSpec, seed: int = 0) -> Any:
 
 # -- the conversion -------------------------------------------------------------------------------------
 
+def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, runner: Runner | None,
+                         plans: list[dict[str, Any]], reports: list[SegmentReport], staged: list[tuple[str, Path]],
+                         notes: list[str], warnings: list[str], toolchains: dict[str, dict[str, str]]) -> Segment | None:
+    """One accelerator segment: host steps, then the vendor compiler when it is here.
+
+    With the compiler: the segment runs on the accelerator, its host int8 simulation is its CPU version.
+    Without it: everything up to the compiler is done and kept under vendor/<segment>/ with COMPILE.txt (the
+    exact commands), and the segment runs its host int8 simulation on onnxruntime, recorded as such."""
+    from edgesdk.runtime.manifest import CpuVersion
+
+    sid = job.segment
+    cplan = accel.plan(job)
+    venv_ok = accel.vendor_env()
+    if dry_run:
+        plans.append({"segment": sid, **cplan.to_dict(), "vendor_compiler": venv_ok.detail})
+        reports.append(SegmentReport(sid, accel.engine, "int8", len(s.nodes), 0.0, 0, accel.engine))
+        return None
+    pre, vend = accel.split(cplan)
+    t0 = time.perf_counter()
+    execute(pre, runner)
+    sim_rel = f"{sid}_{accel.engine}_sim.onnx"
+    staged.append((sim_rel, cplan.outputs["sim"]))
+    plain = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in job.inputs)
+    plain_out = tuple(TensorSpec(o.name, o.shape, o.dtype) for o in job.outputs)
+    toolchains[accel.id] = {accel.id: venv_ok.detail}
+    if venv_ok.ok:
+        execute(vend, runner)
+        art = accel.describe(job, cplan)
+        files = {}
+        for role, path in art.files.items():
+            rel = f"{sid}_{accel.engine}{path.suffix}"
+            staged.append((rel, path))
+            files[role] = rel
+        warnings.extend(art.notes)
+        size = sum(p.stat().st_size for p in art.files.values())
+        reports.append(SegmentReport(sid, accel.engine, "int8", len(s.nodes), time.perf_counter() - t0, size,
+                                     accel.engine))
+        return Segment(sid, accel.engine, files, art.inputs, art.outputs, "int8", True, dict(art.options),
+                       CpuVersion("onnxruntime", {"model": sim_rel}, plain, plain_out), None)
+    how = stage_vendor_handoff(accel, cplan, pre, sid, job.work, staged, skip=("sim",))
+    reason = (f"{accel.vendor} is not on this machine: segment {sid} runs its host int8 simulation "
+              f"({accel.scheme} scheme) on onnxruntime; everything up to the compiler is in vendor/{sid}/, and "
+              f"vendor/{sid}/COMPILE.txt says how to install and run it")
+    notes.append(reason)
+    warnings.append(reason + ":\n" + how)
+    size = cplan.outputs["sim"].stat().st_size
+    reports.append(SegmentReport(sid, "onnxruntime", "int8", len(s.nodes), time.perf_counter() - t0, size,
+                                 accel.engine, reason))
+    return Segment(sid, "onnxruntime", {"model": sim_rel}, plain, plain_out, "int8", False, {}, None, reason)
+
+
+def stage_vendor_handoff(accel: Any, cplan: Any, pre: Any, sid: str, work: Path, staged: list[tuple[str, Path]],
+                         skip: Sequence[str] = ()) -> str:
+    """The vendor compiler is absent: keep everything made up to it under vendor/<sid>/, with COMPILE.txt (how to
+    install the compiler and the exact commands left to run). Returns that text."""
+    for role, path in pre.outputs.items():
+        if role not in skip and path.is_file():
+            staged.append((f"vendor/{sid}/{path.name}", path))
+    for w in pre.writes:
+        staged.append((f"vendor/{sid}/{w.path.name}", w.path))
+    how = accel.instructions(cplan)
+    compile_txt = work / f"{sid}_COMPILE.txt"
+    compile_txt.write_text(how, encoding="utf-8")
+    staged.append((f"vendor/{sid}/COMPILE.txt", compile_txt))
+    return how
+
+
+def declared_preprocess(model_ins: Sequence[IOSpec], preprocess: Any, calib: Any) -> Preprocess | None:
+    """The manifest's Preprocess from --preprocess FILE / options, or inferred for calibration images."""
+    from edgesdk.preprocess_config import infer_input_layout, make_preprocess
+
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if preprocess is None and calib is None:
+        return None
+    img_inputs = [i for i in model_ins if infer_input_layout(i.shape)]
+    if len(model_ins) == 1 and img_inputs:
+        yaml_path = preprocess if isinstance(preprocess, (str, Path)) else None
+        opts = preprocess if isinstance(preprocess, Mapping) else None
+        return make_preprocess(model_ins[0].name, model_ins[0].shape, yaml_path, opts)
+    if preprocess is not None:
+        raise InputError("preprocessing applies to a model with one image input (4-D, 1 or 3 channels); "
+                         f"this model's inputs: {[(i.name, list(i.shape)) for i in model_ins]}")
+    return None
+
+
 def _spec_of(ref: Any) -> IOSpec:
     if ref.shape is None or any(d is None or d <= 0 for d in ref.shape):
         raise ModelError(f"tensor {ref.name!r} has no static shape {ref.shape}; edgesdk needs static shapes "
@@ -229,7 +326,7 @@ def convert(
     model: Any,
     board: str,
     out: str | Path | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     engine: str | None = None,
     calib: str | Path | None = None,
     preprocess: str | Path | Preprocess | Mapping[str, Any] | None = None,
@@ -241,11 +338,13 @@ def convert(
     calib_limit: int | None = None,
     runner: Runner | None = None,
     adapters: Mapping[str, Adapter] | None = None,
+    accel_options: Mapping[str, Any] | None = None,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
-    model: an .onnx path, a TorchScript file, a .tflite (TFLite path only), or a torch.nn.Module
-    (then `example_inputs`). Bad input raises InputError before anything is written; a segment its
+    model: an .onnx path, a TorchScript file, a .tflite (bundled as it is for the TFLite and Edge TPU paths:
+    edgesdk.tflite_source), or a torch.nn.Module (then `example_inputs`). precision: None is fp32, or a
+    .tflite's own precision. Bad input raises InputError before anything is written; a segment its
     engine's converter rejects falls back to onnxruntime, recorded in the result and the manifest.
     """
     import numpy as np
@@ -257,13 +356,21 @@ def convert(
     from edgesdk.graph.extract import save_model, segment_model
     from edgesdk.graph.load import load_model, load_weights
     from edgesdk.graph.report import analyze
-    from edgesdk.preprocess_config import infer_input_layout, make_preprocess, mnn_mean_normal
+    from edgesdk.preprocess_config import mnn_mean_normal
     from edgesdk.runtime.manifest import sha256_file
 
     t_start = time.perf_counter()
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     prof = get_board(board)
+    if isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".tflite":
+        from edgesdk.tflite_source import convert_tflite
+
+        return convert_tflite(Path(model), prof, out, precision=precision, engine=engine, calib=calib,
+                              preprocess=preprocess, postprocess=postprocess, force=force, dry_run=dry_run,
+                              calib_limit=calib_limit, runner=runner, adapters=adapters, accel_options=accel_options,
+                              t_start=t_start)
+    precision = precision or "fp32"
     eng, notes = choose_engine(prof, precision, engine)
     if precision == "int8" and calib is None:
         raise InputError("int8 needs a calibration set: --calib DIR of images (jpg/png) or .npy tensors")
@@ -283,31 +390,22 @@ def convert(
     writer: BundleWriter | None = None
     try:
         src, kind = _resolve_model(model, example_inputs, work)
-        if kind == "tflite":
-            raise InputError("a .tflite model goes to the TFLite and Edge TPU paths, which take it as it is; "
-                             "converting a .tflite to other engines is not supported")
         m = load_model(src, input_shapes)
-        prof2 = prof.model_copy(update={"engines": [eng, *[e for e in prof.engines if e != eng]]})
+        upd: dict[str, Any] = {"engines": [eng, *[e for e in prof.engines if e != eng]]}
+        if engine is not None and prof.accelerator is not None:  # an explicit CPU engine: no accelerator segments
+            upd["accelerator"] = None
+        prof2 = prof.model_copy(update=upd)
         analysis = analyze(m, prof2)
         plan = analysis.plan
-        for s in plan.segments:
-            if s.target == "accelerator":
-                raise InputError(f"segment {s.index} runs on the accelerator ({s.engine}); not handled by this command")
+        accel = None
+        if any(s.target == "accelerator" for s in plan.segments):
+            from edgesdk.toolchains.adapters import accelerator_adapter_class
+
+            accel = dict(adapters).get(prof.accelerator.engine) or accelerator_adapter_class(prof.accelerator.engine)()
 
         # preprocessing, declared once
-        pre: Preprocess | None = None
         model_ins = [IOSpec(t.name, tuple(int(d) for d in (t.shape or ())), t.dtype) for t in plan.model_inputs]
-        if isinstance(preprocess, Preprocess):
-            pre = preprocess
-        elif preprocess is not None or calib is not None:
-            img_inputs = [i for i in model_ins if infer_input_layout(i.shape)]
-            if len(model_ins) == 1 and img_inputs:
-                yaml_path = preprocess if isinstance(preprocess, (str, Path)) else None
-                opts = preprocess if isinstance(preprocess, Mapping) else None
-                pre = make_preprocess(model_ins[0].name, model_ins[0].shape, yaml_path, opts)
-            elif preprocess is not None:
-                raise InputError("preprocessing applies to a model with one image input (4-D, 1 or 3 channels); "
-                                 f"this model's inputs: {[(i.name, list(i.shape)) for i in model_ins]}")
+        pre = declared_preprocess(model_ins, preprocess, calib)
 
         # calibration
         cset = None
@@ -320,6 +418,8 @@ def convert(
         if not dry_run:  # after every input check: bad input is exit 2 even where a converter is missing
             for e in dict.fromkeys((eng, FALLBACK_ENGINE)):
                 adapter(e).check_env().require()
+            if accel is not None:
+                accel.check_env().require()
 
         full = load_weights(m)
         full_sess = ort_session(full)
@@ -358,6 +458,14 @@ def convert(
                     mean, normal = mnn_mean_normal(pre, cset.images.shape[-1])
                 calib_data = CalibData(arrays, cset.count if cset else 0, images, mean, normal,
                                        pre.color if pre else "RGB")
+            if s.target == "accelerator" and accel is not None:
+                job = ConversionJob(sid, seg_onnx, work, "int8", tuple(_spec_of(t) for t in s.inputs),
+                                    tuple(_spec_of(t) for t in s.outputs), calib_data, dict(accel_options or {}))
+                acc_res = _convert_accelerator(accel, job, s, dry_run, runner, plans, reports, staged, notes, warnings,
+                                               toolchains)
+                if acc_res is not None:
+                    segments.append(acc_res)
+                continue
             planned = s.engine if s.engine in CPU_ENGINES else FALLBACK_ENGINE
             seg_prec = precision
             if seg_prec not in adapter(planned).precisions:  # e.g. fp16 bundle, onnxruntime segment: fp32
@@ -449,4 +557,5 @@ def convert(
         shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["PRECISIONS", "TOLERANCES", "ConvertResult", "SegmentReport", "choose_engine", "convert"]
+__all__ = ["PRECISIONS", "TOLERANCES", "ConvertResult", "SegmentReport", "choose_engine", "convert", "declared_preprocess",
+           "stage_vendor_handoff"]

@@ -23,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: system packages need root (or sudo); emulated boards need root too" >&2; exit 1; fi
 fi
 
-APT_PKGS=(qemu-user-static binfmt-support debootstrap openssh-server openssh-client cmake python3-venv g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf)
+APT_PKGS=(qemu-user-static binfmt-support debootstrap openssh-server openssh-client cmake python3-venv g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -56,6 +56,6 @@ say "installing edgesdk[$EXTRAS] into .venv (pinned by constraints.txt)"
 "${PIP[@]}" install -c constraints.txt --no-build-isolation -e ".[$EXTRAS]"
 # The converters' isolated venvs (~/.cache/edgesdk/toolchains/<id>/venv): pnnx (ncnn), MNN, onnx2tf +
 # TensorFlow (tflite, ~2.6 GB). Idempotent: a venv that already satisfies its pinned requirements is left alone.
-say "edgesdk toolchain install ncnn mnn tflite"
-.venv/bin/edgesdk toolchain install ncnn mnn tflite
+say "edgesdk toolchain install ncnn mnn tflite nnie"
+.venv/bin/edgesdk toolchain install ncnn mnn tflite nnie
 say "done: $("$ROOT/.venv/bin/edgesdk" --version)"

@@ -288,3 +288,76 @@ def make_bundle(root: Path, plan: Sequence[tuple[str, str]], wt: Weights | None 
 
 def sample_input(seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(_SHAPES["x"]).astype(np.float32)
+
+
+#: Quantization of the int8 head's input and output (real = scale * (q - zero_point)).
+INT8_IN = (1.0 / 64.0, 0)  # x in about [-2, 2]
+INT8_OUT = (6.0 / 255.0, -128)  # relu output in [0, 6]
+
+
+def to_tflite_head_int8(wt: Weights, path: Path, io_dtype: str = "int8") -> Path:
+    """The "head" part as a full-integer TFLite model, as the TFLite converter writes one: int8 (or uint8) input
+    'x' [1, H, W, 3] and output 'a' [1, H, W, 8], per-channel int8 weights, int32 bias, fused ReLU."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    def quant(scales: list[float], zps: list[int], dim: int = 0) -> s.QuantizationParametersT:
+        q = s.QuantizationParametersT()
+        q.scale, q.zeroPoint, q.quantizedDimension = [float(v) for v in scales], [int(v) for v in zps], dim
+        return q
+
+    def tensor(name: str, shape: list[int], buf: int, ttype: int, q: s.QuantizationParametersT) -> s.TensorT:
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer, t.quantization = name.encode(), shape, ttype, buf, q
+        return t
+
+    uint8 = io_dtype == "uint8"
+    in_s, in_zp = INT8_IN
+    out_s, out_zp = INT8_OUT
+    w = wt.w1.transpose(0, 2, 3, 1)  # OHWI
+    w_s = np.maximum(np.abs(w).reshape(8, -1).max(axis=1), 1e-8) / 127.0
+    wq = np.clip(np.rint(w / w_s[:, None, None, None]), -127, 127).astype(np.int8)
+    bq = np.rint(wt.b1 / (in_s * w_s)).astype(np.int32)
+    I8 = s.TensorType.INT8
+    bufs = [s.BufferT() for _ in range(7)]
+    bufs[3].data = np.ascontiguousarray(wq).tobytes()
+    bufs[4].data = bq.tobytes()
+    sg = s.SubGraphT()
+    sg.tensors = [tensor("x", [1, H, W, 3], 1, I8, quant([in_s], [in_zp])),
+                  tensor("a", [1, H, W, 8], 2, I8, quant([out_s], [out_zp])),
+                  tensor("w1", [8, 3, 3, 3], 3, I8, quant(list(w_s), [0] * 8)),
+                  tensor("b1", [8], 4, s.TensorType.INT32, quant(list(in_s * w_s), [0] * 8))]
+
+    def operator(code: int, ins: list[int], outs: list[int]) -> s.OperatorT:
+        o = s.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = code, ins, outs
+        return o
+
+    conv = operator(0, [0, 2, 3], [1])
+    opt = s.Conv2DOptionsT()
+    opt.padding, opt.strideW, opt.strideH = s.Padding.SAME, 1, 1
+    opt.dilationWFactor = opt.dilationHFactor = 1
+    opt.fusedActivationFunction = s.ActivationFunctionType.RELU
+    conv.builtinOptionsType, conv.builtinOptions = s.BuiltinOptions.Conv2DOptions, opt
+    sg.operators, sg.inputs, sg.outputs = [conv], [0], [1]
+    codes = [(s.BuiltinOperator.CONV_2D, 3)]  # version 3: per-channel int8
+    if uint8:  # as the TFLite converter does for uint8 I/O: QUANTIZE ops at both ends, int8 inside
+        sg.tensors[0].name, sg.tensors[1].name = b"x_int8", b"a_int8"
+        sg.tensors += [tensor("x", [1, H, W, 3], 5, s.TensorType.UINT8, quant([in_s], [in_zp + 128])),
+                       tensor("a", [1, H, W, 8], 6, s.TensorType.UINT8, quant([out_s], [out_zp + 128]))]
+        sg.operators = [operator(1, [4], [0]), conv, operator(1, [1], [5])]
+        sg.inputs, sg.outputs = [4], [5]
+        codes.append((s.BuiltinOperator.QUANTIZE, 2))
+    m_codes = []
+    for c, v in codes:
+        code = s.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = c
+        code.version = v
+        m_codes.append(code)
+    m = s.ModelT()
+    m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, m_codes, [sg], bufs
+    m.description = b"edgesdk test head int8"
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    path.write_bytes(bytes(b.Output()))
+    return path

@@ -39,6 +39,11 @@ def convert_cmd(
     resize: str | None = typer.Option(None, "--resize", help="letterbox, stretch or none."),
     calib_limit: int | None = typer.Option(None, "--calib-limit", help="Use at most N calibration samples."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
+    vai_version: str | None = typer.Option(None, "--vai-version", help="kv260: Vitis AI release of the board image "
+                                           "(2.5, 3.0, 3.5); sets the DPU fingerprint in arch.json."),
+    dpu_fingerprint: str | None = typer.Option(None, "--dpu-fingerprint", metavar="0x...",
+                                               help="kv260: the board's DPU fingerprint (`xdputil query`); a "
+                                               "mismatch with arch.json is refused before compiling."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (commands and files), convert nothing."),
     json_out: bool = JSON_OPTION,
@@ -65,7 +70,9 @@ def convert_cmd(
 
         raise InputError("give the preprocessing either as --preprocess FILE.yaml or as options, not both")
     res = convert(model, board, out, precision=precision, engine=engine, calib=calib, preprocess=pre,  # type: ignore[arg-type]
-                  input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit)
+                  input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
+                  accel_options={k: v for k, v in {"vai_version": vai_version,
+                                                   "board_fingerprint": dpu_fingerprint}.items() if v})
     if json_out:
         print_json(res.to_dict())
         return

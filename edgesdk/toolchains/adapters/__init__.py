@@ -42,3 +42,24 @@ def get_adapter(engine: str, **kwargs: object) -> Adapter:
 
 __all__ = ["ADAPTERS", "CPU_ENGINES", "Adapter", "Artifact", "CalibData", "ConversionJob", "ConversionRefused",
            "EnvStatus", "IOSpec", "adapter_class", "get_adapter"]
+
+#: accelerator engine (board.accelerator.engine) -> (module, class) of its toolchain adapter.
+ACCELERATOR_ADAPTERS: dict[str, tuple[str, str]] = {
+    "edgetpu": ("edgesdk.toolchains.adapters.edgetpu", "EdgeTpuAdapter"),
+    "vart": ("edgesdk.toolchains.adapters.vitis_ai", "VitisAiAdapter"),
+    "nnie": ("edgesdk.toolchains.adapters.nnie", "NnieAdapter"),
+    "bpu": ("edgesdk.toolchains.adapters.horizon", "HorizonAdapter"),
+}
+
+
+def accelerator_adapter_class(engine: str) -> type[Adapter]:
+    import importlib
+
+    if engine not in ACCELERATOR_ADAPTERS:
+        raise InputError(f"no toolchain adapter for accelerator engine {engine!r}; known: "
+                         f"{', '.join(ACCELERATOR_ADAPTERS)}")
+    mod, cls = ACCELERATOR_ADAPTERS[engine]
+    return getattr(importlib.import_module(mod), cls)
+
+
+__all__ += ["ACCELERATOR_ADAPTERS", "accelerator_adapter_class"]

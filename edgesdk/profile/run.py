@@ -1,0 +1,250 @@
+"""`edgesdk profile`: run the on-board profiler (edgesdk.runtime.profiling) here or on a board over SSH through the
+deployed runtime (flashing first when the release is not on the board), then add the expectations."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgesdk.boards import BoardProfile, get_board
+from edgesdk.errors import EdgeSDKError, InputError, RemoteError
+from edgesdk.profile.expect import expectations
+from edgesdk.profile.report import SCHEMA, ProfileReport
+
+LOCAL = "local"
+PROFILER = Path(__file__).resolve().parent.parent / "runtime" / "profiling.py"
+RESULT_MARK = "EDGESDK-PROFILE "
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 0
+    per_layer: bool = False
+    layer_runs: int = 10
+    frames: int | None = None  # frames through the streaming Pipeline; None: min(max(runs, 10), 100)
+    engines: tuple[str, ...] = ()
+    fallback: str = "error"
+    use_tuning: bool = True
+    timeout: float = 1800.0
+    #: an interpreter on the board with edgesdk.runtime (default: the board's venv from provisioning)
+    python: str | None = None
+    #: flash options when the release must be flashed first
+    flash: Any = None
+    extra_args: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.threads < 0 or self.layer_runs < 1:
+            raise InputError(f"--runs must be >= 1, --warmup and --threads >= 0 (got runs={self.runs}, "
+                             f"warmup={self.warmup}, threads={self.threads})")
+        if self.fallback not in ("error", "cpu"):
+            raise InputError(f"--fallback must be error or cpu, got {self.fallback!r}")
+
+    def argv(self) -> list[str]:
+        a = [f"--runs={self.runs}", f"--warmup={self.warmup}", f"--threads={self.threads}",
+             f"--layer-runs={self.layer_runs}", f"--fallback={self.fallback}"]
+        if self.per_layer:
+            a.append("--per-layer")
+        if self.frames is not None:
+            a.append(f"--frames={self.frames}")
+        for e in self.engines:
+            a.append(f"--engine={e}")
+        if not self.use_tuning:
+            a.append("--no-tuning")
+        return a + list(self.extra_args)
+
+
+def _parse_result(text: str, where: str) -> dict[str, Any]:
+    for line in reversed(text.splitlines()):
+        if line.startswith(RESULT_MARK):
+            try:
+                return json.loads(line[len(RESULT_MARK):])
+            except ValueError as exc:
+                raise RemoteError(f"{where}: the profiler printed a broken result: {exc}") from exc
+    raise RemoteError(f"{where}: the profiler printed no result:\n" + "\n".join(text.splitlines()[-15:]))
+
+
+def _check(res: dict[str, Any], where: str) -> dict[str, Any]:
+    if res.get("ok") is False:
+        cls = InputError if res.get("error") in ("InputError", "BundleError", "InputMismatch") else RemoteError
+        raise cls(f"{where}: {res.get('error')}: {res.get('message')}")
+    return res
+
+
+# -- local --------------------------------------------------------------------------------------------------
+def measure_local(bundle: str | Path, opts: ProfileOptions) -> dict[str, Any]:
+    """Run the profiler in a fresh Python here (a fresh process: its peak RSS is the model's)."""
+    argv = [opts.python or sys.executable, "-m", "edgesdk.runtime.profiling", str(bundle), *opts.argv()]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, check=False, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise RemoteError(f"local profile of {bundle} took more than {opts.timeout:.0f} s") from exc
+    return _check(_parse_result(p.stdout + "\n" + p.stderr, "local"), "local")
+
+
+def local_matches_board(board: BoardProfile) -> bool:
+    """Is this machine the board (edgesdk run on the Pi itself)? Device-tree model and architecture."""
+    if platform.machine() != board.cpu.arch:
+        return False
+    for path in ("/sys/firmware/devicetree/base/model", "/proc/device-tree/model"):
+        try:
+            model = Path(path).read_bytes().rstrip(b"\0").decode("utf-8", "replace")
+        except OSError:
+            continue
+        return any(m in model for m in board.detect.device_tree_model)
+    return False
+
+
+# -- remote --------------------------------------------------------------------------------------------------
+def measure_remote(target: Any, release: str, opts: ProfileOptions) -> dict[str, Any]:
+    """Push the profiler next to the release and run it with the board's deployed runtime (its venv)."""
+    from edgesdk.deploy.board import RemoteBoard
+    from edgesdk.deploy.transport import SSHConnection
+
+    with SSHConnection(target) as conn:
+        rb = RemoteBoard(conn).open()
+        st = rb.call("state")
+        if release not in (st.get("releases") or []):
+            raise InputError(f"{target.known_hosts_name}: release {release} is not installed "
+                             f"(installed: {st.get('releases')})")
+        work = "profile-" + secrets.token_hex(6)
+        rdir = rb.path("tmp", work)
+        with conn.sftp("push the profiler") as sftp:
+            try:
+                sftp.stat(rb.path("tmp"))
+            except FileNotFoundError:
+                sftp.mkdir(rb.path("tmp"), 0o755)
+            sftp.mkdir(rdir, 0o755)
+            sftp.put(str(PROFILER), f"{rdir}/profiling.py")
+        python = opts.python or rb.venv_python
+        try:
+            argv = [python, f"{rdir}/profiling.py", rb.path("releases", release), *opts.argv()]
+            r = conn.run(argv, timeout=opts.timeout, check=False)
+            return _check(_parse_result(r.stdout + "\n" + r.stderr, target.known_hosts_name), target.known_hosts_name)
+        finally:
+            try:
+                rb.call("cleanup", work, timeout=60)
+            except EdgeSDKError:
+                pass
+
+
+def remote_state(target: Any) -> dict[str, Any]:
+    from edgesdk.deploy.flash import status
+
+    return status(target)
+
+
+def emulator_target(board: BoardProfile) -> tuple[Any, str]:
+    from edgesdk.deploy.flash import emulator_target as _et
+
+    return _et(board)
+
+
+def ensure_release(bundle: Path, board: BoardProfile, target: Any, opts: ProfileOptions,
+                   event: Event | None = None) -> tuple[str, dict[str, Any] | None]:
+    """The bundle's release id on the board; flashed first when the board does not hold it."""
+    from edgesdk.deploy.flash import FlashOptions, check_bundle, flash
+
+    manifest, _ = check_bundle(bundle)
+    st = remote_state(target)
+    if manifest.bundle_id in (st.get("releases") or []):
+        return manifest.bundle_id, None
+    fo = opts.flash or FlashOptions(python=opts.python)
+    res = flash(bundle, board, target, fo, event)
+    if not res.ok:
+        raise RemoteError(f"{target.known_hosts_name}: flashing {manifest.bundle_id} before profiling failed "
+                          f"({res.status}): {res.error}")
+    return manifest.bundle_id, res.to_dict()
+
+
+# -- the command --------------------------------------------------------------------------------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _model_path(model: str | Path | None, bundle: Path | None) -> Path | None:
+    if model is not None and Path(model).suffix == ".onnx" and Path(model).is_file():
+        return Path(model)
+    if bundle is not None:
+        try:
+            sm = json.loads((bundle / "manifest.json").read_text()).get("source_model") or {}
+        except (OSError, ValueError):
+            return None
+        p = sm.get("path")
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+def build_report(measure: Mapping[str, Any], board: BoardProfile, target: Mapping[str, Any],
+                 model_path: Path | None = None, model_name: str | None = None) -> ProfileReport:
+    from edgesdk import __version__
+
+    emulated = bool(measure.get("emulated")) or bool(target.get("emulated"))
+    matches = bool(target.get("matches_board"))
+    exp, flags = expectations(board, measure, emulated=emulated, matches_board=matches, model_path=model_path,
+                              model_name=model_name)
+    data = {"schema": SCHEMA, "created_at": _now(), "edgesdk_version": __version__,
+            "target": dict(target, emulated=emulated), **{k: v for k, v in measure.items() if k != "schema"},
+            "emulated": emulated, "expectations": exp, "flags": flags}
+    return ProfileReport(data)
+
+
+def profile(model_or_bundle: str | Path | None, board: str | BoardProfile, host: str | Any | None = None,
+            options: ProfileOptions | None = None, *, release: str | None = None, model: str | Path | None = None,
+            model_name: str | None = None, event: Event | None = None) -> ProfileReport:
+    """Profile MODEL (converted first), BUNDLE, or an installed RELEASE on `host`: "local", an SSHTarget, or
+    None (the board's local emulated instance)."""
+    opts = options or ProfileOptions()
+    prof = board if isinstance(board, BoardProfile) else get_board(board)
+    bundle: Path | None = None
+    if model_or_bundle is not None:
+        from edgesdk.deploy.flash import resolve_bundle
+
+        bundle, _ = resolve_bundle(model_or_bundle, prof.id, event)
+        if model is None and Path(model_or_bundle).is_file():
+            model = model_or_bundle
+    elif release is None:
+        raise InputError("give a MODEL, a BUNDLE or --release ID")
+    mpath = _model_path(model, bundle)
+    if host == LOCAL:
+        if bundle is None:
+            raise InputError("--release needs a board (--host USER@HOST); with --host local give the bundle")
+        measure = measure_local(bundle, opts)
+        target = {"host": LOCAL, "board": prof.id, "board_name": prof.name, "matches_board": local_matches_board(prof),
+                  "release": measure["bundle"]["id"], "flash": None}
+        return build_report(measure, prof, target, mpath, model_name)
+    note = None
+    if host is None:
+        target_obj, note = emulator_target(prof)
+    elif isinstance(host, str):
+        from edgesdk.deploy.transport import SSHTarget
+
+        target_obj = SSHTarget.parse(host)
+    else:
+        target_obj = host
+    flashed = None
+    if bundle is not None:
+        release, flashed = ensure_release(bundle, prof, target_obj, opts, event)
+    assert release is not None
+    measure = measure_remote(target_obj, release, opts)
+    target = {"host": target_obj.known_hosts_name, "board": prof.id, "board_name": prof.name,
+              "matches_board": measure.get("emulated") is False, "release": release, "flash": flashed,
+              "note": note}
+    return build_report(measure, prof, target, mpath, model_name)
+
+
+__all__ = ["LOCAL", "ProfileOptions", "build_report", "ensure_release", "local_matches_board", "measure_local",
+           "measure_remote", "profile"]

@@ -1,0 +1,165 @@
+"""Shared shape of the four accelerator adapters: host pre-steps, then the vendor compiler (native or container).
+
+plan(job) returns one ConversionPlan: everything that runs here (int8 simulation, export, config
+files) and then the vendor compiler's commands. `split` separates the two, so that convert can run
+everything up to the compiler when the compiler is absent, and `instructions` says how to finish.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from edgesdk.errors import InputError
+from edgesdk.toolchains.adapters.base import Adapter, ConversionJob, EnvStatus
+from edgesdk.toolchains.executor import Command, ConversionPlan
+
+
+class AcceleratorAdapter(Adapter):
+    precisions = ("int8",)
+    unsupported = {"fp32": "the accelerator runs int8 only (pass --precision int8 --calib DIR)",
+                   "fp16": "the accelerator runs int8 only (pass --precision int8 --calib DIR)"}
+    #: host simulation scheme (edgesdk.simulate.SCHEMES)
+    scheme: ClassVar[str] = ""
+    #: tool names (Command.tool) of the vendor compiler's commands
+    vendor_tools: ClassVar[tuple[str, ...]] = ()
+    #: the vendor binary looked up on PATH
+    vendor_binary: ClassVar[str] = ""
+    #: container image that carries the vendor tools ("" = none)
+    container_image: ClassVar[str] = ""
+    #: roles the vendor compiler produces (the rest are made here)
+    vendor_roles: ClassVar[tuple[str, ...]] = ("model",)
+    install_hint: ClassVar[str] = ""
+
+    def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
+                 mode: str | None = None) -> None:
+        super().__init__(venv)
+        self.host_python = python or sys.executable
+        self.vendor = vendor or self.vendor_binary
+        self._mode = mode  # "native" | "container" | None (detect)
+
+    # -- environment ---------------------------------------------------------------------------------
+    def vendor_mode(self) -> str | None:
+        """How the vendor compiler runs here: "native" (on PATH), "container" (docker + the image), or None."""
+        if self._mode is not None:
+            return self._mode
+        if shutil.which(self.vendor):
+            return "native"
+        if self.container_image and shutil.which("docker"):
+            try:
+                r = subprocess.run(["docker", "image", "inspect", self.container_image], capture_output=True,
+                                   timeout=30, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            if r.returncode == 0:
+                return "container"
+        return None
+
+    def vendor_env(self) -> EnvStatus:
+        mode = self.vendor_mode()
+        if mode is None:
+            return EnvStatus(self.id, False, None, f"{self.vendor} is not on this machine"
+                             + (f" and the container image {self.container_image} is not pulled"
+                                if self.container_image else ""), self.install_hint)
+        return EnvStatus(self.id, True, None, f"{self.vendor} ({mode})")
+
+    def check_env(self) -> EnvStatus:
+        """The host part (simulation, export, configs): onnxruntime in this environment."""
+        try:
+            from importlib import metadata
+
+            ver = metadata.version("onnxruntime")
+        except Exception:
+            return EnvStatus(self.id, False, None, "onnxruntime is not installed", "pip install 'edgesdk[host]'")
+        return EnvStatus(self.id, True, ver, f"host steps with onnxruntime {ver}; compiler: {self.vendor_env().detail}")
+
+    # -- planning helpers ------------------------------------------------------------------------------
+    def need_calib(self, job: ConversionJob) -> None:
+        self.check_precision(job.precision)
+        if job.calib is None:
+            raise InputError("int8 needs a calibration set: pass --calib DIR")
+
+    def sim_path(self, job: ConversionJob) -> Path:
+        return job.work / f"{job.segment}_{self.engine}_sim.onnx"
+
+    def sim_command(self, job: ConversionJob) -> Command:
+        assert job.calib is not None
+        return Command("onnxruntime", (self.host_python, "-m", "edgesdk.simulate", "--model", str(job.onnx),
+                                       "--calib", str(job.calib.arrays), "--out", str(self.sim_path(job)),
+                                       "--scheme", self.scheme), cwd=job.work, timeout=1800,
+                       purpose=f"host int8 simulation ({self.scheme} scheme): the CPU version of this segment "
+                               "and what `edgesdk verify` measures")
+
+    def wrap(self, argv: Sequence[str], work: Path, mode: str | None = None) -> tuple[str, ...]:
+        """The vendor command, natively or in its container (work dir mounted at the same path)."""
+        mode = mode or self.vendor_mode() or "native"
+        if mode == "container" and self.container_image:
+            return ("docker", "run", "--rm", "-v", f"{work}:{work}", "-w", str(work), self.container_image,
+                    *self.container_prefix(), *argv)
+        return tuple(argv)
+
+    def container_prefix(self) -> tuple[str, ...]:
+        return ()
+
+    def split(self, plan: ConversionPlan) -> tuple[ConversionPlan, ConversionPlan]:
+        pre = [c for c in plan.commands if c.tool not in self.vendor_tools]
+        vend = [c for c in plan.commands if c.tool in self.vendor_tools]
+        pre_out = {k: v for k, v in plan.outputs.items() if k not in self.vendor_roles and not k.startswith("model_")}
+        vend_out = {k: v for k, v in plan.outputs.items() if k in self.vendor_roles or k.startswith("model_")}
+        return (ConversionPlan(plan.toolchain, plan.engine, plan.precision, plan.writes, tuple(pre), pre_out,
+                               plan.notes),
+                ConversionPlan(plan.toolchain, plan.engine, plan.precision, (), tuple(vend), vend_out, plan.notes))
+
+    def instructions(self, plan: ConversionPlan) -> str:
+        """How to install the vendor compiler and run the remaining commands, exactly."""
+        _, vend = self.split(plan)
+        lines = [f"# {self.vendor} is not on this machine. Install: {self.install_hint}", "# then run:"]
+        lines += [shlex.join(c.argv) for c in vend.commands]
+        return "\n".join(lines) + "\n"
+
+
+__all__ = ["AcceleratorAdapter"]
+
+
+# -- flashing a bundle onto a board whose accelerator is absent -----------------------------------------------
+
+class AcceleratorMissing(InputError):
+    """The bundle needs the board's accelerator, which the board does not have (exit 2, with the fix)."""
+
+
+def check_accelerator_for_flash(manifest: object, accelerator_present: bool, fallback: str | None = None,
+                                board_name: str = "the board") -> tuple[str, ...]:
+    """Decide whether a bundle may be flashed where the accelerator is (or is not) present.
+
+    manifest: edgesdk.runtime.manifest.Manifest. accelerator_present: what the probe found (e.g. the
+    Edge TPU's USB ids 1a6e:089a / 18d1:9302 for coral-usb; False on an emulated board).
+    fallback: None, or "cpu" (`flash --fallback cpu`).
+
+    Returns the lines to report (empty when nothing changes). Raises AcceleratorMissing when an
+    accelerator segment cannot run and no CPU fallback was asked, or a segment has no CPU version.
+    With fallback "cpu" every accelerator segment is reported as running its CPU version; run the
+    bundle with Session(bundle, fallback="cpu") on the board so that this is what happens.
+    """
+    segs = [s for s in getattr(manifest, "segments", ()) if getattr(s, "accelerator", False)]
+    if not segs or accelerator_present:
+        return ()
+    names = ", ".join(f"{s.id} ({s.engine})" for s in segs)
+    if fallback != "cpu":
+        raise AcceleratorMissing(
+            f"{board_name} has no accelerator, but segments {names} of this bundle need it. Connect it (for the "
+            "Coral USB Accelerator: plug it into a USB 3 port and install libedgetpu1-std), or flash with "
+            "--fallback cpu to run every segment on the CPU (slower; reported as such)")
+    missing = [s.id for s in segs if s.cpu_version is None]
+    if missing:
+        raise AcceleratorMissing(f"--fallback cpu: segments {', '.join(missing)} carry no CPU version; re-convert "
+                                 "the bundle with this edgesdk")
+    return tuple(f"segment {s.id}: {s.engine} accelerator absent on {board_name}; runs its CPU version "
+                 f"({s.cpu_version.engine}, host int8 simulation) because --fallback cpu was given" for s in segs)
+
+
+__all__ += ["AcceleratorMissing", "check_accelerator_for_flash"]
