@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import os
 import importlib.util
 import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,11 +110,36 @@ def _run_version(argv: list[str], regex: str | None, timeout: float = 20) -> tup
     return "ok", None, exe
 
 
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Silence fds 1 and 2 while an engine imports: some print banners from C straight to stdout."""
+    import sys
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+    except (OSError, ValueError):  # no real fds (e.g. captured by a test runner)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _module_version(mod: str) -> tuple[Status, str | None, str | None]:
     if importlib.util.find_spec(mod) is None:
         return "missing", None, None
     try:
-        m = importlib.import_module(mod)
+        with _quiet_fds():
+            m = importlib.import_module(mod)
     except Exception as exc:  # an installed package that does not import is a broken install
         return "broken", None, f"import {mod} failed: {type(exc).__name__}: {exc}"
     ver = getattr(m, "__version__", None)
@@ -127,11 +155,16 @@ def _venv_module_version(venv: Path, mod: str) -> tuple[Status, str | None, str 
     py = venv / "bin" / "python"
     if not py.exists():
         return "missing", None, None
+    # Engines print banners on stdout from C (MNN: "The device supports: ..."), so the version
+    # comes back on a marked line.
     code = (
         "import importlib, importlib.metadata as md\n"
         f"m = importlib.import_module({mod!r})\n"
         "v = getattr(m, '__version__', None)\n"
-        "print(v or '')\n"
+        "if not v:\n"
+        f"    dists = md.packages_distributions().get({mod.split('.')[0]!r}, [])\n"
+        "    v = md.version(dists[0]) if dists else ''\n"
+        "print('EDGESDK_VERSION=' + str(v or ''))\n"
     )
     try:
         res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120)
@@ -140,7 +173,8 @@ def _venv_module_version(venv: Path, mod: str) -> tuple[Status, str | None, str 
     if res.returncode != 0:
         tail = (res.stderr or "").strip().splitlines()[-1:] or [""]
         return "broken", None, f"import {mod} in {venv} failed: {tail[0]}"
-    return "ok", res.stdout.strip() or None, None
+    ver = next((ln.split("=", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("EDGESDK_VERSION=")), "")
+    return "ok", ver.strip() or None, None
 
 
 def check_tool(spec: ToolchainSpec, tool: Tool) -> Check:
@@ -202,8 +236,6 @@ def check_emulation() -> list[Check]:
                                  "apt-get install --reinstall qemu-user-static"))
             else:
                 out.append(Check("emulation", f"binfmt qemu-{arch}", "ok", None, f"flags {flags}"))
-    import os
-
     out.append(Check("emulation", "root", "ok" if os.geteuid() == 0 else "missing", None,
                      None if os.geteuid() == 0 else "emulated boards need root", None if os.geteuid() == 0 else "run as root"))
     return out

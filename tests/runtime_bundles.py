@@ -127,11 +127,19 @@ def pnnx_binary() -> Path | None:
 
 
 def mnnconvert_binary() -> Path | None:
-    for p in (BIN / "mnnconvert", _toolchain_venv("mnn") / "bin" / "mnnconvert"):
-        if p.is_file():
-            return p
-    w = shutil.which("mnnconvert")
-    return Path(w) if w else None
+    """A Python that has MNN's converter core (`_tools`): this one, or the mnn toolchain venv's.
+
+    Never the `mnnconvert` console script: its wrapper runs `pip install aliyun-log-python-sdk`
+    with whatever pip is on PATH and sends telemetry (see DEVELOPERS.md).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("_tools") is not None:
+        return Path(sys.executable)
+    py = _toolchain_venv("mnn") / "bin" / "python"
+    if py.is_file() and subprocess.run([str(py), "-c", "import _tools"], capture_output=True, timeout=60).returncode == 0:
+        return py
+    return None
 
 
 def tflite_available() -> bool:
@@ -164,8 +172,11 @@ def to_mnn(onnx_path: Path, out_dir: Path) -> Path:
     if exe is None:
         raise RuntimeError("mnnconvert is not installed (pip install MNN)")
     out = out_dir / f"{onnx_path.stem}.mnn"
-    subprocess.run([str(exe), "-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(out), "--bizCode", "biz"],
+    subprocess.run([str(exe), "-c", "import sys, _tools; _tools.mnnconvert(sys.argv)", "-f", "ONNX",
+                    "--modelFile", str(onnx_path), "--MNNModel", str(out), "--bizCode", "edgesdk"],
                    check=True, capture_output=True, timeout=120)
+    if not out.is_file():  # the core returns success even when it fails
+        raise RuntimeError(f"MNNConvert wrote no {out.name}")
     return out
 
 

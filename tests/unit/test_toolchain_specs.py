@@ -104,3 +104,11 @@ def test_unknown_toolchain_suggests():
     with pytest.raises(UnknownToolchainError) as ei:
         get_toolchain("vitis")
     assert "vitis-ai" in ei.value.suggestions
+
+
+def test_no_tool_probe_runs_mnn_console_scripts():
+    # MNN's console-script wrappers pip-install into whatever pip is on PATH and send telemetry;
+    # doctor must only ever import the converter core in the toolchain venv.
+    for t in list_toolchains():
+        for tool in t.tools:
+            assert tool.command not in {"mnnconvert", "mnnquant", "mnn", "MNNConvert"}, (t.id, tool.name)
