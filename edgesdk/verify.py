@@ -1,4 +1,5 @@
-"""`edgesdk verify`: run a bundle on the host with its real engines and compare it with the fp32 ONNX model.
+"""`edgesdk verify`: run a bundle on the host with its real engines and compare it with the fp32 ONNX model
+(for a bundle made from a .tflite: with the TFLite interpreter on that .tflite, or the bundle's reference outputs).
 
 Per output: cosine similarity, max absolute error, that error relative to the reference's range,
 and top-1 agreement for classifier outputs. For int8 bundles, a per-layer view in the manner of
@@ -212,7 +213,8 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
 
     if data is not None:
         if model_path is None:
-            raise InputError("--data needs the fp32 ONNX model to compare with: pass --model MODEL.onnx")
+            raise InputError("--data needs the model to compare with: pass --model MODEL.onnx (or the source "
+                             "MODEL.tflite for a bundle made from one)")
         cset = load_calibration(data, [InputSpec(t.name, t.shape, t.dtype) for t in mf.inputs], mf.preprocess,
                                 limit=limit)
         samples = [cset.sample(i) for i in range(cset.count)]
@@ -223,7 +225,13 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
     if not samples:
         raise InputError("nothing to verify: no samples")
 
-    if model_path is not None:
+    tflite_src = model_path is not None and model_path.suffix.lower() == ".tflite"
+    if tflite_src:  # a bundle made from a .tflite: its source is the reference (there is no ONNX original)
+        from edgesdk.tflite_source import run_tflite
+
+        refs = run_tflite(model_path, samples)  # type: ignore[arg-type]
+        compared = f"the TFLite interpreter on {model_path.name} (the source .tflite; there is no ONNX original)"
+    elif model_path is not None:
         from edgesdk.conversion import ort_session
         from edgesdk.graph.load import load_model, load_weights
 
@@ -234,7 +242,9 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
         compared = f"onnxruntime on {model_path.name} (fp32)"
     else:
         refs = [{n: np.load(b / rel, allow_pickle=False) for n, rel in mf.reference_outputs.items()}]
-        compared = "the bundle's reference outputs (onnxruntime on the fp32 model at conversion)"
+        compared = ("the bundle's reference outputs (the TFLite interpreter on the source .tflite at conversion; "
+                    "there is no ONNX original)" if mf.source_model.get("kind") == "tflite" else
+                    "the bundle's reference outputs (onnxruntime on the fp32 model at conversion)")
 
     # accelerator segments carry their host int8 simulation as a CPU version: run it when the accelerator is absent
     fallback = "cpu" if any(sg.cpu_version is not None for sg in mf.segments) else "error"
@@ -244,8 +254,9 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
                          "fallback": u.reason if u.fallback else None} for u in s.engines_used)
         for u in s.engines_used:
             if u.fallback:
-                notes.append(f"segment {u.segment} ran its host int8 simulation on {u.engine}, not the "
-                             f"{u.planned} accelerator ({u.reason})")
+                what = "its host int8 simulation" if u.engine == "onnxruntime" else "its CPU version"
+                notes.append(f"segment {u.segment} ran {what} on {u.engine}, not the {u.planned} accelerator "
+                             f"({u.reason})")
     for sg in mf.segments:
         if sg.reason and "host int8 simulation" in sg.reason:
             notes.append(f"segment {sg.id} is the host int8 simulation of its accelerator segment (not compiled here)")
@@ -256,7 +267,9 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
     first = None
     thr = None
     if layers and mf.precision == "int8":
-        if model_path is None:
+        if mf.source_model.get("kind") == "tflite" and (model_path is None or tflite_src):
+            notes.append("per-layer comparison skipped: the source is a .tflite, there is no fp32 ONNX model")
+        elif model_path is None:
             notes.append("per-layer comparison skipped: it needs the fp32 model (--model)")
         else:
             thr = mf.tolerance.cosine_min or LAYER_COSINE

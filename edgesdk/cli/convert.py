@@ -23,10 +23,11 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 
 @handle_errors
 def convert_cmd(
-    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts), or a .tflite (bundled as it is: TFLite, Edge TPU)."),
     board: str = typer.Option(..., "--board", "-b", metavar="ID", help="Board id, e.g. rpi4."),
     out: Path | None = typer.Option(None, "-o", "--out", metavar="OUT", help="Bundle folder to write (must not exist)."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    precision: str | None = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (default fp32; a "
+                                         ".tflite keeps its own)."),
     engine: str | None = typer.Option(None, "--engine", "-e", help="ncnn, mnn, tflite or onnxruntime (default: the "
                                       "board's engine order)."),
     calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Calibration images (jpg/png) or .npy."),
@@ -57,6 +58,8 @@ def convert_cmd(
       edgesdk convert model.onnx --board rpi5 --engine tflite --precision int8 --calib calib/ -o build/rpi5-int8
 
       edgesdk convert model.onnx --board rpi4 --engine mnn --precision int8 --calib calib/ --dry-run
+
+      edgesdk convert model_int8.tflite --board coral-usb -o build/coral
     """
     from edgesdk.conversion import convert
 

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, shapes_from
 
 HOST_HELP = ("USER@HOST[:PORT] (a ~/.ssh/config alias works), or 'local' for this machine. "
              "Default: the board's local emulated instance.")
@@ -56,6 +57,7 @@ def profile_cmd(
                                help="The source model, for the roofline estimate when profiling a bundle/release."),
     ref_model: str = typer.Option(None, "--reference-model", metavar="NAME",
                                   help="Compare with the board's published figure for NAME (e.g. mobilenet_v2)."),
+    input_shape: list[str] = INPUT_SHAPE_OPTION,
     json_out: bool = JSON_OPTION,
     html: Path = typer.Option(None, "--html", metavar="FILE", help="Write the self-contained HTML report."),
     out: Path = typer.Option(None, "--out", "-o", metavar="FILE.json", help="Write the JSON report."),
@@ -90,7 +92,7 @@ def profile_cmd(
     from edgesdk.profile import profile as run_profile
 
     opts = ProfileOptions(runs=runs, warmup=warmup, threads=threads, per_layer=per_layer, layer_runs=layer_runs,
-                          frames=frames, python=python)
+                          frames=frames, python=python, input_shapes=shapes_from(input_shape) or None)
     target = _target(host, identity, known_hosts, accept_new, remote_dir)
     emit = _event(json_out)
     if sweep:
@@ -98,6 +100,9 @@ def profile_cmd(
 
         if not items:
             raise InputError("--sweep needs a MODEL (or a bundle, for threads only)")
+        if input_shape:
+            raise InputError("--input-shape is not supported with --sweep yet: convert with `edgesdk convert "
+                             "--input-shape ...` and sweep the bundle")
         res = run_sweep(items[0], board, target, sweep, opts, calib=calib, event=emit)
         if out:
             Path(out).write_text(json.dumps(res.to_dict(), indent=1), encoding="utf-8")

@@ -307,7 +307,7 @@ def find_tool(name: str) -> str | None:
         for d in LIB_DIRS:
             dirs.append(d)
             try:
-                dirs += [os.path.join(d, s) for s in os.listdir(d) if s.endswith("-linux-gnu") or s.endswith("gnueabihf")]
+                dirs += [os.path.join(d, s) for s in os.listdir(d) if s.endswith(("-linux-gnu", "gnueabihf"))]
             except OSError:
                 pass
         for d in dirs:

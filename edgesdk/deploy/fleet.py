@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.boards import BoardProfile, get_board
-from edgesdk.deploy.flash import (FlashOptions, FlashResult, board_engines, check_bundle, flash_bundle,
-                                  resolve_bundle)
+from edgesdk.deploy.flash import (
+    FlashOptions,
+    FlashResult,
+    board_engines,
+    check_bundle,
+    flash_bundle,
+    resolve_bundle,
+)
 from edgesdk.deploy.transport import SSHTarget
 from edgesdk.errors import InputError
 

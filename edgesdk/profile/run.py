@@ -43,6 +43,8 @@ class ProfileOptions:
     #: flash options when the release must be flashed first
     flash: Any = None
     extra_args: tuple[str, ...] = field(default=())
+    #: fixed shapes for a model's dynamic inputs when it is converted first (`--input-shape NAME=D0,D1,...`)
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.threads < 0 or self.layer_runs < 1:
@@ -213,7 +215,7 @@ def profile(model_or_bundle: str | Path | None, board: str | BoardProfile, host:
     if model_or_bundle is not None:
         from edgesdk.deploy.flash import resolve_bundle
 
-        bundle, _ = resolve_bundle(model_or_bundle, prof.id, event)
+        bundle, _ = resolve_bundle(model_or_bundle, prof.id, event, opts.input_shapes)
         if model is None and Path(model_or_bundle).is_file():
             model = model_or_bundle
     elif release is None:

@@ -622,7 +622,7 @@ def profile_bundle(bundle: str | Path, runs: int = 50, warmup: int = 5, threads:
     sys_before = system_snapshot()
     rss0 = rss_mb()
     t = time.perf_counter()
-    sess = Session(bundle, engines=eng_arg, fallback=fallback)
+    sess = Session(bundle, engines=eng_arg, fallback=fallback, use_tuning=use_tuning)
     load_ms = (time.perf_counter() - t) * 1e3
     try:
         rss_loaded = rss_mb()

@@ -132,10 +132,14 @@ class Session:
         one; `engines_used` records it. Without a CPU version it is still an error.
     guard_load: load crash-prone engines (ncnn, MNN) in a subprocess first, so that a malformed
         model file ends as EngineFailure instead of killing the caller. None: for those engines.
+    use_tuning: with engines=None, apply the release's tuning.json (written by `edgesdk tune` into the
+        bundle directory; edgesdk.runtime.profiling.tuned_engines) when it is there and made for this
+        bundle. `tuning` is then the applied document (None otherwise).
     """
 
     def __init__(self, bundle_dir: str | Path, engines: Iterable[EngineChoice] | None = None,
-                 fallback: str = "error", *, verify: bool = True, guard_load: bool | None = None) -> None:
+                 fallback: str = "error", *, verify: bool = True, guard_load: bool | None = None,
+                 use_tuning: bool = True) -> None:
         if fallback not in FALLBACKS:
             raise InputMismatch(f"fallback: expected one of {list(FALLBACKS)}, got {fallback!r}")
         self._stages: list[_Stage] = []
@@ -146,8 +150,16 @@ class Session:
         self._allowed = normalize_engines(engines)
         self._fallback = fallback
         self._guard = guard_load
+        self.tuning: dict[str, Any] | None = None
         self.manifest = load_manifest(self.bundle_dir, verify=verify)
         m = self.manifest
+        if engines is None and use_tuning:
+            from edgesdk.runtime import profiling
+
+            t = profiling.load_tuning(self.bundle_dir)
+            if t is not None and t.get("bundle_id") in (None, "", m.bundle_id):  # a stale file is not applied
+                self._allowed = normalize_engines(profiling.tuned_engines(self.bundle_dir))
+                self.tuning = t
         self._in_specs = {t.name: t for t in m.inputs}
         self._out_names = [t.name for t in m.outputs]
         try:

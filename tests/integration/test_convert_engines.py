@@ -120,6 +120,32 @@ def test_tflite_int8_is_full_integer_with_int8_io(bundles) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(("precision", "board"), [("int8", "rpi4"), ("int8", "coral-usb"), ("fp32", "rpi5")])
+def test_tflite_file_as_input(bundles, calib_dir: Path, tmp_path: Path, precision: str, board: str) -> None:
+    """The .tflite that onnx2tf made (full-integer int8 / float) given back to convert: bundled as it is, NHWC,
+    same held-out accuracy as the bundle it came from, verify against the interpreter."""
+    from edgesdk.conversion import convert
+    from edgesdk.runtime.manifest import load_manifest
+    from edgesdk.verify import verify
+
+    first = bundles("tflite", precision)
+    src = tmp_path / f"digits_{precision}.tflite"
+    src.write_bytes((first / load_manifest(first).segments[0].files["model"]).read_bytes())
+    out = tmp_path / "b"
+    convert(src, board, out, calib=calib_dir, preprocess=PRE)
+    m = load_manifest(out)
+    assert m.precision == precision and m.inputs[0].shape == (1, 32, 32, 3)  # the file's own NHWC input
+    assert m.preprocess is not None and m.preprocess.layout == "NHWC"
+    if board == "coral-usb":
+        assert (out / "vendor" / "s0" / "COMPILE.txt").is_file()
+    # the same file; only the preprocessing's float path differs (NHWC here, cv2.dnn's NCHW blob there), which
+    # can move an int8 rounding: 98.8 % here vs 98.6 % there when this was written (one digit of 500)
+    assert abs(accuracy(out) - accuracy(first)) <= 0.004
+    rep = verify(out, data=calib_dir, limit=20)
+    assert rep.ok and rep.outputs[0].top1_agreement == 1.0, rep.to_dict()
+
+
+@pytest.mark.integration
 def test_int8_verify_names_layers(bundles, calib_dir: Path) -> None:
     from edgesdk.verify import verify
 

@@ -159,7 +159,8 @@ def check_accelerator_for_flash(manifest: object, accelerator_present: bool, fal
         raise AcceleratorMissing(f"--fallback cpu: segments {', '.join(missing)} carry no CPU version; re-convert "
                                  "the bundle with this edgesdk")
     return tuple(f"segment {s.id}: {s.engine} accelerator absent on {board_name}; runs its CPU version "
-                 f"({s.cpu_version.engine}, host int8 simulation) because --fallback cpu was given" for s in segs)
+                 f"({s.cpu_version.engine}, {'host int8 simulation' if s.cpu_version.engine == 'onnxruntime' else 'on the CPU'})"
+                 " because --fallback cpu was given" for s in segs)
 
 
 __all__ += ["AcceleratorMissing", "check_accelerator_for_flash"]
