@@ -15,6 +15,7 @@ from edgesdk.boards import BoardProfile, get_board, list_boards
 from edgesdk.graph.load import Model, load_model
 from edgesdk.graph.partition import DEFAULT_MIN_ISLAND_SHARE, PartitionPlan, partition
 from edgesdk.graph.support import SupportReport, check_support
+from edgesdk.toolchains.logs import COMPILER_LOG_NOTE
 from edgesdk.toolchains.spec import OpTable
 
 ESTIMATE_LABEL = "estimate (roofline from the board profile's peaks, not a measurement)"
@@ -206,9 +207,13 @@ def build_report(a: Analysis) -> InspectReport:
         total = model.total_flops or 1
         idx = {n.name: i for i, n in enumerate(model.nodes)}
         on_acc = sum(model.costs[idx[p.node]].flops for p in support.compiler_view if p.target == "accelerator")
-        first = next((p for p in support.placements if p.target == "cpu"), None)
+        from_log = COMPILER_LOG_NOTE in support.notes
+        # A log-derived view is what the vendor compiler did; otherwise it is edgesdk's prediction of it.
+        first = next((p for p in (support.compiler_view if from_log else support.placements) if p.target == "cpu"),
+                     None)
         behind = sum(1 for p in support.compiler_view if p.kind == "partition_rule")
         compiler_view = {
+            "source": "vendor compiler log" if from_log else "edgesdk's prediction",
             "rule": support.partition_rule,
             "accelerator_flops_share": on_acc / total,
             "segments": 1 if first is None or on_acc == 0 else 2,

@@ -87,8 +87,14 @@ class EdgeTpuAdapter(AcceleratorAdapter):
             return ()
         from edgesdk.toolchains.logs import edgetpu_cache_warning, parse_edgetpu_log
 
-        w = edgetpu_cache_warning(parse_edgetpu_log(log.read_text(encoding="utf-8", errors="replace")))
-        return tuple(x for x in (w,) if x)
+        parsed = parse_edgetpu_log(log.read_text(encoding="utf-8", errors="replace"))
+        w = edgetpu_cache_warning(parsed)
+        bad = "; ".join(f"{o.op} x{o.count}: {o.reason}" for o in parsed.ops if o.target == "cpu")
+        # The same facts `support_from_compiler_log` puts into the support report, for the manifest.
+        summary = (f"Edge TPU compiler log: {parsed.tpu_ops} of {parsed.total_ops} ops on the Edge TPU, "
+                   f"{parsed.cpu_ops} on the CPU; {parsed.on_chip_mib:.2f} MiB of parameters on-chip, "
+                   f"{parsed.off_chip_mib:.2f} MiB off-chip" + (f"; not mapped: {bad}" if bad else ""))
+        return tuple(x for x in (summary, w) if x)
 
     def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
         io = json.loads(plan.outputs["io"].read_text(encoding="utf-8"))

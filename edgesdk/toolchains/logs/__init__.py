@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgesdk.graph.support import Kind, Placement, SupportReport
 
 _SIZE = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
 
@@ -189,5 +192,148 @@ def parse_horizon_checker(text: str) -> HorizonChecker:
     return HorizonChecker(tuple(nodes), ops)
 
 
-__all__ = ["EDGETPU_CACHE_MIB", "EDGETPU_MS_PER_UNCACHED_MIB_USB3", "EdgeTpuLog", "HorizonChecker", "OpPlacement",
-           "VitisLog", "edgetpu_cache_warning", "parse_edgetpu_log", "parse_horizon_checker", "parse_vitis_log"]
+# -- the compiler's actual placement, in edgesdk's support-report terms ------------------------------
+
+#: The note a log-derived compiler_view carries, so reports label it "vendor compiler log" and not
+#: "edgesdk's prediction" (edgesdk.graph.report looks for this prefix).
+COMPILER_LOG_NOTE = "compiler_view: from the vendor compiler log"
+
+#: ONNX op type -> the TFLite op types it becomes (onnx2tf / TFLite converter), for reading the
+#: Edge TPU compiler's per-op-type table back onto ONNX nodes.
+ONNX_TO_TFLITE: dict[str, tuple[str, ...]] = {
+    "Conv": ("CONV_2D", "DEPTHWISE_CONV_2D"), "ConvTranspose": ("TRANSPOSE_CONV",),
+    "Gemm": ("FULLY_CONNECTED",), "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"),
+    "Add": ("ADD",), "Sub": ("SUB",), "Mul": ("MUL",), "Div": ("DIV",),
+    "Relu": ("RELU",), "Clip": ("RELU6", "RELU"), "Sigmoid": ("LOGISTIC",), "Tanh": ("TANH",),
+    "HardSwish": ("HARD_SWISH",), "LeakyRelu": ("LEAKY_RELU",),
+    "Concat": ("CONCATENATION",), "Reshape": ("RESHAPE",), "Flatten": ("RESHAPE",), "Squeeze": ("RESHAPE",),
+    "Unsqueeze": ("RESHAPE",), "Resize": ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"),
+    "AveragePool": ("AVERAGE_POOL_2D",), "GlobalAveragePool": ("MEAN", "AVERAGE_POOL_2D"),
+    "ReduceMean": ("MEAN",), "MaxPool": ("MAX_POOL_2D",), "GlobalMaxPool": ("MAX_POOL_2D", "REDUCE_MAX"),
+    "Softmax": ("SOFTMAX",), "Transpose": ("TRANSPOSE",), "Pad": ("PAD",), "Slice": ("STRIDED_SLICE", "SLICE"),
+    "Split": ("SPLIT", "SPLIT_V"),
+}
+
+_LOG = "from the compiler log"
+
+
+def _edgetpu_kind(reason: str) -> Kind:
+    r = reason.lower()
+    if "more than one subgraph" in r:
+        return "partition_rule"
+    if "rank" in r or "limitation" in r or "dimension" in r or "size" in r:
+        return "limits"
+    return "unsupported_op"
+
+
+def _support_from_edgetpu(report: SupportReport, log: EdgeTpuLog) -> tuple[list[Placement], list[str]]:
+    from edgesdk.graph.support import Placement
+
+    acc = report.chain[0]
+    cpu = next((c for c in report.chain if c.target == "cpu"), report.chain[-1])
+    mapped: dict[str, int] = {}
+    unmapped: dict[str, list[OpPlacement]] = {}
+    for o in log.ops:
+        if o.target == "accelerator":
+            mapped[o.op] = mapped.get(o.op, 0) + o.count
+        else:
+            unmapped.setdefault(o.op, []).append(o)
+    base = report.compiler_view if report.compiler_view is not None else report.placements
+    out: list[Placement] = []
+    for p in base:
+        tfl = ONNX_TO_TFLITE.get(p.op_type, ())
+        seen = [t for t in tfl if t in mapped or t in unmapped]
+        if not seen:
+            why = (f"{p.op_type} has no TFLite op in edgesdk's mapping table" if not tfl
+                   else f"none of {'/'.join(tfl)} appears in the log's operator table")
+            out.append(Placement(p.node, p.op_type, p.engine, p.target, p.kind,
+                                 (f"{why} {_LOG}; edgesdk's placement kept",) + p.reasons, p.rewrite, p.refused_by))
+            continue
+        n_map = sum(mapped.get(t, 0) for t in seen)
+        bad = [o for t in seen for o in unmapped.get(t, ())]
+        n_bad = sum(o.count for o in bad)
+        rows = "; ".join(f"{o.op} x{o.count}: {o.reason}" for o in bad)
+        if bad and not n_map:
+            # Every op of these TFLite types stays on the CPU, so this node does too.
+            out.append(Placement(p.node, p.op_type, cpu.engine, "cpu", _edgetpu_kind(bad[0].reason),
+                                 (f"not mapped to the Edge TPU {_LOG}: {rows}",), p.rewrite, (acc.engine,)))
+        elif bad:
+            # Mixed: the log counts per op type, not per node, so which node is not mapped is unknown.
+            out.append(Placement(p.node, p.op_type, p.engine, p.target, p.kind,
+                                 ((f"{n_map} of {n_map + n_bad} {'/'.join(seen)} mapped to the Edge TPU {_LOG}, "
+                                  f"the rest not ({rows}); the log does not say which node, edgesdk's placement kept"),)
+                                 + p.reasons, p.rewrite, p.refused_by))
+        else:
+            out.append(Placement(p.node, p.op_type, acc.engine, "accelerator", "supported",
+                                 (f"{'/'.join(seen)} mapped to Edge TPU {_LOG}",)))
+    notes = [(f"Edge TPU compiler log: {log.on_chip_mib:.2f} MiB of parameters cached on-chip, "
+             f"{log.off_chip_mib:.2f} MiB off-chip (streamed); {log.tpu_ops} of {log.total_ops} ops on the Edge TPU, "
+             f"{log.cpu_ops} on the CPU, {log.subgraphs} Edge TPU subgraph(s)")]
+    w = edgetpu_cache_warning(log)
+    if w:
+        notes.append(w)
+    return out, notes
+
+
+def _support_from_horizon(report: SupportReport, log: HorizonChecker) -> tuple[list[Placement], list[str]]:
+    from edgesdk.graph.support import Placement
+
+    acc = report.chain[0]
+    cpu = next((c for c in report.chain if c.target == "cpu"), report.chain[-1])
+    rows = {n: (on, sub, typ) for n, on, sub, typ in log.nodes}
+    base = report.compiler_view if report.compiler_view is not None else report.placements
+    out: list[Placement] = []
+    missing = 0
+    for p in base:
+        row = rows.get(p.node)
+        if row is None:
+            missing += 1
+            out.append(Placement(p.node, p.op_type, p.engine, p.target, p.kind,
+                                 (f"not in the checker table {_LOG}; edgesdk's placement kept",) + p.reasons,
+                                 p.rewrite, p.refused_by))
+        elif row[0] == "BPU":
+            out.append(Placement(p.node, p.op_type, acc.engine, "accelerator", "supported",
+                                 (f"hb_mapper checker: BPU, subgraph {row[1]}, as {row[2]} ({_LOG})",)))
+        else:
+            kind = p.kind if p.target == "cpu" else "unsupported_op"
+            out.append(Placement(p.node, p.op_type, cpu.engine, "cpu", kind,
+                                 (f"hb_mapper checker: CPU, as {row[2]} ({_LOG})",) + p.reasons,
+                                 p.rewrite, (acc.engine,)))
+    on_bpu = sum(1 for r in rows.values() if r[0] == "BPU")
+    notes = [(f"hb_mapper checker: {on_bpu} node(s) on the BPU, {len(rows) - on_bpu} on the CPU, "
+             f"{log.subgraphs} BPU subgraph(s)")]
+    if missing:
+        notes.append(f"{missing} node(s) are not in the checker table (renamed or fused by hb_mapper); "
+                     "edgesdk's placement is kept for them")
+    return out, notes
+
+
+def support_from_compiler_log(report: SupportReport, log: EdgeTpuLog | HorizonChecker | VitisLog) -> SupportReport:
+    """`report` (an edgesdk.graph.support.SupportReport) with compiler_view set to what the vendor
+    compiler actually did, read from its log, and notes with what the log says about memory and subgraphs.
+
+    - HorizonChecker: per node, by name; nodes missing from the table keep edgesdk's placement.
+    - EdgeTpuLog: the log counts per TFLite op type, not per node; a node goes to the CPU when every
+      TFLite op its ONNX type becomes (ONNX_TO_TFLITE) is reported not mapped, and to the Edge TPU when
+      every one is mapped; mixed or unknown types keep edgesdk's placement and say so.
+    - VitisLog: no per-node table; only notes (DPU/CPU subgraph counts, ops assigned to the CPU).
+    """
+    from dataclasses import replace
+
+    if isinstance(log, VitisLog):
+        cpu = ", ".join(f"{o.op} ({o.reason})" for o in log.cpu_ops)
+        note = (f"vai_c_xir log: {log.subgraphs} subgraph(s), {log.dpu_subgraphs} on the DPU, "
+                f"{log.cpu_subgraphs} on the CPU" + (f"; ops assigned to the CPU: {cpu}" if cpu else ""))
+        return replace(report, notes=tuple(report.notes) + (note,))
+    if isinstance(log, EdgeTpuLog):
+        view, notes = _support_from_edgetpu(report, log)
+    elif isinstance(log, HorizonChecker):
+        view, notes = _support_from_horizon(report, log)
+    else:
+        raise TypeError(f"not a parsed compiler log: {type(log).__name__}")
+    return replace(report, compiler_view=tuple(view), notes=tuple(report.notes) + (COMPILER_LOG_NOTE, *notes))
+
+
+__all__ = ["COMPILER_LOG_NOTE", "EDGETPU_CACHE_MIB", "EDGETPU_MS_PER_UNCACHED_MIB_USB3", "ONNX_TO_TFLITE",
+           "EdgeTpuLog", "HorizonChecker", "OpPlacement", "VitisLog", "edgetpu_cache_warning", "parse_edgetpu_log", "parse_horizon_checker",
+           "parse_vitis_log", "support_from_compiler_log"]
