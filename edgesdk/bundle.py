@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import replace
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -68,6 +69,12 @@ class BundleWriter:
         np.save(self._dest(rel), array, allow_pickle=False)
         return rel
 
+    def add_reference(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+        """Store reference inputs and outputs as reference/{input,output}_K.npy; return name -> path maps."""
+        ins = {n: self.add_array(f"reference/input_{k}.npy", a) for k, (n, a) in enumerate(inputs.items())}
+        outs = {n: self.add_array(f"reference/output_{k}.npy", a) for k, (n, a) in enumerate(outputs.items())}
+        return ins, outs
+
     def add_text(self, rel: str, text: str) -> str:
         self._dest(rel).write_text(text, encoding="utf-8")
         return rel
@@ -97,4 +104,17 @@ class BundleWriter:
         return self.out, m
 
 
-__all__ = ["BundleWriter", "check_out_dir"]
+__all__ = ["BundleWriter", "check_out_dir", "engine_versions"]
+
+
+def engine_versions(engines: Iterable[str]) -> dict[str, str]:
+    """The host's version of each engine; "" for an engine not installed here (the bundle records the rest)."""
+    out: dict[str, str] = {}
+    for e in engines:
+        try:
+            from edgesdk.runtime.engines import engine_class
+
+            out[e] = engine_class(e).version()
+        except Exception:  # any import/version failure of a foreign engine means "not here"
+            out[e] = ""
+    return out

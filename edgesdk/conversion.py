@@ -351,7 +351,7 @@ def convert(
 
     from edgesdk import __version__
     from edgesdk.boards import get_board
-    from edgesdk.bundle import BundleWriter, check_out_dir
+    from edgesdk.bundle import BundleWriter, check_out_dir, engine_versions
     from edgesdk.calib import InputSpec, load_calibration
     from edgesdk.graph.extract import save_model, segment_model
     from edgesdk.graph.load import load_model, load_weights
@@ -524,16 +524,8 @@ def convert(
         writer = BundleWriter(out, force)  # type: ignore[arg-type]
         for rel, path in staged:
             writer.add_file(path, rel)
-        ref_inputs = {n: writer.add_array(f"reference/input_{k}.npy", a) for k, (n, a) in enumerate(ref_in.items())}
-        ref_outputs = {n: writer.add_array(f"reference/output_{k}.npy", a) for k, (n, a) in enumerate(ref_out.items())}
-        engines_v: dict[str, str] = {}
-        for sg in segments:
-            try:
-                from edgesdk.runtime.engines import engine_class
-
-                engines_v[sg.engine] = engine_class(sg.engine).version()
-            except Exception:  # an engine not installed on this host: the bundle still records the rest
-                engines_v[sg.engine] = ""
+        ref_inputs, ref_outputs = writer.add_reference(ref_in, ref_out)
+        engines_v = engine_versions(sg.engine for sg in segments)
         src_path = Path(src)
         manifest = Manifest(
             board=prof.id, precision=precision, inputs=model_in_specs, outputs=model_out_specs,

@@ -102,27 +102,13 @@ def quantize(model: str | Path, calib: str | Path, out: str | Path, scheme: str)
 
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgesdk.toolchains.adapters._ort_tool import _quantize
 
     sc = SCHEMES[scheme]
-    data = np.load(calib)
-    names = [i.name for i in ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()]
-    count = len(data[names[0]])
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.i = 0
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            if self.i >= count:
-                return None
-            self.i += 1
-            return {n: data[n][self.i - 1:self.i] for n in names}
-
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=sc.per_channel,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": sc.activation_symmetric, "WeightSymmetric": True})
+    _quantize(str(model), str(calib), str(out), sc.per_channel,
+              extra_options={"ActivationSymmetric": sc.activation_symmetric, "WeightSymmetric": True})
     if sc.power_of_two:
         m = make_pow2(onnx.load(str(out)))
         onnx.save(m, str(out))

@@ -190,7 +190,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
     """`edgesdk convert model.tflite --board B`: see the module docstring. Input errors (exit 2) come before
     anything is written."""
     from edgesdk import __version__
-    from edgesdk.bundle import BundleWriter, check_out_dir
+    from edgesdk.bundle import BundleWriter, check_out_dir, engine_versions
     from edgesdk.calib import InputSpec, load_calibration
     from edgesdk.conversion import (
         TOLERANCES,
@@ -311,16 +311,8 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         writer = BundleWriter(out, force)  # type: ignore[arg-type]
         for rel, path in staged:
             writer.add_file(path, rel)
-        ref_inputs = {n: writer.add_array(f"reference/input_{k}.npy", a) for k, (n, a) in enumerate(ref_in.items())}
-        ref_outputs = {n: writer.add_array(f"reference/output_{k}.npy", a) for k, (n, a) in enumerate(ref_out.items())}
-        engines_v: dict[str, str] = {}
-        for e in {segment.engine, *((segment.cpu_version.engine,) if segment.cpu_version else ())}:
-            try:
-                from edgesdk.runtime.engines import engine_class
-
-                engines_v[e] = engine_class(e).version()
-            except Exception:  # an engine not installed on this host: the bundle still records the rest
-                engines_v[e] = ""
+        ref_inputs, ref_outputs = writer.add_reference(ref_in, ref_out)
+        engines_v = engine_versions({segment.engine, *((segment.cpu_version.engine,) if segment.cpu_version else ())})
         manifest = Manifest(
             board=prof.id, precision=prec, inputs=tuple(t.model_spec() for t in info.inputs),
             outputs=tuple(t.model_spec() for t in info.outputs), segments=(segment,), files={},

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgesdk._proc import pid_alive
 from edgesdk.deploy.transport import RemoteCommandError, SSHConnection
 from edgesdk.errors import InputError, RemoteError
 from edgesdk.paths import home
@@ -172,17 +173,7 @@ ACTIVE_TOKENS: set[str] = set()
 def _holder_alive(pid: int, token: str) -> bool:
     if pid == os.getpid():
         return token in ACTIVE_TOKENS
-    return _pid_alive(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def whoami_host() -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgesdk._proc import pid_alive
 from edgesdk.boards import BoardProfile, list_boards
 from edgesdk.deploy.transport import fingerprint_sha256
 from edgesdk.emulator.rootfs import ensure_rootfs, require_host, rootfs_path, rootfs_ready
@@ -95,20 +96,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as dead.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _banner(port: int, timeout: float = 2.0) -> str | None:
@@ -307,7 +294,7 @@ def _pids_in_root(root: Path) -> list[int]:
 
 def _kill_instance(pid: int | None, root: Path) -> None:
     victims = set(_pids_in_root(root))
-    if pid is not None and _pid_alive(pid):
+    if pid is not None and pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
@@ -319,11 +306,11 @@ def _kill_instance(pid: int | None, root: Path) -> None:
             pass
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        alive = [v for v in victims | ({pid} if pid else set()) if _pid_alive(v)]
+        alive = [v for v in victims | ({pid} if pid else set()) if pid_alive(v)]
         if not alive:
             break
         time.sleep(0.1)
-    for v in set(_pids_in_root(root)) | ({pid} if pid and _pid_alive(pid) else set()):
+    for v in set(_pids_in_root(root)) | ({pid} if pid and pid_alive(pid) else set()):
         try:
             os.kill(v, signal.SIGKILL)
         except ProcessLookupError:
@@ -344,7 +331,7 @@ def status(board: BoardProfile) -> EmulatorInfo:
             info = EmulatorInfo(**data)
         except (ValueError, TypeError):
             info = None
-        if info and info.pid and _pid_alive(info.pid) and info.port and _banner(info.port):
+        if info and info.pid and pid_alive(info.pid) and info.port and _banner(info.port):
             return info
     inst = instance_dir(board) / "rootfs"
     built = rootfs_ready(inst) or rootfs_ready(rootfs_path(board))

@@ -18,7 +18,11 @@ def _copy(model: str, out: str) -> None:
     shutil.copyfile(model, out)
 
 
-def _quantize(model: str, calib: str, out: str, per_channel: bool) -> None:
+def _quantize(model: str, calib: str, out: str, per_channel: bool, extra_options: dict | None = None) -> None:
+    """QDQ int8 with quantize_static, calibrated one sample at a time on the arrays of `calib` (.npz).
+
+    Also used in-process by edgesdk.simulate (with the accelerator's extra_options).
+    """
     import numpy as np
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -27,7 +31,7 @@ def _quantize(model: str, calib: str, out: str, per_channel: bool) -> None:
     names = [i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()]
     missing = [n for n in names if n not in data.files]
     if missing:
-        raise SystemExit(f"calibration data has no array for input(s) {missing}")
+        raise ValueError(f"calibration data has no array for input(s) {missing}")
     count = len(data[names[0]])
 
     class Reader(CalibrationDataReader):
@@ -42,7 +46,7 @@ def _quantize(model: str, calib: str, out: str, per_channel: bool) -> None:
             return feed
 
     quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options=extra_options or {})
     ort.InferenceSession(out, providers=["CPUExecutionProvider"])
 
 
@@ -57,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.action == "copy":
         _copy(a.model, a.out)
     else:
-        _quantize(a.model, a.calib, a.out, a.per_channel)
+        try:
+            _quantize(a.model, a.calib, a.out, a.per_channel)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
 
 
 if __name__ == "__main__":
