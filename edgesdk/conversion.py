@@ -1,17 +1,43 @@
-"""`edgesdk convert` (the public `edgesdk.convert`): inspect, partition, convert each segment, write the bundle."""
+"""`edgesdk convert` (the public `edgesdk.convert`): open, prepare, partition, convert each segment, write the bundle.
+
+The path of a model (docs/convert.md):
+
+- a source frontend (`edgesdk.frontends`: ONNX, TorchScript, nn.Module, .tflite through tf2onnx) gives ONNX;
+  a .tflite for a board that runs TFLite is bundled as it is instead (`edgesdk.tflite_source`);
+- `edgesdk.graph.prepare` folds it (proven on the bundle's reference input), the partition splits it;
+- `convert_segment` converts each CPU segment along the board's engine chain (rpi4: ncnn -> MNN -> TFLite ->
+  onnxruntime): each artifact is converted, loaded and run on its own engine and checked against onnxruntime
+  on the segment's reference input before it is taken; a failure moves the segment to the next engine, and
+  says so. `--engine X` means X only;
+- accelerator segments go to their vendor toolchain (`_convert_accelerator`);
+- `edgesdk.convert_base.finish_bundle` writes the bundle atomically.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgesdk.errors import EnvironmentProblem, InputError, ModelError, ToolchainError
-from edgesdk.runtime.manifest import Manifest, Postprocess, Preprocess, Segment, TensorSpec, Tolerance
+from edgesdk.convert_base import (
+    FALLBACK_ENGINE,
+    PRECISIONS,
+    TOLERANCES,
+    Attempt,
+    BundleParts,
+    ConvertResult,
+    SegmentReport,
+    declared_preprocess,
+    finish_bundle,
+    random_input,
+    stage_vendor_handoff,
+)
+from edgesdk.errors import EdgeSDKError, EnvironmentProblem, InputError, ModelError, ToolchainError
+from edgesdk.runtime.manifest import Postprocess, Preprocess, Segment, TensorSpec
 from edgesdk.toolchains.adapters import (
     CPU_ENGINES,
     Adapter,
@@ -23,62 +49,20 @@ from edgesdk.toolchains.adapters import (
 from edgesdk.toolchains.adapters import adapter_class as _adapter_class
 from edgesdk.toolchains.executor import Runner, execute
 
-PRECISIONS = ("fp32", "fp16", "int8")
-FALLBACK_ENGINE = "onnxruntime"
-#: Default tolerances per precision (`edgesdk verify` and the smoke test on the board).
-TOLERANCES = {
-    "fp32": Tolerance(max_abs_rel=1e-3),
-    "fp16": Tolerance(max_abs_rel=1e-2, cosine_min=0.999),
-    "int8": Tolerance(max_abs_rel=0.25, cosine_min=0.99),
-}
 _EXT = {"model": {"onnxruntime": ".onnx", "mnn": ".mnn", "tflite": ".tflite"}, "param": {"ncnn": ".param"},
         "bin": {"ncnn": ".bin"}}
+Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class SegmentReport:
-    """How one segment was converted: engine, precision, time, size, and why it fell back, if it did."""
+class ConversionFailed(EdgeSDKError):
+    """Every engine of a segment's chain failed; names the segment and each engine's reason (exit 1)."""
 
-    id: str
-    engine: str
-    precision: str
-    nodes: int
-    seconds: float
-    bytes: int
-    planned_engine: str
-    fallback_reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "engine": self.engine, "precision": self.precision, "nodes": self.nodes,
-                "seconds": round(self.seconds, 3), "bytes": self.bytes, "planned_engine": self.planned_engine,
-                "fallback_reason": self.fallback_reason}
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    out: Path | None  # None for a dry run
-    board: str
-    precision: str
-    engine: str
-    segments: tuple[SegmentReport, ...]
-    manifest: Manifest | None
-    calibration: dict[str, Any] | None
-    warnings: tuple[str, ...]
-    notes: tuple[str, ...]
-    plans: tuple[dict[str, Any], ...] = ()
-    seconds: float = 0.0
-    dry_run: bool = False
-
-    @property
-    def bundle_id(self) -> str | None:
-        return self.manifest.bundle_id if self.manifest else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out) if self.out else None, "bundle_id": self.bundle_id, "board": self.board,
-                "precision": self.precision, "engine": self.engine, "dry_run": self.dry_run,
-                "segments": [s.to_dict() for s in self.segments], "calibration": self.calibration,
-                "warnings": list(self.warnings), "notes": list(self.notes), "plans": list(self.plans),
-                "seconds": round(self.seconds, 3)}
+    def __init__(self, segment: str, model: str, attempts: Sequence[Attempt]) -> None:
+        self.segment = segment
+        self.attempts = tuple(attempts)
+        lines = "\n".join(f"  - {a.engine} ({a.precision}) {a.stage}: " + "\n    ".join(
+            a.message.strip().splitlines()[-12:]) for a in attempts)
+        super().__init__(f"{model}: segment {segment}: no engine could take it:\n{lines}")
 
 
 # -- choosing engines ---------------------------------------------------------------------------------
@@ -111,56 +95,16 @@ def choose_engine(board: Any, precision: str, engine: str | None) -> tuple[str, 
     raise InputError(f"no engine of board {board.id!r} can do {precision}")
 
 
-# -- model inputs -------------------------------------------------------------------------------------
-
-def _export_torch(module: Any, example_inputs: Any, path: Path, opset: int = 13) -> Path:
-    try:
-        import torch
-    except ImportError as exc:
-        raise EnvironmentProblem("converting a PyTorch model needs torch",
-                                 fix="pip install torch==2.13.0  (the CPU wheel; or: pip install 'edgesdk[torch]')") from exc
-    if example_inputs is None:
-        raise InputError("a PyTorch model needs example_inputs=(tensor, ...) to fix its input shapes")
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
-    module = module.eval()
-    try:
-        with torch.no_grad():
-            torch.onnx.export(module, args, str(path), input_names=names, opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
-    except Exception as exc:  # torch raises many types; the user needs the message
-        raise ModelError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
-    return path
-
-
-def _resolve_model(model: Any, example_inputs: Any, tmp: Path) -> tuple[Path, str]:
-    """An ONNX file for any accepted input: .onnx path, TorchScript file, or nn.Module. Returns (path, kind)."""
-    if not isinstance(model, (str, Path)):
-        if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
-            return _export_torch(model, example_inputs, tmp / "model.onnx"), "pytorch"
-        raise InputError(f"model: expected a path or a torch.nn.Module, got {type(model).__name__}")
-    p = Path(model)
-    if not p.is_file():
-        raise InputError(f"model file {p} does not exist")
-    suf = p.suffix.lower()
-    if suf == ".onnx":
-        return p, "onnx"
-    if suf in (".pt", ".pth", ".ts", ".torchscript"):
-        try:
-            import torch
-        except ImportError as exc:
-            raise EnvironmentProblem("converting a TorchScript file needs torch", fix="pip install torch==2.13.0") from exc
-        try:
-            # torch.jit.load reads TorchScript archives (code + tensors), never arbitrary pickled objects
-            scripted = torch.jit.load(str(p), map_location="cpu")
-        except Exception as exc:
-            raise ModelError(f"{p}: not a TorchScript archive ({type(exc).__name__}: {exc}); edgesdk never unpickles "
-                             "checkpoints (torch.load): export the model with torch.jit.script/trace or to ONNX") from exc
-        return _export_torch(scripted, example_inputs, tmp / f"{p.stem}.onnx"), "torchscript"
-    if suf == ".tflite":
-        return p, "tflite"
-    raise InputError(f"model {p}: unsupported file type {suf!r}; give .onnx, a TorchScript file (.pt/.ts), "
-                     "a .tflite, or a torch.nn.Module through the Python API")
+def engine_chain(board: Any, planned: str, precision: str, explicit: bool) -> list[tuple[str, str]]:
+    """(engine, precision) to try for a CPU segment, in order: `planned` first, then the board's other CPU
+    engines, onnxruntime last (at fp32 when the bundle's precision is one it does not have)."""
+    if explicit:
+        return [(planned, precision)]
+    order = list(dict.fromkeys([planned, *(e for e in board.engines if e in CPU_ENGINES), FALLBACK_ENGINE]))
+    chain = [(e, precision) for e in order if precision in _adapter_class(e).precisions]
+    if not any(e == FALLBACK_ENGINE for e, _ in chain):
+        chain.append((FALLBACK_ENGINE, "fp32"))
+    return chain
 
 
 # -- ONNX helpers ---------------------------------------------------------------------------------------
@@ -207,18 +151,9 @@ def run_many(sess: Any, arrays: Mapping[str, Any], names: Sequence[str]) -> dict
     return {k: np.concatenate(v) for k, v in acc.items()}
 
 
-def _random_input(t: TensorSpec, seed: int = 0) -> Any:
-    import numpy as np
+def random_feed(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, Any]:
+    return {t.name: random_input(t, seed) for t in specs}
 
-    r = np.random.default_rng(seed)
-    if t.dtype.startswith("float"):
-        return r.uniform(-1.0, 1.0, size=t.shape).astype(t.dtype)
-    if t.dtype == "bool":
-        return r.integers(0, 2, size=t.shape).astype(bool)
-    return r.integers(0, 10, size=t.shape).astype(t.dtype)
-
-
-# -- the conversion -------------------------------------------------------------------------------------
 
 def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, runner: Runner | None,
                          plans: list[dict[str, Any]], reports: list[SegmentReport], staged: list[tuple[str, Path]],
@@ -271,41 +206,6 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     return Segment(sid, "onnxruntime", {"model": sim_rel}, plain, plain_out, "int8", False, {}, None, reason)
 
 
-def stage_vendor_handoff(accel: Any, cplan: Any, pre: Any, sid: str, work: Path, staged: list[tuple[str, Path]],
-                         skip: Sequence[str] = ()) -> str:
-    """The vendor compiler is absent: keep everything made up to it under vendor/<sid>/, with COMPILE.txt (how to
-    install the compiler and the exact commands left to run). Returns that text."""
-    for role, path in pre.outputs.items():
-        if role not in skip and path.is_file():
-            staged.append((f"vendor/{sid}/{path.name}", path))
-    for w in pre.writes:
-        staged.append((f"vendor/{sid}/{w.path.name}", w.path))
-    how = accel.instructions(cplan)
-    compile_txt = work / f"{sid}_COMPILE.txt"
-    compile_txt.write_text(how, encoding="utf-8")
-    staged.append((f"vendor/{sid}/COMPILE.txt", compile_txt))
-    return how
-
-
-def declared_preprocess(model_ins: Sequence[IOSpec], preprocess: Any, calib: Any) -> Preprocess | None:
-    """The manifest's Preprocess from --preprocess FILE / options, or inferred for calibration images."""
-    from edgesdk.preprocess_config import infer_input_layout, make_preprocess
-
-    if isinstance(preprocess, Preprocess):
-        return preprocess
-    if preprocess is None and calib is None:
-        return None
-    img_inputs = [i for i in model_ins if infer_input_layout(i.shape)]
-    if len(model_ins) == 1 and img_inputs:
-        yaml_path = preprocess if isinstance(preprocess, (str, Path)) else None
-        opts = preprocess if isinstance(preprocess, Mapping) else None
-        return make_preprocess(model_ins[0].name, model_ins[0].shape, yaml_path, opts)
-    if preprocess is not None:
-        raise InputError("preprocessing applies to a model with one image input (4-D, 1 or 3 channels); "
-                         f"this model's inputs: {[(i.name, list(i.shape)) for i in model_ins]}")
-    return None
-
-
 def _spec_of(ref: Any) -> IOSpec:
     if ref.shape is None or any(d is None or d <= 0 for d in ref.shape):
         raise ModelError(f"tensor {ref.name!r} has no static shape {ref.shape}; edgesdk needs static shapes "
@@ -320,6 +220,111 @@ def _write_images(images: Any, d: Path) -> Path:
     for i, im in enumerate(images):
         Image.fromarray(im[..., ::-1] if im.shape[-1] == 3 else im[..., 0]).save(d / f"{i:05d}.png")
     return d
+
+
+# -- one CPU segment along the engine chain -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    """What `convert_segment` made of one segment: the manifest entry, its report, the files to bundle."""
+
+    segment: Segment | None  # None for a dry run
+    report: SegmentReport
+    staged: tuple[tuple[str, Path], ...] = ()
+    plan: dict[str, Any] | None = None
+    toolchain: tuple[str, str, str] | None = None  # (engine, toolchain id, version)
+
+
+def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
+           precision: str) -> Attempt:
+    """Load and run the artifact on its own engine and compare it with onnxruntime on the segment's input."""
+    from edgesdk.toolchains.check import check_artifact
+
+    if feed is None or expected is None:
+        return Attempt(engine, precision, True, "ok", "not checked (no reference input)")
+    chk = check_artifact(engine, dict(art.files), tuple(art.inputs), tuple(art.outputs), dict(art.options),
+                         feed, expected, TOLERANCES[precision])
+    cos = getattr(chk, "cosine", None)
+    mx = getattr(chk, "max_abs", None)
+    if isinstance(cos, Mapping):
+        cos = min(cos.values()) if cos else None
+    if isinstance(mx, Mapping):
+        mx = max(mx.values()) if mx else None
+    return Attempt(engine, precision, bool(chk.ok), "ok" if chk.ok else chk.stage, chk.message or "",
+                   float(getattr(chk, "seconds", 0.0) or 0.0), mx, cos)
+
+
+def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapter: Callable[[str], Adapter],
+                    runner: Runner | None, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
+                    nodes: int, explicit: bool, model_name: str, dry_run: bool = False,
+                    progress: Progress | None = None) -> SegmentOutcome:
+    """Convert one CPU segment with the first engine of `chain` whose artifact converts, loads, runs and
+    matches onnxruntime on `feed` (the segment's reference input; `expected` its onnxruntime outputs).
+
+    Every failed engine is kept in the report (`attempts`) and named in `fallback_reason`. With `explicit`
+    (--engine X) the chain is X alone and its failure is raised as it is: nothing changes engine silently."""
+    sid = job.segment
+    planned = chain[0][0]
+    attempts: list[Attempt] = []
+    for engine, prec in chain:
+        a = adapter(engine)
+        j = ConversionJob(sid, job.onnx, job.work, prec, job.inputs, job.outputs, job.calib, job.options)
+        env = a.check_env()
+        if not env.ok:
+            if explicit:
+                env.require()
+            attempts.append(Attempt(engine, prec, False, "environment", f"{env.detail}; fix: {env.fix}"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            cplan = a.plan(j)
+            if dry_run:
+                return SegmentOutcome(None, SegmentReport(sid, engine, prec, nodes, 0.0, 0, planned),
+                                      plan={"segment": sid, **cplan.to_dict(), "chain": [e for e, _ in chain]})
+            if progress:
+                progress(f"{sid}: converting with {engine} ({prec})")
+            execute(cplan, runner)
+            art = a.describe(j, cplan)
+        except ConversionRefused as exc:
+            if explicit:
+                raise
+            attempts.append(Attempt(engine, prec, False, "refused", str(exc), time.perf_counter() - t0))
+            continue
+        except ToolchainError as exc:
+            if explicit:
+                raise
+            attempts.append(Attempt(engine, prec, False, "convert", str(exc), time.perf_counter() - t0))
+            continue
+        seconds = time.perf_counter() - t0
+        if progress:
+            progress(f"{sid}: checking the {engine} artifact on {engine}")
+        chk = _check(engine, art, feed, expected, prec)
+        if not chk.ok:
+            attempts.append(chk)
+            if explicit:
+                raise ConversionFailed(sid, model_name, attempts)
+            continue
+        staged = []
+        files = {}
+        for role, path in art.files.items():
+            rel = f"{sid}_{engine}{_EXT.get(role, {}).get(engine, path.suffix)}"
+            staged.append((rel, path))
+            files[role] = rel
+        reason = None
+        if attempts:
+            reason = (f"{sid}: " + "; ".join(f"{x.engine} failed ({x.stage}: {x.line().split(': ', 1)[-1]})"
+                                              for x in attempts) + f"; converted with {engine}")
+        size = sum(p.stat().st_size for p in art.files.values())
+        report = SegmentReport(sid, engine, prec, nodes, seconds, size, planned, reason, tuple(attempts), chk)
+        seg = Segment(sid, engine, files, art.inputs, art.outputs, prec, False, dict(art.options), None, reason)
+        return SegmentOutcome(seg, report, tuple(staged), None, (engine, a.id, env.version or ""))
+    raise ConversionFailed(sid, model_name, attempts)
+
+
+# -- the conversion -------------------------------------------------------------------------------------
+
+def _is_tflite(model: Any) -> bool:
+    return isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".tflite"
 
 
 def convert(
@@ -339,39 +344,51 @@ def convert(
     runner: Runner | None = None,
     adapters: Mapping[str, Adapter] | None = None,
     accel_options: Mapping[str, Any] | None = None,
+    prepare: bool = True,
+    progress: Progress | None = None,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
-    model: an .onnx path, a TorchScript file, a .tflite (bundled as it is for the TFLite and Edge TPU paths:
-    edgesdk.tflite_source), or a torch.nn.Module (then `example_inputs`). precision: None is fp32, or a
-    .tflite's own precision. Bad input raises InputError before anything is written; a segment its
-    engine's converter rejects falls back to onnxruntime, recorded in the result and the manifest.
+    model: an .onnx path, a TorchScript file (`input_shapes` or `example_inputs` fix its inputs), a .tflite
+    (bundled as it is where the board runs TFLite: edgesdk.tflite_source; else through ONNX), or a
+    torch.nn.Module (then `example_inputs` or `input_shapes`). precision: None is fp32, or a .tflite's own.
+    prepare: graph preparation (edgesdk.graph.prepare), proven on the reference input. Bad input raises
+    InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
+    in the result and the manifest; with `engine`, that engine only.
     """
     import numpy as np
 
-    from edgesdk import __version__
     from edgesdk.boards import get_board
-    from edgesdk.bundle import BundleWriter, check_out_dir, engine_versions
+    from edgesdk.bundle import check_out_dir
     from edgesdk.calib import InputSpec, load_calibration
-    from edgesdk.graph.extract import save_model, segment_model
-    from edgesdk.graph.load import load_model, load_weights
+    from edgesdk.graph.extract import segment_model
+    from edgesdk.graph.load import load_weights
+    from edgesdk.graph.prepare import prepare as prepare_graph
     from edgesdk.graph.report import analyze
+    from edgesdk.graph.source import load_source
     from edgesdk.preprocess_config import mnn_mean_normal
     from edgesdk.runtime.manifest import sha256_file
 
     t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     prof = get_board(board)
-    if isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".tflite":
-        from edgesdk.tflite_source import convert_tflite
+    tflite_notes: list[str] = []
+    if _is_tflite(model):
+        if "tflite" in prof.engines and engine in (None, "tflite"):
+            from edgesdk.tflite_source import convert_tflite
 
-        return convert_tflite(Path(model), prof, out, precision=precision, engine=engine, calib=calib,
-                              preprocess=preprocess, postprocess=postprocess, force=force, dry_run=dry_run,
-                              calib_limit=calib_limit, runner=runner, adapters=adapters, accel_options=accel_options,
-                              t_start=t_start)
+            return convert_tflite(Path(model), prof, out, precision=precision, engine=engine, calib=calib,
+                                  preprocess=preprocess, postprocess=postprocess, force=force, dry_run=dry_run,
+                                  calib_limit=calib_limit, runner=runner, adapters=adapters,
+                                  accel_options=accel_options, t_start=t_start)
+        tflite_notes.append(f"{Path(model).name} is a .tflite: converted to ONNX (tf2onnx) for "
+                            f"{engine or 'this board'}; its inputs keep the file's layout")
     precision = precision or "fp32"
     eng, notes = choose_engine(prof, precision, engine)
+    notes = tflite_notes + notes
+    explicit = engine is not None
     if precision == "int8" and calib is None:
         raise InputError("int8 needs a calibration set: --calib DIR of images (jpg/png) or .npy tensors")
     if not dry_run:
@@ -385,47 +402,63 @@ def convert(
             adapters[e] = _adapter_class(e)()
         return adapters[e]
 
-
     work = Path(tempfile.mkdtemp(prefix="edgesdk-convert-"))
-    writer: BundleWriter | None = None
     try:
-        src, kind = _resolve_model(model, example_inputs, work)
-        m = load_model(src, input_shapes)
-        upd: dict[str, Any] = {"engines": [eng, *[e for e in prof.engines if e != eng]]}
-        if engine is not None and prof.accelerator is not None:  # an explicit CPU engine: no accelerator segments
-            upd["accelerator"] = None
-        prof2 = prof.model_copy(update=upd)
-        analysis = analyze(m, prof2)
-        plan = analysis.plan
-        accel = None
-        if any(s.target == "accelerator" for s in plan.segments):
-            from edgesdk.toolchains.adapters import accelerator_adapter_class
-
-            accel = dict(adapters).get(prof.accelerator.engine) or accelerator_adapter_class(prof.accelerator.engine)()
-
-        # preprocessing, declared once
-        model_ins = [IOSpec(t.name, tuple(int(d) for d in (t.shape or ())), t.dtype) for t in plan.model_inputs]
+        say("opening the model")
+        orig, onnx_path, kind, source_file, src_notes = load_source(model, work, input_shapes, example_inputs)
+        notes = list(src_notes) + notes
+        model_ins = [IOSpec(n, tuple(int(d) for d in (orig.tensors[n].shape or ())), orig.tensors[n].dtype)
+                     for n in orig.inputs]
         pre = declared_preprocess(model_ins, preprocess, calib)
-
-        # calibration
         cset = None
         warnings: list[str] = []
         if calib is not None:
             cset = load_calibration(calib, [InputSpec(i.name, i.shape, i.dtype) for i in model_ins],
                                     pre if pre is not None else None, limit=calib_limit)
             warnings += cset.warnings
-
         if not dry_run:  # after every input check: bad input is exit 2 even where a converter is missing
-            for e in dict.fromkeys((eng, FALLBACK_ENGINE)):
-                adapter(e).check_env().require()
-            if accel is not None:
+            if explicit:
+                adapter(eng).check_env().require()
+            adapter(FALLBACK_ENGINE).check_env().require()
+
+        model_in_specs = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in model_ins)
+        ref_in = cset.sample(0) if cset is not None else random_feed(model_in_specs)
+        say("preparing the graph (onnxslim, checked on onnxruntime)")
+        prepared = prepare_graph(orig, enabled=prepare, feed=ref_in, input_source="the bundle's reference input")
+        m = prepared.model
+        prep = prepared.report
+        warnings += list(prep.warnings)
+        notes.append(prep.summary())
+
+        upd: dict[str, Any] = {"engines": [eng, *[e for e in prof.engines if e != eng]]}
+        if explicit and prof.accelerator is not None:  # an explicit CPU engine: no accelerator segments
+            upd["accelerator"] = None
+        prof2 = prof.model_copy(update=upd)
+        say(f"partitioning for {prof.id}")
+        plan = analyze(m, prof2, whole_model=not explicit).plan
+        notes.extend(plan.notes)
+        accel = None
+        if any(s.target == "accelerator" for s in plan.segments):
+            from edgesdk.toolchains.adapters import accelerator_adapter_class
+
+            accel = adapters.get(prof.accelerator.engine) or accelerator_adapter_class(prof.accelerator.engine)()
+            if not dry_run:
                 accel.check_env().require()
 
         full = load_weights(m)
-        full_sess = ort_session(full)
         inits = {t.name: t for t in full.graph.initializer}
         node_index = {n.name: i for i, n in enumerate(m.nodes)}
-        # boundary tensors of every segment over the calibration set (the segments' own calibration data)
+        # every boundary tensor on the reference input: each segment's check input and expected output
+        boundary = list(dict.fromkeys(t.name for s in plan.segments for t in (*s.inputs, *s.outputs)
+                                      if t.name not in ref_in))
+        ref_env: dict[str, Any] = dict(ref_in)
+        if not dry_run:
+            say("running the reference on onnxruntime")
+            sess = ort_session(with_outputs(full, boundary, m.tensors))
+            ref_env.update(zip(boundary, sess.run(boundary, ref_in)))
+            orig_full = load_weights(orig)
+            ref_out = dict(zip(plan.model_outputs, ort_session(orig_full).run(list(plan.model_outputs), ref_in)))
+
         seg_calib: dict[int, dict[str, Any]] = {}
         if cset is not None and precision == "int8":
             needed = [t.name for s in plan.segments for t in s.inputs if t.name not in cset.arrays]
@@ -440,13 +473,13 @@ def convert(
         reports: list[SegmentReport] = []
         segments: list[Segment] = []
         plans: list[dict[str, Any]] = []
-        staged: list[tuple[str, Path]] = []  # (bundle rel path, source)
+        staged: list[tuple[str, Path]] = []
         toolchains: dict[str, dict[str, str]] = {}
         for s in plan.segments:
             sid = f"s{s.index}"
             seg_onnx = work / f"{sid}.onnx"
             proto = segment_model(m, full, s, inits, node_index)
-            save_model(proto, seg_onnx)
+            _save_segment(proto, seg_onnx, s)
             calib_data = None
             if s.index in seg_calib:
                 arrays = work / f"{sid}_calib.npz"
@@ -458,96 +491,77 @@ def convert(
                     mean, normal = mnn_mean_normal(pre, cset.images.shape[-1])
                 calib_data = CalibData(arrays, cset.count if cset else 0, images, mean, normal,
                                        pre.color if pre else "RGB")
+            ins = tuple(_spec_of(t) for t in s.inputs)
+            outs = tuple(_spec_of(t) for t in s.outputs)
             if s.target == "accelerator" and accel is not None:
-                job = ConversionJob(sid, seg_onnx, work, "int8", tuple(_spec_of(t) for t in s.inputs),
-                                    tuple(_spec_of(t) for t in s.outputs), calib_data, dict(accel_options or {}))
-                acc_res = _convert_accelerator(accel, job, s, dry_run, runner, plans, reports, staged, notes, warnings,
-                                               toolchains)
+                say(f"{sid}: {accel.engine} toolchain")
+                job = ConversionJob(sid, seg_onnx, work, "int8", ins, outs, calib_data, dict(accel_options or {}))
+                acc_res = _convert_accelerator(accel, job, s, dry_run, runner, plans, reports, staged, notes,
+                                               warnings, toolchains)
                 if acc_res is not None:
                     segments.append(acc_res)
                 continue
             planned = s.engine if s.engine in CPU_ENGINES else FALLBACK_ENGINE
-            seg_prec = precision
-            if seg_prec not in adapter(planned).precisions:  # e.g. fp16 bundle, onnxruntime segment: fp32
-                seg_prec = "fp32"
-                notes.append(f"segment {sid} runs on {planned}, which has no {precision}: converted as fp32")
-            job = ConversionJob(sid, seg_onnx, work, seg_prec, tuple(_spec_of(t) for t in s.inputs),
-                                tuple(_spec_of(t) for t in s.outputs), calib_data)
-            reason = None
-            target = planned
-            try:
-                cplan = adapter(target).plan(job)
-                if dry_run:
-                    plans.append({"segment": sid, **cplan.to_dict()})
-                    reports.append(SegmentReport(sid, target, job.precision, len(s.nodes), 0.0, 0, planned))
-                    continue
-                t0 = time.perf_counter()
-                ex = execute(cplan, runner)
-                art = adapter(target).describe(job, cplan)
-            except (ToolchainError, ConversionRefused) as exc:
-                if target == FALLBACK_ENGINE:
-                    raise
-                reason = f"{planned} converter refused segment {sid}: {str(exc).strip()}"
-                target = FALLBACK_ENGINE
-                fb_prec = job.precision if job.precision in adapter(target).precisions else "fp32"
-                job = ConversionJob(sid, seg_onnx, work, fb_prec, job.inputs, job.outputs, job.calib)
-                cplan = adapter(target).plan(job)
-                t0 = time.perf_counter()
-                ex = execute(cplan, runner)
-                art = adapter(target).describe(job, cplan)
-                notes.append(reason)
-            files = {}
-            for role, path in art.files.items():
-                rel = f"{sid}_{target}{_EXT.get(role, {}).get(target, path.suffix)}"
-                staged.append((rel, path))
-                files[role] = rel
-            seconds = time.perf_counter() - t0
-            size = sum(p.stat().st_size for p in art.files.values())
-            reports.append(SegmentReport(sid, target, job.precision, len(s.nodes), seconds, size, planned, reason))
-            env = adapter(target).check_env()
-            toolchains[target] = {adapter(target).id: env.version or ""}
-            segments.append(Segment(sid, target, files, art.inputs, art.outputs, job.precision, False,
-                                    dict(art.options), None, reason))
+            chain = engine_chain(prof2, planned, precision, explicit)
+            if chain[0][1] != precision:
+                notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
+            job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data)
+            feed = None if dry_run else {t.name: ref_env[t.name] for t in s.inputs}
+            expected = None if dry_run else {t.name: ref_env[t.name] for t in s.outputs}
+            res = convert_segment(job, chain, adapter, runner, feed, expected, len(s.nodes), explicit,
+                                  orig.name, dry_run, say)
+            reports.append(res.report)
+            if res.plan is not None:
+                plans.append(res.plan)
+                continue
+            if res.report.fallback_reason:
+                notes.append(res.report.fallback_reason)
+                warnings.append(res.report.fallback_reason)
+            staged.extend(res.staged)
+            if res.toolchain:
+                toolchains[res.toolchain[0]] = {res.toolchain[1]: res.toolchain[2]}
+            if res.segment is not None:
+                segments.append(res.segment)
 
         if dry_run:
             return ConvertResult(None, prof.id, precision, eng, tuple(reports), None,
                                  cset.summary() if cset else None, tuple(warnings), tuple(notes), tuple(plans),
-                                 time.perf_counter() - t_start, True)
+                                 time.perf_counter() - t_start, True, prep.to_dict())
 
-        # reference inputs and outputs: onnxruntime on the original model
-        model_in_specs = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in model_ins)
-        model_out_specs = tuple(TensorSpec(n, tuple(int(d) for d in m.tensors[n].shape), m.tensors[n].dtype)
+        say("writing the bundle")
+        # the shapes onnxruntime produced: the original may leave an output's shape symbolic
+        model_out_specs = tuple(TensorSpec(n, tuple(int(d) for d in ref_out[n].shape), str(ref_out[n].dtype))
                                 for n in plan.model_outputs)
-        ref_in = cset.sample(0) if cset is not None else {t.name: _random_input(t) for t in model_in_specs}
-        ref_out = dict(zip(plan.model_outputs, full_sess.run(list(plan.model_outputs), ref_in)))
-
-        writer = BundleWriter(out, force)  # type: ignore[arg-type]
-        for rel, path in staged:
-            writer.add_file(path, rel)
-        ref_inputs, ref_outputs = writer.add_reference(ref_in, ref_out)
-        engines_v = engine_versions(sg.engine for sg in segments)
-        src_path = Path(src)
-        manifest = Manifest(
-            board=prof.id, precision=precision, inputs=model_in_specs, outputs=model_out_specs,
-            segments=tuple(segments), files={},
-            source_model={"name": src_path.name, "sha256": sha256_file(src_path), "opset": m.opset,
-                          "path": str(src_path.resolve()) if kind == "onnx" else "", "kind": kind},
-            reference_inputs=ref_inputs, reference_outputs=ref_outputs, tolerance=TOLERANCES[precision],
-            preprocess=pre, postprocess=postprocess, toolchains=toolchains, engines=engines_v,
-            notes=tuple(notes + list(plan.notes)), edgesdk_version=__version__,
-        )
-        if kind != "onnx":  # keep the exported ONNX: verify compares against it
-            writer.add_file(src_path, "reference/model.onnx")
-            manifest = replace(manifest, source_model={**manifest.source_model, "path": "reference/model.onnx"})
-        path, final = writer.commit(manifest)
+        src_path = Path(source_file) if source_file is not None else onnx_path
+        source_model = {"name": src_path.name, "sha256": sha256_file(src_path), "opset": orig.opset,
+                        "path": str(src_path.resolve()) if kind == "onnx" else "", "kind": kind,
+                        "prepare": prep.to_dict()}
+        parts = BundleParts(prof.id, precision, model_in_specs, model_out_specs, segments, staged, toolchains,
+                            notes, source_model, pre, postprocess)
+        path, final = finish_bundle(out, force, parts, ref_in, ref_out,  # type: ignore[arg-type]
+                                    reference_model=onnx_path if kind != "onnx" else None)
         return ConvertResult(path, prof.id, precision, eng, tuple(reports), final,
                              cset.summary() if cset else None, tuple(warnings), tuple(notes), (),
-                             time.perf_counter() - t_start)
+                             time.perf_counter() - t_start, False, prep.to_dict())
     finally:
-        if writer is not None:
-            writer.discard()
         shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["PRECISIONS", "TOLERANCES", "ConvertResult", "SegmentReport", "choose_engine", "convert", "declared_preprocess",
+def _save_segment(proto: Any, path: Path, seg: Any) -> None:
+    """Write a segment after the full checks (edgesdk.graph.extract): a segment that fails names itself."""
+    from edgesdk.graph import extract
+
+    validate = getattr(extract, "validate_segment", None)
+    if validate is not None:
+        validate(proto, seg)
+    try:
+        extract.save_model(proto, path)
+    except Exception as exc:  # onnx.checker raises ValidationError and others
+        first = seg.nodes[0] if seg.nodes else "?"
+        raise ModelError(f"segment s{seg.index} ({seg.engine}, {len(seg.nodes)} nodes from {first!r}) is not a "
+                         f"valid ONNX model: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
+
+
+__all__ = ["PRECISIONS", "TOLERANCES", "ConversionFailed", "ConvertResult", "SegmentOutcome", "SegmentReport",
+           "choose_engine", "convert", "convert_segment", "declared_preprocess", "engine_chain", "random_input",
            "stage_vendor_handoff"]

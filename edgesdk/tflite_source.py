@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import EnvironmentProblem, InputError, ModelError
-from edgesdk.runtime.manifest import CpuVersion, Manifest, Postprocess, QuantParams, Segment, TensorSpec
+from edgesdk.runtime.manifest import CpuVersion, Postprocess, QuantParams, Segment, TensorSpec
 
 QUANT_DTYPES = ("int8", "uint8", "int16")
 
@@ -169,7 +169,7 @@ def _random_feed(info: TfliteInfo, seed: int = 0) -> dict[str, Any]:
     """Random inputs within each input's range: the quantized range for int8/uint8 inputs."""
     import numpy as np
 
-    from edgesdk.conversion import _random_input
+    from edgesdk.convert_base import random_input
 
     r = np.random.default_rng(seed)
     feed = {}
@@ -179,7 +179,7 @@ def _random_feed(info: TfliteInfo, seed: int = 0) -> dict[str, Any]:
             q = r.integers(ii.min, int(ii.max) + 1, size=t.shape)
             feed[t.name] = ((q - t.quant.zero_point) * t.quant.scale).astype("float32")
         else:
-            feed[t.name] = _random_input(t.model_spec(), seed)
+            feed[t.name] = random_input(t.model_spec(), seed)
     return feed
 
 
@@ -189,14 +189,14 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
                    accel_options: Mapping[str, Any] | None, t_start: float | None = None) -> Any:
     """`edgesdk convert model.tflite --board B`: see the module docstring. Input errors (exit 2) come before
     anything is written."""
-    from edgesdk import __version__
-    from edgesdk.bundle import BundleWriter, check_out_dir, engine_versions
+    from edgesdk.bundle import check_out_dir
     from edgesdk.calib import InputSpec, load_calibration
-    from edgesdk.conversion import (
-        TOLERANCES,
+    from edgesdk.convert_base import (
+        BundleParts,
         ConvertResult,
         SegmentReport,
         declared_preprocess,
+        finish_bundle,
         stage_vendor_handoff,
     )
     from edgesdk.runtime.manifest import sha256_file
@@ -254,7 +254,6 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
 
         accel = dict(adapters or {}).get("edgetpu") or accelerator_adapter_class("edgetpu")()
     work = Path(tempfile.mkdtemp(prefix="edgesdk-convert-"))
-    writer: BundleWriter | None = None
     try:
         cpu_rel = f"{sid}_tflite.tflite"
         if accel is not None:
@@ -308,27 +307,17 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         # reference inputs and outputs: the TFLite interpreter on the file itself
         ref_in = cset.sample(0) if cset is not None else _random_feed(info)
         ref_out = run_tflite(src, [ref_in])[0]
-        writer = BundleWriter(out, force)  # type: ignore[arg-type]
-        for rel, path in staged:
-            writer.add_file(path, rel)
-        ref_inputs, ref_outputs = writer.add_reference(ref_in, ref_out)
-        engines_v = engine_versions({segment.engine, *((segment.cpu_version.engine,) if segment.cpu_version else ())})
-        manifest = Manifest(
-            board=prof.id, precision=prec, inputs=tuple(t.model_spec() for t in info.inputs),
-            outputs=tuple(t.model_spec() for t in info.outputs), segments=(segment,), files={},
-            source_model={"name": src.name, "sha256": sha256_file(src), "kind": "tflite",
-                          "path": str(src.resolve()), "format": info.description,
-                          "reference": f"TFLite interpreter ({info.interpreter}) on this file; no ONNX original"},
-            reference_inputs=ref_inputs, reference_outputs=ref_outputs, tolerance=TOLERANCES[prec],
-            preprocess=pre, postprocess=postprocess, toolchains=toolchains, engines=engines_v,
-            notes=tuple(notes), edgesdk_version=__version__,
-        )
-        path, final = writer.commit(manifest)
+        parts = BundleParts(
+            prof.id, prec, tuple(t.model_spec() for t in info.inputs), tuple(t.model_spec() for t in info.outputs),
+            [segment], staged, toolchains, notes,
+            {"name": src.name, "sha256": sha256_file(src), "kind": "tflite", "path": str(src.resolve()),
+             "format": info.description,
+             "reference": f"TFLite interpreter ({info.interpreter}) on this file; no ONNX original"},
+            pre, postprocess)
+        path, final = finish_bundle(out, force, parts, ref_in, ref_out)  # type: ignore[arg-type]
         return ConvertResult(path, prof.id, prec, "tflite", (report,), final, cset.summary() if cset else None,
                              tuple(warnings), tuple(notes), (), time.perf_counter() - t_start)
     finally:
-        if writer is not None:
-            writer.discard()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -96,20 +96,45 @@ def cosine(a: Any, b: Any) -> float:
 
 
 def compare(name: str, got: list[Any], ref: list[Any], tol: Any) -> OutputMetrics:
-    """Metrics of one output over N samples, and whether they are within the tolerance."""
+    """Metrics of one output over N samples, and whether they are within the tolerance.
+
+    The one output comparison of edgesdk (verify, convert's artifact check). A sample whose shape differs from
+    the reference's, or that has NaN/inf where the reference is finite, is a problem of its own (those would
+    otherwise compare as NaN, and NaN passes every threshold)."""
     import numpy as np
 
-    cos = [cosine(g, r) for g, r in zip(got, ref)]
-    abs_err = [float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64)))) if np.size(r) else 0.0
-               for g, r in zip(got, ref)]
-    ranges = [float(np.ptp(np.asarray(r, np.float64))) if np.size(r) else 0.0 for r in ref]
+    problems: list[str] = []
+    cos: list[float] = []
+    abs_err: list[float] = []
+    ranges: list[float] = []
+    for i, (g0, r0) in enumerate(zip(got, ref)):
+        g, r = np.asarray(g0, np.float64), np.asarray(r0, np.float64)
+        at = f" (sample {i})" if len(ref) > 1 else ""
+        if g.shape != r.shape:
+            if g.size != r.size:
+                problems.append(f"shape {list(g.shape)}, the reference has {list(r.shape)}{at}")
+                cos.append(0.0)
+                abs_err.append(float("inf"))
+                ranges.append(1.0)
+                continue
+            g = g.reshape(r.shape)
+        fin = np.isfinite(r)
+        bad = int(np.count_nonzero(fin & ~np.isfinite(g)))
+        if bad:
+            problems.append(f"{bad} NaN/inf value(s) where the reference is finite{at}")
+        both = fin & np.isfinite(g)
+        gv, rv = g[both], r[both]
+        cos.append(cosine(gv, rv) if not bad else 0.0)
+        abs_err.append(float(np.max(np.abs(gv - rv))) if gv.size else 0.0)
+        ranges.append(float(np.ptp(rv)) if rv.size else 0.0)
+    if not cos:
+        raise ValueError(f"compare({name!r}): no samples")
     rel = max(e / (rng if rng > 0 else 1.0) for e, rng in zip(abs_err, ranges))
     top1 = None
     r0 = np.asarray(ref[0])
-    if r0.ndim == 2 and r0.shape[0] == 1 and r0.shape[1] > 1:
+    if r0.ndim == 2 and r0.shape[0] == 1 and r0.shape[1] > 1 and not problems:
         top1 = float(np.mean([int(np.argmax(g)) == int(np.argmax(r)) for g, r in zip(got, ref)]))
-    problems = []
-    if rel > tol.max_abs_rel:
+    if rel > tol.max_abs_rel and np.isfinite(rel):
         problems.append(f"max abs error {max(abs_err):.3g} is {rel:.3g} of the output range (tolerance "
                         f"{tol.max_abs_rel:g})")
     if tol.cosine_min is not None and min(cos) < tol.cosine_min:

@@ -13,6 +13,9 @@ from edgesdk.errors import InputError
 INPUT_SHAPE_OPTION = typer.Option(
     None, "--input-shape", metavar="NAME=D0,D1,...",
     help="Fix a dynamic input shape, e.g. images=1,3,640,640 (repeat for several inputs).")
+NO_PREPARE_OPTION = typer.Option(
+    False, "--no-prepare",
+    help="Skip graph preparation (onnxslim constant/shape folding and fusions, proven on onnxruntime).")
 MIN_ISLAND_OPTION = typer.Option(
     0.01, "--min-island-share", min=0.0, max=1.0,
     help="Accelerator islands below this share of the FLOPs fold into the CPU when that saves two transfers.")
@@ -38,11 +41,12 @@ def _mb(n: int) -> str:
 
 @handle_errors
 def inspect_cmd(
-    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model file."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts) or .tflite."),
     board: str | None = typer.Option(None, "--board", "-b", metavar="ID", help="Board id, e.g. coral-usb."),
     all_boards: bool = typer.Option(False, "--all-boards", help="Compare every board in one table."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
     min_island_share: float = MIN_ISLAND_OPTION,
+    no_prepare: bool = NO_PREPARE_OPTION,
     html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write a self-contained HTML report."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -55,6 +59,10 @@ def inspect_cmd(
       edgesdk inspect det.onnx --board kv260 --input-shape x=1,3,640,640 --html report.html
 
       edgesdk inspect det.onnx --all-boards --input-shape x=1,3,640,640
+
+      edgesdk inspect face.tflite --board coral-usb
+
+      edgesdk inspect net.pt --board rpi4 --input-shape input=1,3,224,224
     """
     from edgesdk.graph.report import ESTIMATE_LABEL, compare_boards, inspect_model
 
@@ -62,10 +70,14 @@ def inspect_cmd(
     if all_boards:
         if html is not None:
             raise InputError("--html needs one --board, not --all-boards")
-        rows = compare_boards(model, shapes, [board] if board else None, min_island_share)
+        info: list = []
+        rows = compare_boards(model, shapes, [board] if board else None, min_island_share, not no_prepare,
+                              opened_info=info)
         if json_out:
-            print_json([r.to_dict() for r in rows])
+            print_json([{**r.to_dict(), "prepare": info[0].prepare.to_dict()} for r in rows])
             return
+        for n in (*info[0].notes, info[0].prepare.summary()):
+            console.print(f"note: {n}", highlight=False)
         t = Table(title=f"{model.name} on every board ({ESTIMATE_LABEL})")
         for col in ("board", "accelerator", "FLOPs on accelerator", "FLOPs on preferred engine", "segments",
                     "hand-offs", "est. latency"):
@@ -81,7 +93,7 @@ def inspect_cmd(
         return
     if board is None:
         raise InputError("give --board ID (see `edgesdk boards`) or --all-boards")
-    rep = inspect_model(model, board, shapes, min_island_share)
+    rep = inspect_model(model, board, shapes, min_island_share, not no_prepare)
     if html is not None:
         from edgesdk.graph.html import write_html
 
@@ -138,7 +150,7 @@ def _print_report(rep) -> None:  # noqa: ANN001 - InspectReport, imported lazily
             w.add_row(r.op_type, str(r.count), r.suggestion)
         console.print(w)
     for n in rep.notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {n}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,17 +7,18 @@ from pathlib import Path
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, MIN_ISLAND_OPTION, shapes_from
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, MIN_ISLAND_OPTION, NO_PREPARE_OPTION, shapes_from
 
 
 @handle_errors
 def partition_cmd(
-    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model file."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts) or .tflite."),
     board: str = typer.Option(..., "--board", "-b", metavar="ID", help="Board id, e.g. kv260."),
     out: Path = typer.Option(..., "-o", "--out", metavar="DIR", help="Output folder (must not exist)."),
     force: bool = typer.Option(False, "--force", help="Replace DIR if it exists."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
     min_island_share: float = MIN_ISLAND_OPTION,
+    no_prepare: bool = NO_PREPARE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Split MODEL into accelerator and CPU segments for a board and write them with plan.json.
@@ -30,10 +31,14 @@ def partition_cmd(
     """
     from edgesdk.graph.extract import partition_model
 
-    res = partition_model(model, board, out, force, shapes_from(input_shape), min_island_share)
+    res = partition_model(model, board, out, force, shapes_from(input_shape), min_island_share,
+                          prepare=not no_prepare)
     if json_out:
-        print_json({"out_dir": str(res.out_dir), "files": list(res.files), "plan": res.plan.to_dict()})
+        print_json({"out_dir": str(res.out_dir), "files": list(res.files), "plan": res.plan.to_dict(),
+                    "prepare": res.prepare.to_dict() if res.prepare else None})
         return
+    for n in res.notes:
+        console.print(f"note: {n}", highlight=False)
     for s in res.plan.segments:
         console.print(f"  {s.index:02d}_{s.engine}.onnx  {s.target:<11} {len(s.nodes):>5} nodes  "
                       f"{100 * s.flops_share:5.1f}% FLOPs  in: {', '.join(t.name for t in s.inputs)}")

@@ -1,4 +1,5 @@
-"""Segment extraction: each segment as a standalone checked ONNX model, plan.json, and a reference runner."""
+"""Segment extraction: each segment as a standalone ONNX model, proven valid (full checker, one onnxruntime run)
+before anything uses it; plan.json; and a reference runner."""
 
 from __future__ import annotations
 
@@ -17,28 +18,85 @@ import onnx
 from edgesdk.errors import EnvironmentProblem, InputError, ModelError
 from edgesdk.graph.load import Model, load_model, load_weights
 from edgesdk.graph.partition import DEFAULT_MIN_ISLAND_SHARE, PartitionPlan, Segment
-from edgesdk.graph.shapes import TensorInfo, elem_type
+from edgesdk.graph.shapes import elem_type
 
 PLAN_SCHEMA_VERSION = 1
 #: Segments whose weights exceed this are saved with their weights in a side file (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
 
 
-def _value_info(t: TensorInfo | None, name: str) -> onnx.ValueInfoProto:
+#: Ops whose output size depends on the input data: no input shape makes their outputs static.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Unique", "Compress", "TopK", "Loop", "If",
+                                "Scan", "StringSplit", "RegexFullMatch"})
+
+
+def describe_segment(segment: Any, proto: onnx.ModelProto | None = None) -> str:
+    """``segment 3 (tflite; 12 nodes, first 'conv1' (Conv), last 'relu5' (Relu))``: for messages."""
+    nodes = list(proto.graph.node) if proto is not None else []
+    if nodes:
+        first, last, count = (f"{nodes[0].name!r} ({nodes[0].op_type})", f"{nodes[-1].name!r} ({nodes[-1].op_type})",
+                              len(nodes))
+    else:
+        names = list(getattr(segment, "nodes", ()) or ())
+        first, last, count = (repr(names[0]) if names else "-"), (repr(names[-1]) if names else "-"), len(names)
+    what = f"{count} node{'s' if count != 1 else ''}"
+    what += f", node {first}" if count == 1 else f", first {first}, last {last}" if count else ""
+    return f"segment {segment.index} ({segment.engine}; {what})"
+
+
+def _fmt_shape(shape: Sequence[int | None] | None) -> str:
+    if shape is None:
+        return "unknown (shape inference found none)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _producer(model: Model, name: str) -> onnx.NodeProto | None:
+    i = model.producer.get(name) if model.producer else None
+    if i is None:
+        i = next((k for k, n in enumerate(model.nodes) if name in n.output), None)
+    return model.nodes[i] if i is not None else None
+
+
+def _boundary_value_info(model: Model, segment: Segment, ref: Any, side: str) -> onnx.ValueInfoProto:
+    """The typed input/output of a segment. Tensors edgesdk cuts at must have a static shape: the engine
+    artifacts, the manifest and the hand-off buffers are sized from it. A model output that no other segment
+    reads may keep dynamic dimensions (its rank must be known: the ONNX checker requires a shape)."""
+    name = ref.name
+    t = model.tensors.get(name)
+    node = _producer(model, name)
+    made_by = f" (made by node {node.name!r} ({node.op_type}))" if node is not None else " (a model input)"
+    where = f"{describe_segment(segment)}: {side} tensor {name!r}{made_by}"
     if t is None:
-        raise ModelError(f"tensor {name!r} has no known type; cannot cut the graph there")
+        raise ModelError(f"{where} has no known type; edgesdk cannot cut the graph there")
     try:
         elem = elem_type(t.dtype)
     except ValueError as exc:
-        raise ModelError(f"tensor {name!r} has dtype {t.dtype}, which edgesdk cannot cut the graph at") from exc
-    shape = None if t.shape is None else list(t.shape)
-    return onnx.helper.make_tensor_value_info(name, elem, shape)
+        raise ModelError(f"{where} has dtype {t.dtype}, which edgesdk cannot cut the graph at") from exc
+    final_output = bool(getattr(ref, "model_output", False)) and not getattr(ref, "consumers", ())
+    if not t.static and not (final_output and t.shape is not None):
+        if node is not None and node.op_type in DATA_DEPENDENT_OPS:
+            how = (f"its size depends on the input data (op {node.op_type}), so no input shape can fix it; "
+                   "the graph cannot be cut after it")
+        elif node is None:
+            how = "give the input a fixed size with --input-shape NAME=D0,D1,..."
+        else:
+            how = ("it is computed by a shape subgraph that shape inference could not resolve: give every model "
+                   "input a fixed size with --input-shape NAME=D0,D1,..., and keep the preparation stage on (it "
+                   "folds shape subgraphs to constants; --no-prepare skips it)")
+        raise ModelError(f"{where} has no static shape {_fmt_shape(t.shape)}; edgesdk needs static shapes at "
+                         f"segment boundaries: {how}")
+    return onnx.helper.make_tensor_value_info(name, elem, None if t.shape is None else list(t.shape))
 
 
 def segment_model(model: Model, full: onnx.ModelProto, segment: Segment,
                   initializers: Mapping[str, onnx.TensorProto] | None = None,
                   node_index: Mapping[str, int] | None = None) -> onnx.ModelProto:
-    """One segment as a standalone ONNX model: its nodes, the initializers they read, typed inputs/outputs."""
+    """One segment as a standalone ONNX model: its nodes, the initializers they read, typed inputs/outputs.
+
+    Boundary tensors get their static shapes (ModelError naming the tensor and its producer otherwise).
+    Intermediate value_info: the whole model's inferred shapes where they are complete, then ONNX shape
+    inference on the segment itself for the rest; entries without a type or a shape are never written
+    (the checker rejects them, converters trip over them). Check it with `validate_segment` before use."""
     inits = initializers if initializers is not None else {t.name: t for t in full.graph.initializer}
     index = node_index if node_index is not None else {n.name: i for i, n in enumerate(model.nodes)}
     positions = sorted(index[n] for n in segment.nodes)
@@ -51,36 +109,169 @@ def segment_model(model: Model, full: onnx.ModelProto, segment: Segment,
     graph = onnx.helper.make_graph(
         nodes,
         f"{model.name}_seg{segment.index}_{segment.engine}",
-        [_value_info(model.tensors.get(t.name), t.name) for t in segment.inputs],
-        [_value_info(model.tensors.get(t.name), t.name) for t in segment.outputs],
+        [_boundary_value_info(model, segment, t, "input") for t in segment.inputs],
+        [_boundary_value_info(model, segment, t, "output") for t in segment.outputs],
         initializer=[inits[n] for n in used],
     )
     inner = {o for n in nodes for o in n.output if o} - {t.name for t in segment.outputs}
-    graph.value_info.extend(_value_info(model.tensors[n], n) for n in sorted(inner)
-                            if n in model.tensors and model.tensors[n].shape is not None and model.tensors[n].itemsize)
+    for n in sorted(inner):
+        t = model.tensors.get(n)
+        if t is not None and t.static and t.itemsize:
+            try:
+                graph.value_info.append(onnx.helper.make_tensor_value_info(n, elem_type(t.dtype), list(t.shape)))
+            except ValueError:
+                continue
     out = onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version,
                                  producer_name="edgesdk", doc_string=f"segment {segment.index} of {model.name}")
     out.functions.extend(full.functions)
+    _rebuild_value_info(out, segment)
     return out
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Check and write a segment model; weights over the threshold go to a side file next to it."""
+#: Initializers above this many bytes are left out of the copy that shape inference sees (typed inputs instead):
+#: their values do not matter to shapes, and serialising them per segment would cost time and memory.
+_INFER_KEEP_BYTES = 1 << 16
+
+
+def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model for shape inference and the structural check: big initializers become typed graph inputs."""
+    g = proto.graph
+    keep, typed = [], []
+    for t in g.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > _INFER_KEEP_BYTES:
+            typed.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    graph = onnx.helper.make_graph(list(g.node), g.name, [*g.input, *typed], list(g.output), initializer=keep,
+                                   value_info=list(g.value_info))
+    m = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    m.functions.extend(proto.functions)
+    return m
+
+
+def _complete(vi: onnx.ValueInfoProto) -> bool:
+    tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+    return tt is not None and tt.elem_type != 0 and tt.HasField("shape")
+
+
+def _rebuild_value_info(proto: onnx.ModelProto, segment: Any) -> None:
+    """Replace the segment's value_info by ONNX shape inference's (strict; the copied entries are checked by it)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_light_copy(proto), check_type=True, strict_mode=True,
+                                                     data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{describe_segment(segment, proto)}: shape inference fails on the segment: "
+                         f"{_first_lines(exc)}") from exc
+    boundary = {v.name for v in (*proto.graph.input, *proto.graph.output)} | {t.name for t in proto.graph.initializer}
+    vis = [vi for vi in inferred.graph.value_info if vi.name not in boundary and _complete(vi)]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(vis)
+
+
+def _first_lines(exc: BaseException, n: int = 3) -> str:
+    lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+    return " ".join(lines[:n]) or type(exc).__name__
+
+
+def validate_segment(proto: onnx.ModelProto, segment: Any, feed: Mapping[str, Any] | None = None, *,
+                     path: str | Path | None = None, run: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Prove a segment is a valid, runnable model before anything uses it; returns its outputs by name.
+
+    1. the full ONNX checker (``full_check=True``: structure, types, strict shape inference), on `path` when
+       given (the written file, which may keep its weights in a side file), else on `proto`;
+    2. with `run`: onnxruntime loads it and runs it once on `feed` (the segment's inputs by name; inputs not in
+       it get random values, float in [-1, 1), integers 0) and each output must have its declared shape.
+
+    `segment` is the partition Segment (index, engine, nodes), for the message. Any failure is a ModelError
+    naming the segment index, engine, first and last nodes and the checker's or onnxruntime's own message.
+    """
+    label = describe_segment(segment, proto)
+    try:
+        if path is not None:
+            onnx.checker.check_model(str(path), full_check=True)
+        elif proto.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(proto, full_check=True)
+        else:
+            onnx.checker.check_model(_light_copy(proto), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{label} is not a valid ONNX model: onnx.checker: {_first_lines(exc)}") from exc
+    if not run:
+        return {}
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise EnvironmentProblem("onnxruntime is not installed", fix="pip install 'edgesdk[host]'") from exc
+    import numpy as np
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="edgesdk-segment-") as d:
+        src: Any = str(path) if path is not None else None
+        if src is None:
+            if proto.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+                src = proto.SerializeToString()
+            else:
+                src = str(Path(d) / "segment.onnx")
+                save_model(proto, Path(src), check=False)
+        try:
+            sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NotImplemented ... (pybind classes)
+            raise ModelError(f"{label}: onnxruntime cannot load it: {_first_lines(exc)}") from exc
+    rng = np.random.default_rng(seed)
+    given = dict(feed or {})
+    inputs = {}
+    for i in sess.get_inputs():
+        if i.name in given:
+            inputs[i.name] = given[i.name]
+            continue
+        vi = next((v for v in proto.graph.input if v.name == i.name), None)
+        if vi is None:
+            continue
+        dt = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        inputs[i.name] = (rng.uniform(-1.0, 1.0, shape).astype(dt) if np.issubdtype(dt, np.floating)
+                          else np.zeros(shape, dt))
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        res = sess.run(names, inputs)
+    except Exception as exc:
+        raise ModelError(f"{label}: onnxruntime cannot run it: {_first_lines(exc)}") from exc
+    outs = dict(zip(names, res))
+    for o in proto.graph.output:
+        dims = o.type.tensor_type.shape.dim
+        want = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        got = np.shape(outs.get(o.name))
+        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ModelError(f"{label}: output {o.name!r} is declared {_fmt_shape(want)} but onnxruntime computes "
+                             f"{_fmt_shape(got)}: the model's shape inference is wrong there")
+    return outs
+
+
+def save_model(proto: onnx.ModelProto, path: Path, check: bool = True) -> None:
+    """Write a segment model (and check it, unless `check` is False: then validate_segment does);
+    weights over the threshold go to a side file next to it. An invalid model is a ModelError."""
     weights = sum(len(t.raw_data) for t in proto.graph.initializer)
-    if weights > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.stem + ".data", size_threshold=1024)
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(proto)
-        onnx.save_model(proto, str(path))
+    try:
+        if weights > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.stem + ".data", size_threshold=1024)
+            if check:
+                onnx.checker.check_model(str(path))
+        else:
+            if check:
+                onnx.checker.check_model(proto)
+            onnx.save_model(proto, str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path.name} is not a valid ONNX model: onnx.checker: {_first_lines(exc)}") from exc
 
 
 def write_segments(model: Model, plan: PartitionPlan, out_dir: str | Path, force: bool = False) -> Path:
     """Write each segment as ``NN_<engine>.onnx`` plus ``plan.json`` into `out_dir`; returns its path.
 
     All or nothing: everything is written into a temporary folder beside `out_dir`, checked, then
-    renamed into place. An existing `out_dir` is an InputError unless `force`.
+    renamed into place. An existing `out_dir` is an InputError unless `force`. Every segment passes
+    `validate_segment` (full checker, one onnxruntime run): the segments run in order on one random input
+    of the model, each on the tensors the segments before it computed.
     """
     out = Path(out_dir)
     if out.exists() and not force:
@@ -96,13 +287,13 @@ def write_segments(model: Model, plan: PartitionPlan, out_dir: str | Path, force
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
         entries = []
+        env = _model_feed(model, plan)  # random model inputs; each segment runs on what the ones before made
         for seg in plan.segments:
             fname = f"{seg.index:02d}_{seg.engine}.onnx"
             proto = segment_model(model, full, seg, inits, node_index)
-            try:
-                save_model(proto, tmp / fname)
-            except onnx.checker.ValidationError as exc:
-                raise ModelError(f"segment {seg.index} ({seg.engine}) is not a valid ONNX model: {exc}") from exc
+            save_model(proto, tmp / fname, check=False)
+            env.update(validate_segment(proto, seg, {t.name: env[t.name] for t in seg.inputs if t.name in env},
+                                        path=tmp / fname))
             entries.append({
                 "index": seg.index, "engine": seg.engine, "target": seg.target, "file": fname,
                 "inputs": [t.name for t in seg.inputs], "outputs": [t.name for t in seg.outputs],
@@ -139,24 +330,29 @@ class PartitionResult:
     out_dir: Path
     plan: PartitionPlan
     files: tuple[str, ...]
+    prepare: Any = None  # edgesdk.graph.prepare.PrepareReport
+    notes: tuple[str, ...] = ()
 
 
-def partition_model(path: str | Path, board_id: str, out_dir: str | Path, force: bool = False,
+def partition_model(path: Any, board_id: str, out_dir: str | Path, force: bool = False,
                     input_shapes: Mapping[str, Sequence[int]] | None = None,
-                    min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> PartitionResult:
-    """Load, check, partition and write the segments of `path` for `board_id` (the `edgesdk partition` command)."""
+                    min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
+                    example_inputs: Any = None) -> PartitionResult:
+    """Open (any input convert takes), prepare, partition and write the segments of `path` for `board_id`
+    (the `edgesdk partition` command)."""
     from edgesdk.boards import get_board
     from edgesdk.graph.report import analyze
+    from edgesdk.graph.source import opened
 
     out = Path(out_dir)
     if out.exists() and not force:  # fail before any work, and write nothing
         raise InputError(f"{out} already exists; choose another -o DIR or pass --force to replace it")
     board = get_board(board_id)
-    model = load_model(path, input_shapes)
-    a = analyze(model, board, min_island_flops_share=min_island_flops_share)
-    d = write_segments(model, a.plan, out, force=force)
-    files = tuple(sorted(p.name for p in d.iterdir()))
-    return PartitionResult(d, a.plan, files)
+    with opened(path, input_shapes, prepare, example_inputs) as o:
+        a = analyze(o.model, board, min_island_flops_share=min_island_flops_share)
+        d = write_segments(o.model, a.plan, out, force=force)
+        files = tuple(sorted(p.name for p in d.iterdir()))
+        return PartitionResult(d, a.plan, files, o.prepare, o.notes + (o.prepare.summary(),))
 
 
 def run_segments(plan_dir: str | Path, feeds: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,10 +368,37 @@ def run_segments(plan_dir: str | Path, feeds: Mapping[str, Any]) -> dict[str, An
     if missing:
         raise InputError(f"missing model input(s) {missing}")
     for seg in doc["segments"]:
-        sess = ort.InferenceSession(str(d / seg["file"]), providers=["CPUExecutionProvider"])
-        res = sess.run(seg["outputs"], {n: env[n] for n in seg["inputs"]})
+        what = f"segment {seg['index']} ({seg['engine']}, {seg['file']})"
+        try:
+            sess = ort.InferenceSession(str(d / seg["file"]), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception classes
+            raise ModelError(f"{what}: onnxruntime cannot load it: {_first_lines(exc)}") from exc
+        try:
+            res = sess.run(seg["outputs"], {n: env[n] for n in seg["inputs"]})
+        except Exception as exc:
+            raise ModelError(f"{what}: onnxruntime cannot run it: {_first_lines(exc)}") from exc
         env.update(zip(seg["outputs"], res))
     return {n: env[n] for n in doc["outputs"]}
 
 
-__all__ = ["PLAN_SCHEMA_VERSION", "PartitionResult", "partition_model", "run_segments", "segment_model", "write_segments"]
+def _model_feed(model: Model, plan: PartitionPlan, seed: int = 0) -> dict[str, Any]:
+    """One random input of the model (float in [-1, 1), integers 0), by input name."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feed: dict[str, Any] = {}
+    for name in model.inputs:
+        t = model.tensors.get(name)
+        if t is None or not t.static:
+            continue
+        try:
+            dt = np.dtype(t.dtype)
+        except TypeError:
+            continue
+        feed[name] = (rng.uniform(-1.0, 1.0, t.shape).astype(dt) if np.issubdtype(dt, np.floating)
+                      else np.zeros(t.shape, dt))
+    return feed
+
+
+__all__ = ["PLAN_SCHEMA_VERSION", "PartitionResult", "describe_segment", "partition_model", "run_segments", "save_model",
+           "segment_model", "validate_segment", "write_segments"]

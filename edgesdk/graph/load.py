@@ -39,6 +39,7 @@ class Model:
     costs: list[NodeCost]
     producer: dict[str, int] = field(default_factory=dict)
     has_external_data: bool = False
+    notes: tuple[str, ...] = ()  # what loading decided for the user (e.g. an input size taken from metadata)
     _inits: dict[str, onnx.TensorProto] | None = field(default=None, repr=False)
 
     @property
@@ -158,6 +159,53 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 def _fmt_dims(dims: Sequence[onnx.TensorShapeProto.Dimension]) -> str:
     return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + ")"
+
+
+_SIZE_KEYS = ("imgsz", "input_size", "img_size", "image_size")
+
+
+def _metadata_size(proto: onnx.ModelProto) -> tuple[int, int, str] | None:
+    """(H, W, "key=value") the model's metadata names as its input size: ``imgsz`` (ultralytics), ``input_size``..."""
+    import ast
+
+    for kv in proto.metadata_props:
+        if kv.key.lower() not in _SIZE_KEYS:
+            continue
+        try:
+            v = ast.literal_eval(kv.value.strip())
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(v, int):
+            v = [v, v]
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
+            return int(v[0]), int(v[1]), f"{kv.key}={kv.value.strip()}"
+    return None
+
+
+def shapes_from_metadata(proto: onnx.ModelProto, real_inputs: Sequence[onnx.ValueInfoProto],
+                         given: Mapping[str, Sequence[int]]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Input shapes for a single dynamic 4-D image input whose size the model's metadata names.
+
+    Only fills what the user left open: batch 1, the channel count the model fixes (else 3), and H, W from
+    the metadata (NCHW, or NHWC when the last dimension is the fixed channel count)."""
+    size = _metadata_size(proto)
+    if size is None or len(real_inputs) != 1 or real_inputs[0].name in given:
+        return {}, []
+    vi = real_inputs[0]
+    dims = vi.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        return {}, []
+    fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    if all(f is not None for f in fixed):
+        return {}, []
+    h, w, origin = size
+    if fixed[3] in (1, 3, 4) and fixed[1] not in (1, 3, 4):
+        shape = (fixed[0] or 1, fixed[1] or h, fixed[2] or w, fixed[3])
+    else:
+        shape = (fixed[0] or 1, fixed[1] or 3, fixed[2] or h, fixed[3] or w)
+    note = (f"input {vi.name!r}: no --input-shape given; took {','.join(map(str, shape))} from the model's metadata "
+            f"({origin}); override with --input-shape {vi.name}=...")
+    return {vi.name: shape}, [note]
 
 
 def _fix_input_shapes(graph: onnx.GraphProto, real_inputs: list[onnx.ValueInfoProto],
@@ -317,7 +365,10 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
 
     inits = {t.name for t in graph.initializer}
     real_inputs = [vi for vi in graph.input if vi.name not in inits]
-    _fix_input_shapes(graph, real_inputs, input_shapes or {})
+    shapes = dict(input_shapes or {})
+    meta_shapes, notes = shapes_from_metadata(proto, real_inputs, shapes)
+    shapes.update(meta_shapes)
+    _fix_input_shapes(graph, real_inputs, shapes)
     _constants_to_initializers(graph)
     _name_nodes(graph)
     # Stale intermediate shapes (often symbolic) would fight the fixed input shapes.
@@ -351,6 +402,7 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
         costs=costs,
         producer=producer,
         has_external_data=has_ext,
+        notes=tuple(notes),
     )
 
 
@@ -367,4 +419,5 @@ def load_weights(model: Model) -> onnx.ModelProto:
     return proto
 
 
-__all__ = ["PROTOBUF_LIMIT", "Model", "check_external_data", "load_model", "load_weights", "parse_input_shape"]
+__all__ = ["PROTOBUF_LIMIT", "Model", "check_external_data", "load_model", "load_weights", "parse_input_shape",
+           "shapes_from_metadata"]

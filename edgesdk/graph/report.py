@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from edgesdk.boards import BoardProfile, get_board, list_boards
-from edgesdk.graph.load import Model, load_model
+from edgesdk.graph.load import Model
 from edgesdk.graph.partition import DEFAULT_MIN_ISLAND_SHARE, PartitionPlan, partition
 from edgesdk.graph.support import SupportReport, check_support
 from edgesdk.toolchains.logs import COMPILER_LOG_NOTE
@@ -32,9 +32,33 @@ class Analysis:
 
 
 def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,
-            min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> Analysis:
-    """Support check and partition of a loaded model for one board."""
+            min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, whole_model: bool = True) -> Analysis:
+    """Support check and partition of a loaded model for one board.
+
+    On a board without an accelerator, a model its first CPU engine cannot take whole goes whole to the
+    board's next CPU engine that takes every node (`whole_model`), rather than being cut between engines:
+    the plan says so in its notes. With `whole_model=False` (an explicit --engine) the board's order stands."""
     support = check_support(model, board, tables)
+    if whole_model and board.accelerator is None:
+        first = board.engines[0]
+        refused = [p for p in support.placements if p.engine != first]
+        if refused:
+            for eng in board.engines[1:]:
+                if eng == board.fallback_engine:
+                    break
+                alt = board.model_copy(update={"engines": [eng, *[e for e in board.engines if e != eng]]})
+                s2 = check_support(model, alt, tables)
+                if all(p.engine == eng for p in s2.placements):
+                    ops = sorted({p.op_type for p in refused})
+                    note = (f"{first} cannot take {len(refused)} node(s) ({', '.join(ops[:5])}"
+                            f"{'...' if len(ops) > 5 else ''}: {refused[0].reasons[0] if refused[0].reasons else ''}); "
+                            f"the whole model goes to {eng}, the board's next engine, which takes every node, "
+                            f"instead of cutting it between {first} and {support.chain[-1].engine}")
+                    plan = partition(model, alt, s2, min_island_flops_share)
+                    from dataclasses import replace
+
+                    plan = replace(plan, notes=(note, *plan.notes))
+                    return Analysis(model, alt, s2, plan)
     return Analysis(model, board, support, partition(model, board, support, min_island_flops_share))
 
 
@@ -110,6 +134,8 @@ class InspectReport:
     node_placements: tuple[dict[str, Any], ...] = field(default=(), repr=False)
     #: producer node -> consumer node, for drawing
     edges: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: graph preparation (edgesdk.graph.prepare) as a dict, when the model went through it
+    prepare: dict[str, Any] | None = None
 
     @property
     def accelerator_flops_share(self) -> float | None:
@@ -134,6 +160,7 @@ class InspectReport:
             "latency": {"label": ESTIMATE_LABEL, "segments": [e.to_dict() for e in self.estimates],
                         "transfer_ms": self.transfer_ms, "total_ms": self.estimate_ms},
             "rewrites": [r.to_dict() for r in self.rewrites],
+            "prepare": self.prepare,
             "compiler_view": self.compiler_view,
             "notes": list(self.notes),
             "placements": list(self.node_placements),
@@ -242,12 +269,20 @@ def build_report(a: Analysis) -> InspectReport:
     )
 
 
-def inspect_model(path: str | Path, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                  min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> InspectReport:
-    """Load `path` safely, check and partition it for `board_id`, and report (the `edgesdk inspect` command)."""
+def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
+                  example_inputs: Any = None) -> InspectReport:
+    """Open `path` (any input convert takes), prepare it, check and partition it for `board_id`, and report
+    (the `edgesdk inspect` command)."""
+    from dataclasses import replace
+
+    from edgesdk.graph.source import opened
+
     board = get_board(board_id)
-    model = load_model(path, input_shapes)
-    return build_report(analyze(model, board, min_island_flops_share=min_island_flops_share))
+    with opened(path, input_shapes, prepare, example_inputs) as o:
+        rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share))
+        return replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
+                       notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
 
 
 @dataclass(frozen=True)
@@ -271,12 +306,23 @@ class BoardSummary:
                 "estimate_label": ESTIMATE_LABEL}
 
 
-def compare_boards(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
+def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
                    board_ids: Sequence[str] | None = None,
-                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE) -> list[BoardSummary]:
-    """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`)."""
-    model = load_model(path, input_shapes)
+                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
+                   example_inputs: Any = None, opened_info: list[Any] | None = None) -> list[BoardSummary]:
+    """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`).
+
+    `opened_info`, when given, receives the Opened model (its preparation report and notes)."""
+    from edgesdk.graph.source import opened
+
     boards = [get_board(b) for b in board_ids] if board_ids else list_boards()
+    with opened(path, input_shapes, prepare, example_inputs) as o:
+        if opened_info is not None:
+            opened_info.append(o)
+        return _compare(o.model, boards, min_island_flops_share)
+
+
+def _compare(model: Model, boards: Sequence[BoardProfile], min_island_flops_share: float) -> list[BoardSummary]:
     out = []
     for board in boards:
         r = build_report(analyze(model, board, min_island_flops_share=min_island_flops_share))

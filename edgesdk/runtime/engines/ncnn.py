@@ -7,7 +7,11 @@ options ask for them ({"fp16": true}), so results match the reference within fp3
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,54 @@ import numpy as np
 from edgesdk.runtime.engines import Engine, import_engine
 from edgesdk.runtime.errors import EngineFailure
 from edgesdk.runtime.manifest import TensorSpec
+
+
+@contextlib.contextmanager
+def _native_output() -> Iterator[list[str]]:
+    """Collect what native code prints to fds 1 and 2 meanwhile (its lines, filled after the block).
+
+    ncnn reports why a load failed (``layer Tensor.slice not exists or registered``) only as console output.
+    Without usable fds (closed, or not real files) nothing is captured and the output goes where it went."""
+    lines: list[str] = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = (os.dup(1), os.dup(2))
+    except (OSError, ValueError, AttributeError):
+        yield lines
+        return
+    tmp = tempfile.TemporaryFile()
+    try:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            _flush_c_stdio()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", errors="replace")
+            lines.extend(x.strip() for x in text.splitlines() if x.strip())
+    finally:
+        tmp.close()
+        for fd in saved:
+            os.close(fd)
+
+
+def _echo(lines: list[str]) -> None:
+    """What ncnn said during a load that succeeded (warnings): passed on to stderr."""
+    if lines:
+        sys.stderr.write("".join(x + "\n" for x in lines))
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 class NcnnEngine(Engine):
@@ -44,11 +96,18 @@ class NcnnEngine(Engine):
         for attr in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
             if hasattr(opt, attr):
                 setattr(opt, attr, fp16 and "bf16" not in attr)
-        if net.load_param(str(param)) != 0:
-            raise EngineFailure(f"ncnn could not load {param.name} (load_param failed: not an ncnn .param file)")
-        if net.load_model(str(binf)) != 0:
-            raise EngineFailure(f"ncnn could not load {binf.name} (load_model failed: truncated or not matching "
-                                f"{param.name})")
+        with _native_output() as said:  # ncnn prints its reason (e.g. an unknown layer) to stdout, not to us
+            ret = net.load_param(str(param))
+        if ret != 0:
+            why = "; ".join(said) or "load_param failed: not an ncnn .param file"
+            raise EngineFailure(f"ncnn could not load {param.name}: {why}")
+        _echo(said)
+        with _native_output() as said:
+            ret = net.load_model(str(binf))
+        if ret != 0:
+            why = "; ".join(said) or "load_model failed"
+            raise EngineFailure(f"ncnn could not load {binf.name} ({why}: truncated or not matching {param.name})")
+        _echo(said)
         self._net = net
         self._ins = [(t.engine_name or t.name) for t in inputs]
         self._outs = [(t.engine_name or t.name, t.shape) for t in outputs]
