@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -272,7 +273,9 @@ def _export_torchscript(p: Path, work: Path, shapes: Any, example_inputs: Any, o
     torch = _torch()
     try:
         # torch.jit.load reads TorchScript archives (code + tensors), never arbitrary pickled objects
-        scripted = torch.jit.load(str(p), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13: "torch.jit.load is deprecated"
+            scripted = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:
         raise ModelError(f"{p}: not a TorchScript archive ({type(exc).__name__}: {exc}); {_NEVER_UNPICKLE}") from exc
     args, names, notes = _example_args(scripted, shapes, example_inputs, str(p))
@@ -352,7 +355,7 @@ def _since_hint(ops: Mapping[str, int], opset: int) -> str:
     return f" ({'; '.join(later)}: a higher opset may convert it)" if later else ""
 
 
-def _check_onnx(path: Path, what: str) -> tuple[list[tuple[str, list[Any]]], str | None]:
+def _check_onnx(path: Path) -> tuple[list[tuple[str, list[Any]]], str | None]:
     """The inputs (name, dims) of a converted model, after onnx.checker; (([], None) without onnx installed)."""
     try:
         import onnx
@@ -386,9 +389,11 @@ def _tflite_to_onnx(p: Path, work: Path, opset: int, runner: Any) -> OnnxSource:
     tool = f"{TFLITE_FRONTEND} {ver}"
     if cached.is_file():
         shutil.copyfile(cached, out)
-        ins, _ = _check_onnx(out, str(p))
-        return OnnxSource(out, "tflite", p, (f"converted {p.name} to ONNX with {tool} (opset {opset}) for the "
-                                             f"analysis (cached: {cached})", _layout_note(ins)))
+        ins, problem = _check_onnx(out)
+        if problem is None:
+            note = f"converted {p.name} to ONNX with {tool} (opset {opset}) for the analysis (cached)"
+            return OnnxSource(out, "tflite", p, (note, _layout_note(ins)))
+        cached.unlink(missing_ok=True)  # a damaged cache entry: convert again
     cdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=cdir) as td:
@@ -401,9 +406,7 @@ def _tflite_to_onnx(p: Path, work: Path, opset: int, runner: Any) -> OnnxSource:
         argv = " ".join(cmd.argv)
         try:
             rc, log = (runner or subprocess_runner)(cmd)
-        except Exception as exc:  # noqa: BLE001 - timeout, cannot start
-            import subprocess
-
+        except (subprocess.TimeoutExpired, OSError) as exc:
             out_text = getattr(exc, "output", None) or ""
             if isinstance(out_text, bytes):
                 out_text = out_text.decode("utf-8", "replace")
@@ -420,7 +423,7 @@ def _tflite_to_onnx(p: Path, work: Path, opset: int, runner: Any) -> OnnxSource:
             ops = ", ".join(f"{k} x{v}" for k, v in sorted(bad.items()))
             raise ModelError(f"{p}: {tool} cannot express these TFLite ops in ONNX opset {opset}: {ops}"
                              f"{_since_hint(bad, opset)}\n  command: {argv}\n  last output:\n{tail(log, 8)}")
-        ins, problem = _check_onnx(tmp_out, str(p))
+        ins, problem = _check_onnx(tmp_out)
         if problem:
             raise ModelError(f"{p}: {tool} wrote an invalid ONNX model (onnx.checker: {problem})\n"
                              f"  command: {argv}\n  last output:\n{tail(log, 8)}")
@@ -432,8 +435,8 @@ def _tflite_to_onnx(p: Path, work: Path, opset: int, runner: Any) -> OnnxSource:
         os.replace(tmp_meta, cdir / f"{key}.json")
         shutil.copyfile(tmp_out, out)
         os.replace(tmp_out, cached)  # same file system: atomic; the .onnx appears complete or not at all
-    return OnnxSource(out, "tflite", p, (f"converted {p.name} to ONNX with {tool} (opset {opset}) in "
-                                         f"{seconds:.1f} s for the analysis", _layout_note(ins)))
+    note = f"converted {p.name} to ONNX with {tool} (opset {opset}) in {seconds:.1f} s for the analysis"
+    return OnnxSource(out, "tflite", p, (note, _layout_note(ins)))
 
 
 def _layout_note(ins: Sequence[tuple[str, Sequence[Any]]]) -> str:
@@ -442,4 +445,4 @@ def _layout_note(ins: Sequence[tuple[str, Sequence[Any]]]) -> str:
             + (f": {shown}" if shown else ""))
 
 
-__all__ = ["ACCEPTED", "OnnxSource", "TFLITE_FRONTEND", "cache_dir", "cache_key", "tflite_frontend", "to_onnx"]
+__all__ = ["ACCEPTED", "TFLITE_FRONTEND", "OnnxSource", "cache_dir", "cache_key", "tflite_frontend", "to_onnx"]

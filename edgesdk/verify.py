@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgesdk.errors import InputError
+from edgesdk.errors import EdgeSDKError, InputError, ModelError
 
 #: Per-layer cosine below which a layer is named (when the bundle's tolerance gives none).
 LAYER_COSINE = 0.99
@@ -83,6 +83,11 @@ class VerifyReport:
                 "notes": list(self.notes)}
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+    return " ".join(lines[:3]) or type(exc).__name__
+
+
 def cosine(a: Any, b: Any) -> float:
     import numpy as np
 
@@ -140,6 +145,21 @@ def compare(name: str, got: list[Any], ref: list[Any], tol: Any) -> OutputMetric
     if tol.cosine_min is not None and min(cos) < tol.cosine_min:
         problems.append(f"cosine {min(cos):.5f} < {tol.cosine_min:g}")
     return OutputMetrics(name, min(cos), float(np.mean(cos)), max(abs_err), rel, top1, not problems, tuple(problems))
+
+
+def _ncnn_layers_known(bundle: Path, manifest: Any) -> None:
+    """An ncnn segment whose .param names a layer this ncnn lacks: say which, before ncnn says only 'failed'."""
+    from edgesdk.runtime.engines import is_available
+    from edgesdk.runtime.errors import EngineFailure
+    from edgesdk.toolchains.check import ncnn_layer_problem
+
+    if not any(sg.engine == "ncnn" for sg in manifest.segments) or not is_available("ncnn"):
+        return
+    for sg in manifest.segments:
+        if sg.engine == "ncnn" and "param" in sg.files:
+            why = ncnn_layer_problem(bundle / sg.files["param"])
+            if why:
+                raise EngineFailure(f"segment {sg.id!r} of {bundle}: {why}")
 
 
 def _find_model(bundle: Path, manifest: Any, model: str | Path | None) -> tuple[Path | None, str | None]:
@@ -254,16 +274,36 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
     if tflite_src:  # a bundle made from a .tflite: its source is the reference (there is no ONNX original)
         from edgesdk.tflite_source import run_tflite
 
-        refs = run_tflite(model_path, samples)  # type: ignore[arg-type]
+        try:
+            refs = run_tflite(model_path, samples)  # type: ignore[arg-type]
+        except EdgeSDKError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the interpreter's own errors (ValueError, RuntimeError)
+            raise ModelError(f"the TFLite interpreter cannot run the source model {model_path}: "
+                             f"{type(exc).__name__}: {_first_line(exc)}") from exc
         compared = f"the TFLite interpreter on {model_path.name} (the source .tflite; there is no ONNX original)"
     elif model_path is not None:
         from edgesdk.conversion import ort_session
         from edgesdk.graph.load import load_model, load_weights
 
         shapes = {t.name: t.shape for t in mf.inputs}
-        sess = ort_session(load_weights(load_model(model_path, shapes)))
+        loaded = load_model(model_path, shapes)
+        try:
+            sess = ort_session(load_weights(loaded))
+        except EdgeSDKError:
+            raise
+        except Exception as exc:  # onnxruntime's own exception classes
+            raise ModelError(f"onnxruntime cannot load the reference model {model_path}: {_first_line(exc)}") from exc
         names = [t.name for t in mf.outputs]
-        refs = [dict(zip(names, sess.run(names, s))) for s in samples]
+        missing = [n for n in names if n not in loaded.outputs]
+        if missing:
+            raise InputError(f"{model_path} has no output(s) {missing} (it has {list(loaded.outputs)}): it is not the "
+                             "model this bundle was converted from; pass the right one with --model")
+        try:
+            refs = [dict(zip(names, sess.run(names, s))) for s in samples]
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot run the reference model {model_path} on the bundle's inputs: "
+                             f"{_first_line(exc)}") from exc
         compared = f"onnxruntime on {model_path.name} (fp32)"
     else:
         refs = [{n: np.load(b / rel, allow_pickle=False) for n, rel in mf.reference_outputs.items()}]
@@ -273,6 +313,7 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
 
     # accelerator segments carry their host int8 simulation as a CPU version: run it when the accelerator is absent
     fallback = "cpu" if any(sg.cpu_version is not None for sg in mf.segments) else "error"
+    _ncnn_layers_known(b, mf)
     with Session(b, fallback=fallback) as s:
         got = [s.run(x) for x in samples]
         engines = tuple({"segment": u.segment, "engine": u.engine, "version": u.version,
@@ -298,7 +339,14 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
             notes.append("per-layer comparison skipped: it needs the fp32 model (--model)")
         else:
             thr = mf.tolerance.cosine_min or LAYER_COSINE
-            lay, first = per_layer(model_path, samples, thr, {t.name: t.shape for t in mf.inputs})
+            try:
+                lay, first = per_layer(model_path, samples, thr, {t.name: t.shape for t in mf.inputs})
+            except EdgeSDKError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the per-layer view is extra: the verdict stands
+                thr = None
+                notes.append(f"per-layer comparison skipped: the onnxruntime int8 simulation failed: "
+                             f"{type(exc).__name__}: {_first_line(exc)}")
     tol = {"max_abs_rel": mf.tolerance.max_abs_rel, "cosine_min": mf.tolerance.cosine_min}
     return VerifyReport(b, mf.bundle_id, mf.precision, len(samples), source, compared, outs, engines, tol,
                         tuple(lay), thr, first, tuple(notes))

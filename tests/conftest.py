@@ -34,3 +34,22 @@ def _no_bare_pip(tmp_path_factory):
     os.environ["PATH"] = old
     if log.exists():
         pytest.fail(f"something under test ran a bare pip from PATH: {log.read_text().strip()}", pytrace=False)
+
+
+def require_toolchains(*engines: str) -> None:
+    """Skip (fail under CI=true) unless each engine's converter venv and host engine module are here."""
+    import importlib.util
+    import os
+
+    from edgesdk.toolchains.adapters import get_adapter
+
+    modules = {"ncnn": "ncnn", "mnn": "MNN", "tflite": "ai_edge_litert", "onnxruntime": "onnxruntime"}
+    for engine in (*engines, "onnxruntime"):
+        st = get_adapter(engine).check_env()
+        why = None if st.ok else f"{engine} toolchain not ready: {st.detail} (fix: {st.fix})"
+        if why is None and importlib.util.find_spec(modules[engine]) is None:
+            why = f"engine module {modules[engine]} not installed (pip install 'edgesdk[test]')"
+        if why:
+            if os.environ.get("CI") == "true":
+                pytest.fail(why)
+            pytest.skip(why)

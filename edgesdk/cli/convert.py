@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, shapes_from
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, NO_PREPARE_OPTION, shapes_from
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -21,15 +21,27 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise InputError(f"--{what} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from exc
 
 
+def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+    """Progress lines on stderr (never on stdout: --json output stays pure)."""
+    import time
+
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {msg}", highlight=False)
+
+    return None if quiet else say
+
+
 @handle_errors
 def convert_cmd(
-    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts), or a .tflite (bundled as it is: TFLite, Edge TPU)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, TorchScript file (.pt/.ts, with --input-shape), or a .tflite (bundled as it is where the board runs TFLite, else through ONNX)."),
     board: str = typer.Option(..., "--board", "-b", metavar="ID", help="Board id, e.g. rpi4."),
     out: Path | None = typer.Option(None, "-o", "--out", metavar="OUT", help="Bundle folder to write (must not exist)."),
     precision: str | None = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (default fp32; a "
                                          ".tflite keeps its own)."),
-    engine: str | None = typer.Option(None, "--engine", "-e", help="ncnn, mnn, tflite or onnxruntime (default: the "
-                                      "board's engine order)."),
+    engine: str | None = typer.Option(None, "--engine", "-e", help="ncnn, mnn, tflite or onnxruntime: that engine "
+                                      "only (default: the board's engine chain, next engine when one fails)."),
     calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Calibration images (jpg/png) or .npy."),
     preprocess: Path | None = typer.Option(None, "--preprocess", metavar="FILE.yaml",
                                            help="Preprocessing: size, resize, scale, mean, std, color, layout, dtype."),
@@ -45,6 +57,7 @@ def convert_cmd(
     dpu_fingerprint: str | None = typer.Option(None, "--dpu-fingerprint", metavar="0x...",
                                                help="kv260: the board's DPU fingerprint (`xdputil query`); a "
                                                "mismatch with arch.json is refused before compiling."),
+    no_prepare: bool = NO_PREPARE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (commands and files), convert nothing."),
     json_out: bool = JSON_OPTION,
@@ -60,6 +73,8 @@ def convert_cmd(
       edgesdk convert model.onnx --board rpi4 --engine mnn --precision int8 --calib calib/ --dry-run
 
       edgesdk convert model_int8.tflite --board coral-usb -o build/coral
+
+      edgesdk convert net.pt --board rpi4 --input-shape input=1,3,224,224 -o build/net
     """
     from edgesdk.conversion import convert
 
@@ -75,7 +90,8 @@ def convert_cmd(
     res = convert(model, board, out, precision=precision, engine=engine, calib=calib, preprocess=pre,  # type: ignore[arg-type]
                   input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
                   accel_options={k: v for k, v in {"vai_version": vai_version,
-                                                   "board_fingerprint": dpu_fingerprint}.items() if v})
+                                                   "board_fingerprint": dpu_fingerprint}.items() if v},
+                  prepare=not no_prepare, progress=_progress(json_out))
     if json_out:
         print_json(res.to_dict())
         return

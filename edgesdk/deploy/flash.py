@@ -165,7 +165,10 @@ def resolve_bundle(model_or_bundle: str | Path, board: str, event: Event | None 
     if not p.is_file():
         raise InputError(f"{p}: no such model file or bundle directory")
     t0 = time.perf_counter()
+    from edgesdk import __version__
+
     h = hashlib.sha256(p.read_bytes())
+    h.update(f"\0edgesdk {__version__}".encode())  # a new edgesdk converts again
     shapes = shapes_key(input_shapes)
     if shapes:
         h.update(b"\0input_shapes:" + shapes.encode())

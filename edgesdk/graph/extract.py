@@ -7,16 +7,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
-from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgesdk.errors import EnvironmentProblem, InputError, ModelError
-from edgesdk.graph.load import Model, load_model, load_weights
+from edgesdk.graph.load import Model, load_weights
 from edgesdk.graph.partition import DEFAULT_MIN_ISLAND_SHARE, PartitionPlan, Segment
 from edgesdk.graph.shapes import elem_type
 
@@ -46,8 +45,28 @@ def describe_segment(segment: Any, proto: onnx.ModelProto | None = None) -> str:
 
 def _fmt_shape(shape: Sequence[int | None] | None) -> str:
     if shape is None:
-        return "unknown (shape inference found none)"
+        return "unknown"
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _shape_lost_at(model: Model, name: str) -> onnx.NodeProto | None:
+    """The first node upstream of `name` whose inputs all have static shapes but whose output has none."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        node = _producer(model, n)
+        if node is None:
+            continue
+        ins = [i for i in node.input if i]
+        bad = [i for i in ins if not (model.tensors.get(i) is not None and model.tensors[i].static)]
+        if not bad:
+            return node
+        todo.extend(bad)
+    return None
 
 
 def _producer(model: Model, name: str) -> onnx.NodeProto | None:
@@ -74,17 +93,21 @@ def _boundary_value_info(model: Model, segment: Segment, ref: Any, side: str) ->
         raise ModelError(f"{where} has dtype {t.dtype}, which edgesdk cannot cut the graph at") from exc
     final_output = bool(getattr(ref, "model_output", False)) and not getattr(ref, "consumers", ())
     if not t.static and not (final_output and t.shape is not None):
-        if node is not None and node.op_type in DATA_DEPENDENT_OPS:
-            how = (f"its size depends on the input data (op {node.op_type}), so no input shape can fix it; "
-                   "the graph cannot be cut after it")
+        lost = _shape_lost_at(model, name) if node is not None else None
+        if lost is not None and lost.op_type in DATA_DEPENDENT_OPS:
+            how = (f"its size depends on the input data (node {lost.name!r} ({lost.op_type})), so no input shape "
+                   "can fix it and the graph cannot be cut after it")
         elif node is None:
             how = "give the input a fixed size with --input-shape NAME=D0,D1,..."
         else:
-            how = ("it is computed by a shape subgraph that shape inference could not resolve: give every model "
-                   "input a fixed size with --input-shape NAME=D0,D1,..., and keep the preparation stage on (it "
-                   "folds shape subgraphs to constants; --no-prepare skips it)")
-        raise ModelError(f"{where} has no static shape {_fmt_shape(t.shape)}; edgesdk needs static shapes at "
-                         f"segment boundaries: {how}")
+            at = (f"shape inference loses the shape at node {lost.name!r} ({lost.op_type}), " if lost is not None
+                  and lost is not node else "")
+            how = (f"{at}typically a Reshape or Expand whose target a shape subgraph (Shape -> Gather -> ...) "
+                   "computes: give every model input a fixed size with --input-shape NAME=D0,D1,..., and keep the "
+                   "preparation stage on (it folds shape subgraphs to constants; --no-prepare skips it)")
+        found = "shape inference found none" if t.shape is None else f"only {_fmt_shape(t.shape)}"
+        raise ModelError(f"{where} has no static shape ({found}); edgesdk needs static shapes at segment "
+                         f"boundaries: {how}")
     return onnx.helper.make_tensor_value_info(name, elem, None if t.shape is None else list(t.shape))
 
 
@@ -121,11 +144,25 @@ def segment_model(model: Model, full: onnx.ModelProto, segment: Segment,
                 graph.value_info.append(onnx.helper.make_tensor_value_info(n, elem_type(t.dtype), list(t.shape)))
             except ValueError:
                 continue
-    out = onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version,
+    out = onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=segment_ir_version(full),
                                  producer_name="edgesdk", doc_string=f"segment {segment.index} of {model.name}")
     out.functions.extend(full.functions)
     _rebuild_value_info(out, segment)
     return out
+
+
+def segment_ir_version(full: onnx.ModelProto) -> int:
+    """The oldest IR version the model's op sets allow, never newer than the model's own.
+
+    A model saved by a recent onnx carries a new IR version its op set does not need, and the converters'
+    bundled onnxruntime refuses it (pnnx: "Unsupported model IR version: 14, max supported IR version: 13")."""
+    try:
+        need = onnx.helper.find_min_ir_version_for(list(full.opset_import), ignore_unknown=True)
+    except (TypeError, ValueError):
+        return full.ir_version
+    if full.functions:
+        need = max(need, 8)  # model-local functions came with IR 8
+    return min(full.ir_version, max(need, 3)) if full.ir_version else need
 
 
 #: Initializers above this many bytes are left out of the copy that shape inference sees (typed inputs instead):
@@ -179,8 +216,10 @@ def validate_segment(proto: onnx.ModelProto, segment: Any, feed: Mapping[str, An
 
     1. the full ONNX checker (``full_check=True``: structure, types, strict shape inference), on `path` when
        given (the written file, which may keep its weights in a side file), else on `proto`;
-    2. with `run`: onnxruntime loads it and runs it once on `feed` (the segment's inputs by name; inputs not in
-       it get random values, float in [-1, 1), integers 0) and each output must have its declared shape.
+    2. with `run`: onnxruntime loads it and runs it once on `feed` (the segment's inputs by name) and each
+       output must have its declared shape. Inputs not in `feed` get random values (float in [-1, 1), integers
+       0); when an integer input another segment computes (a shape, indices) is not given, the segment is only
+       loaded, not run: made-up values there prove nothing. Give the real boundary values for the full check.
 
     `segment` is the partition Segment (index, engine, nodes), for the message. Any failure is a ModelError
     naming the segment index, engine, first and last nodes and the checker's or onnxruntime's own message.
@@ -215,11 +254,12 @@ def validate_segment(proto: onnx.ModelProto, segment: Any, feed: Mapping[str, An
                 save_model(proto, Path(src), check=False)
         try:
             sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NotImplemented ... (pybind classes)
+        except Exception as exc:  # onnxruntime's Fail / InvalidGraph / ... (pybind classes)
             raise ModelError(f"{label}: onnxruntime cannot load it: {_first_lines(exc)}") from exc
     rng = np.random.default_rng(seed)
     given = dict(feed or {})
     inputs = {}
+    made_up = []
     for i in sess.get_inputs():
         if i.name in given:
             inputs[i.name] = given[i.name]
@@ -229,8 +269,14 @@ def validate_segment(proto: onnx.ModelProto, segment: Any, feed: Mapping[str, An
             continue
         dt = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         shape = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
-        inputs[i.name] = (rng.uniform(-1.0, 1.0, shape).astype(dt) if np.issubdtype(dt, np.floating)
-                          else np.zeros(shape, dt))
+        if np.issubdtype(dt, np.floating):
+            inputs[i.name] = rng.uniform(-1.0, 1.0, shape).astype(dt)
+        else:
+            inputs[i.name] = np.zeros(shape, dt)
+            made_up.append(i.name)
+    if made_up and any(v.name in made_up for v in proto.graph.input if _from_segment(v.name, segment)):
+        # an integer tensor another segment computes (a shape, indices): zeros prove nothing, and may not run
+        return {}
     names = [o.name for o in sess.get_outputs()]
     try:
         res = sess.run(names, inputs)
@@ -245,6 +291,14 @@ def validate_segment(proto: onnx.ModelProto, segment: Any, feed: Mapping[str, An
             raise ModelError(f"{label}: output {o.name!r} is declared {_fmt_shape(want)} but onnxruntime computes "
                              f"{_fmt_shape(got)}: the model's shape inference is wrong there")
     return outs
+
+
+def _from_segment(name: str, segment: Any) -> bool:
+    """Whether the segment's input `name` comes from another segment (not from the model's inputs)."""
+    for t in getattr(segment, "inputs", ()) or ():
+        if t.name == name:
+            return getattr(t, "producer", None) is not None
+    return True  # unknown: assume it does
 
 
 def save_model(proto: onnx.ModelProto, path: Path, check: bool = True) -> None:

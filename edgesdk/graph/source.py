@@ -40,7 +40,10 @@ def load_source(model: Any, work: Path, input_shapes: Mapping[str, Sequence[int]
     """(loaded original, its ONNX path, kind, the user's file, notes) for any accepted input."""
     from edgesdk.frontends import to_onnx
 
-    src = to_onnx(model, work, input_shapes=input_shapes, example_inputs=example_inputs)
+    is_tflite = isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".tflite"
+    # a .tflite's HardSwish (MobileNetV3 family) exists in ONNX from op set 14; 17 is what every engine reads
+    src = to_onnx(model, work, input_shapes=input_shapes, example_inputs=example_inputs,
+                  opset=17 if is_tflite else 13)
     shapes = input_shapes if src.kind in ("onnx", "tflite") else None  # an export has its shapes fixed
     m = load_model(src.path, shapes)
     return m, src.path, src.kind, src.original, tuple(src.notes) + m.notes

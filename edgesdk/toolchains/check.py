@@ -112,13 +112,15 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
         except (EngineFailure, EngineUnavailable) as exc:
             msg = _child_message(str(exc))
             return fail("run" if _is_run_failure(msg) else "load", msg)
+        except OSError as exc:  # the guarded child process could not start
+            return fail("load", f"{engine}: the guarded load of {_names(paths)} could not start a process: {exc}")
     inst = cls()
     try:
         try:
             inst.load(paths, e_in, e_out, options)
         except (EngineFailure, EngineUnavailable) as exc:
             return fail("load", str(exc))
-        except Exception as exc:  # the engine's own exception type, or an adapter that did not know it
+        except Exception as exc:  # noqa: BLE001 - the engine's own exception type, unknown to the adapter
             return fail("load", f"{engine} could not load {_names(paths)}: {type(exc).__name__}: {exc}")
         try:
             efeed = {}
@@ -135,12 +137,12 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
                 got[t.name] = _out_converter(t)(np.asarray(res[en]))
         except EngineFailure as exc:
             return fail("run", str(exc))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above, for run
             return fail("run", f"{engine} failed to run {_names(paths)}: {type(exc).__name__}: {exc}")
     finally:
         try:
             inst.close()
-        except Exception:  # closing must not hide the answer
+        except Exception:  # noqa: BLE001, S110 - closing must not hide the answer
             pass
 
     metrics = tuple(compare(t.name, [got[t.name]], [reference[t.name]], tolerance) for t in outputs)

@@ -193,14 +193,35 @@ def test_coral_usb_int8_with_a_compiler_gets_an_edgetpu_segment(models: dict[str
     assert rep.ok and any("ran its CPU version on tflite" in n for n in rep.notes)
 
 
+def _need_tflite_frontend() -> None:
+    import os
+
+    from edgesdk.errors import EnvironmentProblem
+    from edgesdk.frontends import tflite_frontend
+
+    try:
+        tflite_frontend()
+    except EnvironmentProblem as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"tflite frontend (tf2onnx in the tflite toolchain venv) missing: {exc}")
+
+
 @pytest.mark.parametrize("board", ["kv260", "hi3519a", "x3"])
-def test_boards_without_tflite_refuse(models: dict[str, Path], tmp_path: Path, board: str) -> None:
+def test_boards_without_tflite_go_through_onnx(models: dict[str, Path], tmp_path: Path, board: str) -> None:
+    """A board that runs no TFLite gets the .tflite through ONNX (tf2onnx): the usual rules apply (its
+    accelerator needs int8 + calibration; its CPU engine converts the float model)."""
     from edgesdk.conversion import convert
     from edgesdk.errors import InputError
 
-    with pytest.raises(InputError, match="does not run TFLite models"):
-        convert(models["int8"], board, tmp_path / "o")
+    _need_tflite_frontend()
+    with pytest.raises(InputError, match="runs int8 only"):
+        convert(models["fp32"], board, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+    res = convert(models["fp32"], board, tmp_path / "cpu", engine="onnxruntime")
+    assert res.segments[0].engine == "onnxruntime"
+    assert any("converted to ONNX" in n for n in res.notes)
+    assert res.manifest is not None and res.manifest.source_model["kind"] == "tflite"
 
 
 def test_float_tflite_for_coral_is_refused_with_the_reason(models: dict[str, Path], tmp_path: Path) -> None:
@@ -224,12 +245,16 @@ def test_other_precision_is_refused(models: dict[str, Path], tmp_path: Path, kin
     convert(models[kind], "rpi4", tmp_path / "same", precision="fp32" if kind == "fp32" else "int8")  # its own: fine
 
 
-def test_other_engines_are_refused(models: dict[str, Path], tmp_path: Path) -> None:
+def test_other_engines_go_through_onnx(models: dict[str, Path], tmp_path: Path) -> None:
+    """--engine ncnn on a .tflite: the file goes through ONNX (tf2onnx) to ncnn, and verify holds."""
     from edgesdk.conversion import convert
-    from edgesdk.errors import InputError
+    from edgesdk.verify import verify
 
-    with pytest.raises(InputError, match="does not convert a .tflite to other engines"):
-        convert(models["fp32"], "rpi4", tmp_path / "o", engine="ncnn")
+    _need_tflite_frontend()
+    res = convert(models["fp32"], "rpi4", tmp_path / "o", engine="ncnn")
+    assert [s.engine for s in res.segments] == ["ncnn"]
+    assert res.segments[0].check is not None and res.segments[0].check.ok
+    assert verify(tmp_path / "o").ok
 
 
 def test_cli_exit_codes_and_dry_run(models: dict[str, Path], tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from edgesdk.graph.partition import assign_levels
 from edgesdk.graph.report import analyze, build_report
 
 from test_graph_util import (
+    cpu_table,
     acc_board,
     attr_dependent,
     chain_cpu_middle,
@@ -30,10 +31,10 @@ def _reference(path, feeds):
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
-def _roundtrip(tmp_path, proto, board, tables, share=0.0):
+def _roundtrip(tmp_path, proto, board, tables, share=0.0, whole_model=True):
     p = save(proto, tmp_path)
     model = load_model(p)
-    a = analyze(model, board, tables, min_island_flops_share=share)
+    a = analyze(model, board, tables, min_island_flops_share=share, whole_model=whole_model)
     out = write_segments(model, a.plan, tmp_path / "out")
     x = np.random.default_rng(1).random((tuple(model.tensors[model.inputs[0]].shape))).astype(np.float32)
     feeds = {model.inputs[0]: x}
@@ -156,11 +157,21 @@ def test_edgetpu_rule_reports_compiler_view_and_plans_multi_segment(tmp_path):
 
 def test_cpu_only_board_falls_back_to_onnxruntime_with_reason(tmp_path):
     board, tables = cpu_board(refuse=("Sigmoid",))
-    model, a = _roundtrip(tmp_path, chain_cpu_middle(), board, tables)
+    model, a = _roundtrip(tmp_path, chain_cpu_middle(), board, tables, whole_model=False)
     assert [s.engine for s in a.plan.segments] == [board.engines[0], "onnxruntime", board.engines[0]]
     sig = next(p for p in a.support.placements if p.node == "sig")
     assert sig.kind == "fallback" and sig.refused_by == (board.engines[0],) and "not implemented" in sig.reasons[0]
     assert a.plan.accelerator_flops_share == 0
+
+
+def test_cpu_only_board_gives_the_whole_model_to_the_next_engine_that_takes_it(tmp_path):
+    """rpi4-like: engines[0] refuses one node, engines[1] takes all: one segment on engines[1], said in the notes."""
+    board, tables = cpu_board(refuse=("Sigmoid",))
+    nxt = next(e for e in board.engines[1:] if e != board.fallback_engine)
+    tables = {**tables, nxt: cpu_table()}
+    _, a = _roundtrip(tmp_path, chain_cpu_middle(), board, tables)
+    assert [s.engine for s in a.plan.segments] == [nxt]
+    assert any(f"the whole model goes to {nxt}" in n and "Sigmoid" in n for n in a.plan.notes)
 
 
 def test_cpu_only_board_single_segment_when_all_supported(tmp_path):

@@ -36,21 +36,20 @@ def _native_output() -> Iterator[list[str]]:
     except (OSError, ValueError, AttributeError):
         yield lines
         return
-    tmp = tempfile.TemporaryFile()
     try:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            _flush_c_stdio()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            tmp.seek(0)
-            text = tmp.read().decode("utf-8", errors="replace")
-            lines.extend(x.strip() for x in text.splitlines() if x.strip())
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                _flush_c_stdio()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                tmp.seek(0)
+                text = tmp.read().decode("utf-8", errors="replace")
+                lines.extend(x.strip() for x in text.splitlines() if x.strip())
     finally:
-        tmp.close()
         for fd in saved:
             os.close(fd)
 
