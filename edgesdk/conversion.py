@@ -454,10 +454,10 @@ def convert(
         ref_env: dict[str, Any] = dict(ref_in)
         if not dry_run:
             say("running the reference on onnxruntime")
-            sess = ort_session(with_outputs(full, boundary, m.tensors))
-            ref_env.update(zip(boundary, sess.run(boundary, ref_in)))
-            orig_full = load_weights(orig)
-            ref_out = dict(zip(plan.model_outputs, ort_session(orig_full).run(list(plan.model_outputs), ref_in)))
+            ref_env.update(zip(boundary, _reference_run(with_outputs(full, boundary, m.tensors), boundary, ref_in,
+                                                        f"{orig.name} (segment boundaries)")))
+            ref_out = dict(zip(plan.model_outputs, _reference_run(load_weights(orig), plan.model_outputs, ref_in,
+                                                                  orig.name)))
 
         seg_calib: dict[int, dict[str, Any]] = {}
         if cset is not None and precision == "int8":
@@ -479,7 +479,7 @@ def convert(
             sid = f"s{s.index}"
             seg_onnx = work / f"{sid}.onnx"
             proto = segment_model(m, full, s, inits, node_index)
-            _save_segment(proto, seg_onnx, s)
+            _save_segment(proto, seg_onnx, s, None if dry_run else {t.name: ref_env[t.name] for t in s.inputs})
             calib_data = None
             if s.index in seg_calib:
                 arrays = work / f"{sid}_calib.npz"
@@ -547,19 +547,25 @@ def convert(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _save_segment(proto: Any, path: Path, seg: Any) -> None:
-    """Write a segment after the full checks (edgesdk.graph.extract): a segment that fails names itself."""
-    from edgesdk.graph import extract
+def _save_segment(proto: Any, path: Path, seg: Any, feed: Mapping[str, Any] | None) -> None:
+    """Write a segment, then prove it (edgesdk.graph.extract.validate_segment: the full checker and one
+    onnxruntime run on its reference input): a segment that fails names itself, its nodes and the message."""
+    from edgesdk.graph.extract import save_model, validate_segment
 
-    validate = getattr(extract, "validate_segment", None)
-    if validate is not None:
-        validate(proto, seg)
+    save_model(proto, path)
+    validate_segment(proto, seg, feed, path=path)
+
+
+def _reference_run(proto: Any, names: Sequence[str], feed: Mapping[str, Any], what: str) -> list[Any]:
+    """onnxruntime on the host reference; its failures are the model's (ModelError naming `what`)."""
     try:
-        extract.save_model(proto, path)
-    except Exception as exc:  # onnx.checker raises ValidationError and others
-        first = seg.nodes[0] if seg.nodes else "?"
-        raise ModelError(f"segment s{seg.index} ({seg.engine}, {len(seg.nodes)} nodes from {first!r}) is not a "
-                         f"valid ONNX model: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
+        return ort_session(proto).run(list(names), dict(feed))
+    except EdgeSDKError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        msg = " ".join(str(exc).strip().splitlines()[:3])
+        raise ModelError(f"{what}: onnxruntime cannot run it on the reference input: {type(exc).__name__}: "
+                         f"{msg}") from exc
 
 
 __all__ = ["PRECISIONS", "TOLERANCES", "ConversionFailed", "ConvertResult", "SegmentOutcome", "SegmentReport",

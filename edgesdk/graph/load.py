@@ -246,6 +246,45 @@ def _fix_input_shapes(graph: onnx.GraphProto, real_inputs: list[onnx.ValueInfoPr
 
 # -- loading ---------------------------------------------------------------------------------------
 
+def _complete_io_types(proto: onnx.ModelProto) -> None:
+    """Exporters (Paddle2ONNX among them) write value_info and graph outputs with a type but no shape, which
+    onnx.checker refuses ("Field 'shape' of 'type' is required but missing"). Shapes there are hints: drop
+    shapeless value_info, and give a shapeless output the shape inference finds (or leave it to the checker)."""
+    g = proto.graph
+
+    def shapeless(vi: onnx.ValueInfoProto) -> bool:
+        return vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")
+
+    if any(shapeless(vi) for vi in g.value_info):
+        keep = [vi for vi in g.value_info if not shapeless(vi)]
+        del g.value_info[:]
+        g.value_info.extend(keep)
+    if any(shapeless(o) for o in g.output):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):
+            return
+        found = {o.name: o for o in inferred.graph.output}
+        for o in g.output:
+            if shapeless(o) and o.name in found and found[o.name].type.tensor_type.HasField("shape"):
+                o.type.tensor_type.shape.CopyFrom(found[o.name].type.tensor_type.shape)
+
+
+def _without_shapeless_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model the checker sees: an output whose shape nothing states yet gets a placeholder shape for the
+    check only (edgesdk clears and infers every output's shape after loading); everything else is checked."""
+    outs = proto.graph.output
+    if not any(o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape") for o in outs):
+        return proto
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    for o in m.graph.output:
+        if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape"):
+            o.type.tensor_type.shape.Clear()
+            o.type.tensor_type.shape.dim.add()  # a placeholder rank for the check only: shapes are inferred later
+    return m
+
+
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     """Turn Constant nodes into initializers: they cost nothing and belong to whichever segment reads them."""
     outputs = {o.name for o in graph.output}
@@ -354,21 +393,22 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
     if opset <= 0:
         raise ModelError(f"{p}: the model imports no version of the default ONNX op set")
 
-    try:
-        if has_ext:
-            onnx.checker.check_model(str(p))  # needs the folder to check external tensors; paths vetted above
-        else:
-            onnx.checker.check_model(proto)
-    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        msg = str(exc).strip().splitlines()
-        raise ModelError(f"{p}: invalid ONNX graph: {' '.join(msg[:3])}") from exc
-
     inits = {t.name for t in graph.initializer}
     real_inputs = [vi for vi in graph.input if vi.name not in inits]
     shapes = dict(input_shapes or {})
     meta_shapes, notes = shapes_from_metadata(proto, real_inputs, shapes)
     shapes.update(meta_shapes)
     _fix_input_shapes(graph, real_inputs, shapes)
+    _complete_io_types(proto)  # after the input shapes are fixed: inference can then fill the outputs
+    try:
+        if has_ext:
+            onnx.checker.check_model(str(p))  # needs the folder to check external tensors; paths vetted above
+        else:
+            onnx.checker.check_model(_without_shapeless_outputs(proto))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()
+        raise ModelError(f"{p}: invalid ONNX graph: {' '.join(msg[:3])}") from exc
+
     _constants_to_initializers(graph)
     _name_nodes(graph)
     # Stale intermediate shapes (often symbolic) would fight the fixed input shapes.

@@ -220,8 +220,8 @@ def ncnn_layer_problem(param: Path) -> str | None:
         why = (f"pnnx leaves it for {what}" if what else
                "this ncnn build has no such layer: the .param was made for another ncnn version or needs a custom "
                "layer")
-        parts.append(f"ncnn has no layer {typ!r} ({n} layer{'s' if n != 1 else ''} of that type in {param.name}, "
-                     f"first {names[0]!r}; {why})")
+        parts.append(f"ncnn has no layer {typ!r} ({n} layer{'s' if n != 1 else ''} of that type in {param.name}; "
+                     f"{why}; the first is {names[0]!r})")
     return "; ".join(parts)
 
 

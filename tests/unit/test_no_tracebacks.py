@@ -128,7 +128,6 @@ COMMANDS = ("inspect", "partition", "convert", "verify")
 #: Foreign errors that still reach handle_errors' catch-all (a clean "internal error", exit 1), to translate at
 #: their source.
 KNOWN_UNTRANSLATED = {
-    ("gather_out_of_range", "convert"): "conversion.py: the onnxruntime error of the reference run is not a ModelError yet",
 }
 CASES = [Case(v, c, spec[1 + i]) for v, spec in VARIANTS.items() for i, c in enumerate(COMMANDS)
          if spec[1 + i] is not None]
