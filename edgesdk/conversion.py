@@ -98,8 +98,8 @@ def choose_engine(board: Any, precision: str, engine: str | None) -> tuple[str, 
 def engine_chain(board: Any, planned: str, precision: str, explicit: bool) -> list[tuple[str, str]]:
     """(engine, precision) to try for a CPU segment, in order: `planned` first, then the board's other CPU
     engines, onnxruntime last (at fp32 when the bundle's precision is one it does not have)."""
-    if explicit:
-        return [(planned, precision)]
+    if explicit:  # that engine only (onnxruntime for the nodes its table refuses, as the plan says)
+        return [(planned, precision if precision in _adapter_class(planned).precisions else "fp32")]
     order = list(dict.fromkeys([planned, *(e for e in board.engines if e in CPU_ENGINES), FALLBACK_ENGINE]))
     chain = [(e, precision) for e in order if precision in _adapter_class(e).precisions]
     if not any(e == FALLBACK_ENGINE for e, _ in chain):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import os
 import importlib.util
+import os
 import platform
 import re
 import shutil
@@ -36,6 +36,81 @@ ENGINE_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 #: Distribution names, for reading versions without importing.
 _DISTS = {"MNN": "MNN", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "pycoral": "pycoral"}
+#: Engines that run on the host too (verify, conversion checks): `edgesdk[host]` brings them.
+HOST_ENGINES = ("ncnn", "mnn", "tflite", "onnxruntime")
+#: The [host] extra, when edgesdk's metadata cannot be read (a bare checkout on sys.path).
+_HOST_EXTRA_FALLBACK = ("numpy", "onnx", "onnxruntime", "onnxslim", "paramiko", "pillow", "ncnn", "MNN",
+                        "ai-edge-litert")
+
+
+def _repo_checkout() -> Path | None:
+    """The checkout edgesdk runs from (a clone with scripts/setup.sh), or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "scripts" / "setup.sh").is_file() else None
+
+
+def install_command() -> str:
+    """The one command that installs what `edgesdk[host]` brings, for the way edgesdk was installed."""
+    import shlex
+    import sys
+
+    from edgesdk import __version__
+
+    root = _repo_checkout()
+    if root is not None:
+        return f"bash {shlex.quote(str(root / 'scripts' / 'setup.sh'))}"
+    return f"{shlex.quote(sys.executable)} -m pip install 'edgesdk[host]=={__version__}'"
+
+
+def host_extra() -> list[str]:
+    """The distributions of the `host` extra, from edgesdk's own metadata (pyproject.toml's list)."""
+    try:
+        reqs = importlib.metadata.requires("edgesdk") or []
+    except importlib.metadata.PackageNotFoundError:
+        return list(_HOST_EXTRA_FALLBACK)
+    out = []
+    for r in reqs:
+        spec, _, marker = r.partition(";")
+        if re.search(r"""extra\s*==\s*['"]host['"]""", marker):
+            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+            if m:
+                out.append(m.group(1))
+    return out or list(_HOST_EXTRA_FALLBACK)
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_packages() -> list[Check]:
+    """edgesdk, its board package at the same version, and the [host] extra (one fix for all of it)."""
+    import edgesdk
+    import edgesdk.runtime as rt
+
+    out = [Check("package", "edgesdk", "ok", edgesdk.__version__, str(Path(edgesdk.__file__).parent))]
+    rt_ver = getattr(rt, "__version__", None)
+    if rt_ver == edgesdk.__version__:
+        out.append(Check("package", "edgesdk-runtime", "ok", rt_ver, f"board package: {Path(rt.__file__).parent}"))
+    else:
+        import shlex
+        import sys
+
+        out.append(Check("package", "edgesdk-runtime", "broken", rt_ver,
+                         f"the board package is {rt_ver}, edgesdk is {edgesdk.__version__}: flashing would send "
+                         f"a runtime of another version",
+                         f"{shlex.quote(sys.executable)} -m pip install 'edgesdk-runtime=={edgesdk.__version__}'"))
+    extra = host_extra()
+    missing = [d for d in extra if _dist_version(d) is None]
+    if missing:
+        out.append(Check("package", "edgesdk[host]", "missing", None,
+                         f"not installed: {', '.join(missing)} (inspect, convert, verify and flash need them)",
+                         install_command()))
+    else:
+        out.append(Check("package", "edgesdk[host]", "ok", None, ", ".join(extra)))
+    return out
 
 #: External tools and how to get each.
 EXTERNAL_TOOLS: list[tuple[str, list[str], str, str]] = [
@@ -197,7 +272,16 @@ def check_tool(spec: ToolchainSpec, tool: Tool) -> Check:
         status, ver, detail = _container_image(tool.image or "")
     if status == "missing" and not tool.required:
         detail = (detail + "; " if detail else "") + "optional"
-    return Check("toolchain", tool.name, status, ver, detail, tool.install_hint if status != "ok" else None, spec.id)
+    return Check("toolchain", tool.name, status, ver, detail, _tool_fix(spec, tool) if status != "ok" else None, spec.id)
+
+
+def _tool_fix(spec: ToolchainSpec, tool: Tool) -> str:
+    """The one command that adds a tool: the toolchain's own venv, or edgesdk's [host] extra, else the spec's hint."""
+    if tool.where == "venv" and spec.provision.kind == "venv":
+        return f"edgesdk toolchain install {spec.id}"
+    if tool.where == "host" and spec.provision.kind == "host" and tool.kind == "python-module":
+        return install_command()
+    return tool.install_hint
 
 
 def _container_image(image: str) -> tuple[Status, str | None, str | None]:
@@ -250,7 +334,7 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
     rep = DoctorReport(board=board.id if board else None)
     rep.host = {"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
                 "edgesdk": __version__, "executable": sys.executable}
-    rep.checks.append(Check("package", "edgesdk", "ok", __version__, str(Path(__file__).parent)))
+    rep.checks.extend(check_packages())
     # Shipped data: a profile that does not validate is a broken install.
     try:
         boards = list_boards()
@@ -288,6 +372,8 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
             if found[0] != "missing":
                 break
         status, ver, detail = found
+        if eng in HOST_ENGINES:
+            hint = install_command()
         rep.checks.append(Check("engine", eng, status, ver, detail or (f"module {used}" if status == "ok" else None),
                                 hint if status != "ok" else None))
 
@@ -298,4 +384,4 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
     return rep
 
 
-__all__ = ["Check", "DoctorReport", "run_doctor"]
+__all__ = ["Check", "DoctorReport", "check_packages", "host_extra", "install_command", "run_doctor"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything edgesdk needs on a fresh Debian/Ubuntu machine, idempotently:
 #   system tools (qemu-user-static + binfmt_misc, debootstrap, OpenSSH, cmake),
-#   the project venv .venv with edgesdk[host,test] pinned by constraints.txt.
+#   the project venv .venv with edgesdk[host,test] (and the board package edgesdk-runtime, both editable)
+#   pinned by constraints.txt.
 # Usage: bash scripts/setup.sh            (host tools + edgesdk[host])
 #        bash scripts/setup.sh --test     (also the test dependencies)
 set -euo pipefail
@@ -53,7 +54,10 @@ EXTRAS="host"
 [ "$WANT_TEST" = 1 ] && EXTRAS="host,test,torch"
 say "installing edgesdk[$EXTRAS] into .venv (pinned by constraints.txt)"
 "${PIP[@]}" install -c constraints.txt hatchling editables
-"${PIP[@]}" install -c constraints.txt --no-build-isolation -e ".[$EXTRAS]"
+# Both distributions of this repository, editable: the board package edgesdk-runtime (board/, edgesdk/runtime)
+# and the host package that pins it (docs/architecture.md, "Packaging"). In one command, so that pip takes the
+# local edgesdk-runtime instead of looking for it on an index.
+"${PIP[@]}" install -c constraints.txt --no-build-isolation -e ./board -e ".[$EXTRAS]"
 # The converters' isolated venvs (~/.cache/edgesdk/toolchains/<id>/venv): pnnx (ncnn), MNN, onnx2tf +
 # TensorFlow (tflite, ~2.6 GB). Idempotent: a venv that already satisfies its pinned requirements is left alone.
 say "edgesdk toolchain install ncnn mnn tflite nnie"

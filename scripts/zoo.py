@@ -319,6 +319,21 @@ def _first_error(stderr: str, stdout: str = "") -> str:
     return out[-1].strip() if out else ""
 
 
+def _segment_ops(bundle: Path, seg_id: str | None, nodes: Any) -> str:
+    """'LSTM' / '2 nodes: Reshape, Transpose' for an ONNX segment of a bundle; else the node count."""
+    try:
+        import onnx
+        from collections import Counter
+
+        doc = json.loads((bundle / "manifest.json").read_text())
+        seg = next(x for x in doc["segments"] if x["id"] == seg_id)
+        f = next(v for v in seg["files"].values() if str(v).endswith(".onnx"))
+        c = Counter(n.op_type for n in onnx.load(str(bundle / f), load_external_data=False).graph.node)
+        return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in c.most_common(6))
+    except Exception:  # noqa: BLE001 - only a label
+        return f"{nodes} nodes"
+
+
 def _dir_bytes(d: Path) -> int:
     total = 0
     for p in d.rglob("*"):
@@ -546,8 +561,8 @@ class Runner:
                         rec["status"] = "fallback"
                         rec["error"] = f"--engine {eng} fell back: {er['fallback']}"
                     elif planned:
-                        er["fallback"] = "; ".join(f"{s.get('id')} ({s.get('nodes')} nodes) planned on "
-                                                   f"{s.get('engine')}" for s in planned)
+                        er["fallback"] = "; ".join(f"{s.get('id')} ({_segment_ops(out, s.get('id'), s.get('nodes'))}) "
+                                                   f"planned on {s.get('engine')}" for s in planned)
                         if why:
                             er["fallback"] += " - " + "; ".join(why)
                         rec["status"] = "partial"
@@ -614,11 +629,13 @@ def _fmt_bytes(n: int | None) -> str:
 def _fmt_cos(c: float | None) -> str:
     if c is None:
         return ""
-    return f"{c:.6f}" if c >= 0.99 else f"**{c:.4f}**"
+    if c >= COSINE_MIN:
+        return f"{c:.8f}"
+    return f"**{c:.6f}**"  # below the target: bold
 
 
 def _cell(s: str | None, n: int = 140) -> str:
-    s = (s or "").replace("|", "\\|").replace("\n", " ")
+    s = (s or "").replace("|", "\\|").replace("\n", " ").replace(str(Path.home()) + "/", "~/")
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
@@ -651,8 +668,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any], entries: list[di
     L.append("")
     L.append(f"## Convert, verify, run (board `{meta['convert_board']}`)")
     L.append("")
-    L.append("converted: `yes`, `fallback` (a requested engine's converter failed and a segment went to onnxruntime), "
-             "or the first line of the error. time: the `edgesdk convert` wall time. size: the bundle's model files. "
+    L.append("converted: `yes`; `fallback` (the requested engine's converter or check failed and a segment went to "
+             "another engine); `partial` (the plan put segments of ops the engine cannot take on onnxruntime); or "
+             "the first line of the error. time: the `edgesdk convert` wall time. size: the bundle's model files. "
              f"verify: `edgesdk verify` (its min cosine). Session: `edgesdk.runtime.Session` vs the original model on "
              f"a photo input, the minimum cosine over the outputs (target >= {COSINE_MIN}; integer outputs: the "
              "fraction equal). default chain: the engine each segment got.")
@@ -673,17 +691,21 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any], entries: list[di
             if "session_status" in er:
                 ses = (_fmt_cos(er.get("session_cosine")) if er["session_status"] == "ok"
                        else f"failed: {_cell(er.get('session_error'), 120)}")
-            segs = ", ".join(f"{s['id']}={s['engine']}" + (f" ({_cell(s['fallback_reason'], 80)})"
-                                                          if s.get("fallback_reason") else "")
-                             for s in er.get("segments") or [])
-            if eng in ("default", "python-api"):
-                why = [n for n in er.get("notes") or [] if "cannot" in str(n) or "fell back" in str(n)]
-                if why:
-                    segs += " - " + "; ".join(why)
+            why = [str(n) for n in er.get("notes") or [] if "cannot" in str(n) or "fell back" in str(n)
+                   or "failed" in str(n)] if eng in ("default", "python-api") else []
+            joined = " ".join(why)
+            segs = ", ".join(f"{s['id']}={s['engine']}" + (
+                f" ({_cell(s['fallback_reason'], 160)})"
+                if s.get("fallback_reason") and str(s["fallback_reason"])[:40] not in joined else "")
+                for s in er.get("segments") or [])
+            if why:
+                segs += " - " + "; ".join(why)
             for sid, att in (er.get("attempts") or {}).items():
-                segs += f" ({sid} tried: " + "; ".join(
-                    f"{x.get('engine', '?')}: {x.get('message') or x.get('reason') or x.get('stage') or ''}"
-                    if isinstance(x, dict) else str(x) for x in att) + ")"
+                tried = [f"{x.get('engine', '?')}: {x.get('message') or x.get('reason') or x.get('stage') or ''}"
+                         if isinstance(x, dict) else str(x) for x in att]
+                tried = [t for t in tried if t.split(": ", 1)[-1][:60] not in segs]
+                if tried:
+                    segs += f" ({sid} tried " + "; ".join(tried) + ")"
             t = f"{er['seconds']:.1f} s" if er.get("seconds") is not None else ""
             L.append(f"| `{r['id']}` | {eng} | {conv} | {t} | {_fmt_bytes(er.get('bytes'))} | {ver} | {ses} | "
                      f"{_cell(segs, 400)} |")
@@ -797,7 +819,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the partitions and bundles in --work")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per step (default 1200)")
     ap.add_argument("--skip", default="", help="steps to leave out: inspect,partition,verify,session")
+    ap.add_argument("--from-json", metavar="RESULTS.json", help="only re-render --out from a saved --json file")
     a = ap.parse_args(argv)
+    if a.from_json:
+        zf = _zoo_fetch()
+        doc = json.loads(Path(a.from_json).read_text())
+        Path(a.out).write_text(render(doc["results"], doc["meta"], zf.load_entries()), encoding="utf-8")
+        log(f"zoo: wrote {a.out} from {a.from_json}")
+        return 0
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     engines = [x.strip() for x in a.engines.split(",") if x.strip()]
     bad = [x for x in engines if x not in (*ENGINES, "python-api")]

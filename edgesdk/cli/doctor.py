@@ -47,6 +47,9 @@ def doctor_cmd(
                 info = f"fix: {c.fix}"
             t.add_row(c.category, name, f"[{_STYLE[c.status]}]{c.status}[/]", c.version or "", info)
         console.print(t)
+        for c in rep.checks:  # in full (the table may cut them): what a pip user runs first
+            if c.category == "package" and c.status != "ok" and c.fix:
+                console.print(f"{c.name}: {c.detail}\n  fix: {c.fix}", soft_wrap=True, markup=False, highlight=False)
         n = {s: sum(1 for c in rep.checks if c.status == s) for s in _STYLE}
         console.print(f"{n['ok']} ok, {n['missing']} missing, {n['broken']} broken, {n['n/a']} not applicable here")
     if not rep.ok:

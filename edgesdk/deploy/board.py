@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -16,7 +17,8 @@ from edgesdk.deploy.transport import RemoteCommandError, SSHConnection
 from edgesdk.errors import InputError, RemoteError
 from edgesdk.paths import home
 
-AGENT_PATH = Path(__file__).with_name("agent.py")
+#: the agent's file, from the board package (edgesdk-runtime) installed beside this host package
+AGENT_PATH = Path(importlib.util.find_spec("edgesdk.runtime.agent").origin)  # type: ignore[union-attr,arg-type]
 ROOT_DIR, USER_DIR = "/opt/edgesdk", ".edgesdk"
 
 # What the board's python3 runs first: who am I, where is home, is the agent already there.

@@ -368,7 +368,7 @@ def _provision(rb: RemoteBoard, prof: BoardProfile, manifest: Any, pr: ProbeResu
         return rb.venv_python
     st = push(rb, "wheels", wh.wheels)
     res.wheel_bytes_sent = st.bytes_sent
-    rb.call("provision", rb.token, wh.key, stdin={"wheels": sorted(wh.wheels), "force": [wh.edgesdk_wheel]},
+    rb.call("provision", rb.token, wh.key, stdin={"wheels": sorted(wh.wheels), "force": [wh.board_wheel]},
             timeout=3600)
     res.provisioned = "installed"
     ph.detail = f"{len(wh.wheels)} wheels ({_mb(st.bytes_sent)} sent) installed into {rb.base}/venv"

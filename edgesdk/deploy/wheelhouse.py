@@ -1,17 +1,20 @@
 """Provisioning: an offline wheelhouse for the board's Python and platform tags, built on the host.
 
-It holds edgesdk itself (what the board needs: edgesdk.runtime + numpy) and the engines the bundle's
-segments use. Engines are installed without their declared dependencies: their Python modules
+It holds the board package edgesdk-runtime (edgesdk.runtime: numpy only), numpy, and the engines the
+bundle's segments use. Engines are installed without their declared dependencies: their Python modules
 import with numpy alone (ncnn's wheel otherwise pulls opencv-python, requests and tqdm; onnxruntime
 pulls sympy). Cached under <edgesdk home>/wheelhouse/<key>/; the board installs it with
 `pip install --no-index`, so it needs no internet.
+
+The board wheel is written from the installed edgesdk.runtime's own files by the stdlib writer that
+also builds the published wheel (edgesdk/runtime/_build.py), so a clone, an installed wheel and an
+sdist install all provision the same bytes, with no build backend and no network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +29,6 @@ from edgesdk.paths import home
 
 #: What each engine's Python module needs besides numpy (installed --no-deps).
 ENGINE_EXTRAS: dict[str, list[str]] = {"tflite": ["ml-dtypes"]}
-#: edgesdk's own base dependencies, needed on the board only while `import edgesdk` is eager.
-BASE_DEPS = ["pydantic>=2.6", "pyyaml>=6.0", "typer>=0.12", "rich>=13.7"]
 PIP_TIMEOUT = 900
 
 
@@ -35,7 +36,7 @@ PIP_TIMEOUT = 900
 class Wheelhouse:
     dir: Path
     wheels: dict[str, LocalFile]  # file name -> file
-    edgesdk_wheel: str
+    board_wheel: str  # the file name of edgesdk-runtime's wheel (reinstalled even at the same version)
     key: str  # hash of the wheel set: the board skips provisioning when it already has it
     requirements: tuple[str, ...]
 
@@ -59,18 +60,56 @@ def engine_packages(engines: set[str]) -> list[str]:
     return pkgs
 
 
-def repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and (root / "edgesdk").is_dir() else None
+def board_wheel(out_dir: Path | None = None) -> LocalFile:
+    """The board package's wheel (edgesdk_runtime-<version>-py3-none-any.whl) of this host's own version,
+    written from the files of the installed edgesdk.runtime (checked against its RECORD when it came from a
+    wheel). Cached in <edgesdk home>/wheelhouse/board-wheel/; an unchanged package leaves the file alone."""
+    import edgesdk
+    from edgesdk.runtime import _build
+
+    pkg = _build.package_dir()
+    ver = _build.version(pkg)
+    if ver != edgesdk.__version__:
+        raise EnvironmentProblem(
+            f"the board package edgesdk-runtime here is {ver} ({pkg}), but edgesdk is {edgesdk.__version__}",
+            fix=f"{sys.executable} -m pip install 'edgesdk-runtime=={edgesdk.__version__}'")
+    _check_installed_files(pkg, ver)
+    path = _build.build_wheel(out_dir or home() / "wheelhouse" / "board-wheel", pkg)
+    return LocalFile(path, sha256_file(path), path.stat().st_size)
 
 
-def runtime_needs_base_deps() -> bool:
-    """True while `import edgesdk.runtime` pulls pydantic & co through an eager edgesdk/__init__.py."""
-    code = ("import sys\nfor m in ('pydantic','yaml','typer','rich'): sys.modules[m]=None\n"
-            "import edgesdk.runtime.session, edgesdk.runtime.manifest\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=False,
-                       cwd=tempfile.gettempdir(), env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    return r.returncode != 0
+def _check_installed_files(pkg: Path, ver: str) -> None:
+    """An installed (not editable) edgesdk-runtime: its *.py files are exactly those its RECORD lists, unchanged."""
+    import base64
+    import importlib.metadata as md
+
+    from edgesdk.runtime import _build
+
+    try:
+        dist = md.distribution(_build.NAME)
+    except md.PackageNotFoundError:
+        return  # a checkout on sys.path without an install: the tree is the source
+    files = [f for f in dist.files or () if f.as_posix().startswith(_build.PREFIX + "/") and f.suffix == ".py"]
+    init = next((f for f in files if f.as_posix() == f"{_build.PREFIX}/__init__.py"), None)
+    if init is None or Path(dist.locate_file(init)).resolve().parent != pkg:
+        return  # an editable install (a .pth to a checkout), or a copy other than the one imported
+    listed = {f.as_posix(): f for f in files}
+    have = {n for n, _ in _build.sources(pkg)}
+    if have != set(listed):
+        extra, gone = sorted(have - set(listed)), sorted(set(listed) - have)
+        raise EnvironmentProblem(f"the installed edgesdk-runtime {ver} in {pkg} does not match its RECORD "
+                                 f"(not in it: {extra[:5]}; missing: {gone[:5]})",
+                                 fix=f"{sys.executable} -m pip install --force-reinstall --no-deps "
+                                     f"'edgesdk-runtime=={ver}'")
+    for n, f in listed.items():
+        if f.hash is None:
+            continue
+        data = Path(dist.locate_file(f)).read_bytes()
+        got = base64.urlsafe_b64encode(hashlib.new(f.hash.mode, data).digest()).rstrip(b"=").decode()
+        if got != f.hash.value:
+            raise EnvironmentProblem(f"{n} of the installed edgesdk-runtime {ver} was changed after install",
+                                     fix=f"{sys.executable} -m pip install --force-reinstall --no-deps "
+                                         f"'edgesdk-runtime=={ver}'")
 
 
 def _pip(args: list[str], what: str) -> None:
@@ -96,12 +135,11 @@ def _platform_args(profile: BoardProfile, python: str | None = None, tags: list[
 
 def build_wheelhouse(profile: BoardProfile, engines: set[str], *, python: str | None = None,
                      platform_tags: list[str] | None = None, cache: Path | None = None) -> Wheelhouse:
-    """Download (once, cached) the engines + numpy for the board's tags and build edgesdk's own wheel."""
+    """Download (once, cached) the engines + numpy for the board's tags, and write the board package's wheel."""
     reqs = ["numpy>=1.24", *engine_packages(engines)]
-    base_deps = runtime_needs_base_deps()
     tags = platform_tags or list(profile.os.platform_tags)
     py = python or profile.os.python
-    key_src = json.dumps({"reqs": reqs, "base": base_deps, "tags": tags, "py": py}, sort_keys=True)
+    key_src = json.dumps({"reqs": reqs, "tags": tags, "py": py}, sort_keys=True)
     cache = cache or home() / "wheelhouse"
     third = cache / hashlib.sha256(key_src.encode()).hexdigest()[:16]
     if not (third / ".complete").is_file():
@@ -110,30 +148,14 @@ def build_wheelhouse(profile: BoardProfile, engines: set[str], *, python: str | 
         try:
             _pip(["download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(tmp),
                   *_platform_args(profile, py, tags), *reqs], f"downloading {', '.join(reqs)} for {profile.id}")
-            if base_deps:
-                _pip(["download", "--disable-pip-version-check", "-q", "-d", str(tmp),
-                      *_platform_args(profile, py, tags), *BASE_DEPS], f"downloading edgesdk's dependencies for {profile.id}")
             (tmp / ".complete").write_text(key_src)
             third.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(third, ignore_errors=True)
             tmp.rename(third)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    own = cache / "edgesdk-wheel"
-    own.mkdir(parents=True, exist_ok=True)
-    root = repo_root()
-    if root is None:
-        raise EnvironmentProblem("cannot build edgesdk's wheel for the board: this edgesdk is not a source checkout",
-                                 fix="flash from a clone of edgesdk (scripts/setup.sh), or put edgesdk's wheel in the "
-                                     "wheelhouse dir")
-    for old in own.glob("edgesdk-*.whl"):
-        old.unlink()
-    _pip(["wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-q", "-w", str(own),
-          str(root)], "building edgesdk's wheel")
-    ours = sorted(own.glob("edgesdk-*.whl"))
-    if len(ours) != 1:
-        raise EnvironmentProblem(f"expected one edgesdk wheel in {own}, found {[p.name for p in ours]}")
+    ours = board_wheel(cache / "board-wheel")
     wheels = {p.name: LocalFile(p, sha256_file(p), p.stat().st_size) for p in sorted(third.glob("*.whl"))}
-    wheels[ours[0].name] = LocalFile(ours[0], sha256_file(ours[0]), ours[0].stat().st_size)
+    wheels[ours.path.name] = ours
     key = hashlib.sha256("".join(f"{n}:{f.sha256}\n" for n, f in sorted(wheels.items())).encode()).hexdigest()[:20]
-    return Wheelhouse(third, wheels, ours[0].name, key, tuple(reqs))
+    return Wheelhouse(third, wheels, ours.path.name, key, tuple(reqs))

@@ -4,6 +4,7 @@ deployed runtime (flashing first when the release is not on the board), then add
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
@@ -21,7 +22,8 @@ from edgesdk.profile.expect import expectations
 from edgesdk.profile.report import SCHEMA, ProfileReport
 
 LOCAL = "local"
-PROFILER = Path(__file__).resolve().parent.parent / "runtime" / "profiling.py"
+#: the on-board profiler, from the board package (edgesdk-runtime), wherever that is installed
+PROFILER = Path(importlib.util.find_spec("edgesdk.runtime.profiling").origin)  # type: ignore[union-attr,arg-type]
 RESULT_MARK = "EDGESDK-PROFILE "
 Event = Callable[[dict[str, Any]], None]
 

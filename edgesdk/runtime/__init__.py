@@ -1,5 +1,10 @@
 """edgesdk.runtime: what runs on the board. Imports only the standard library and numpy; engines load lazily.
 
+It is its own distribution, `edgesdk-runtime` (board/pyproject.toml, built by `_build.py`): numpy only, one
+py3-none-any wheel, installed as part of an implicit `edgesdk` namespace (no edgesdk/__init__.py), so that
+`from edgesdk.runtime import Session` works on a board that has nothing else, and on a host where the
+`edgesdk` distribution (which depends on this one, at the same version) adds the rest of the package.
+
 Names are resolved on first use (module __getattr__), so that `import edgesdk.runtime.errors`
 and `edgesdk.runtime.manifest` never import numpy: the host's edgesdk.errors imports them
 where numpy may be absent.
@@ -9,6 +14,9 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+#: the version of edgesdk-runtime; the host `edgesdk` pins `edgesdk-runtime==` this (tests/unit/test_packaging.py)
+__version__ = "0.1.0"
 
 _EXPORTS = {
     "Session": "session",

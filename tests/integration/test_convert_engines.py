@@ -209,9 +209,13 @@ def test_partitioned_bundle_matches_whole_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_converter_rejection_falls_back_to_onnxruntime(tmp_path: Path) -> None:
+def test_converter_rejection_moves_along_the_chain(tmp_path: Path) -> None:
+    """pnnx fails: the default chain converts the segment with the board's next engine (MNN) and says so;
+    --engine ncnn means ncnn only, and fails with pnnx's own message."""
     need("ncnn")
+    need("mnn")
     from edgesdk.conversion import convert
+    from edgesdk.errors import ToolchainError
     from edgesdk.runtime.manifest import load_manifest
     from edgesdk.toolchains.executor import subprocess_runner
     from edgesdk.verify import verify
@@ -221,14 +225,18 @@ def test_converter_rejection_falls_back_to_onnxruntime(tmp_path: Path) -> None:
             return 1, "pnnx: layer FancyOp not supported\nconversion aborted"
         return subprocess_runner(cmd)
 
-    res = convert(MODEL, "rpi4", tmp_path / "b", engine="ncnn", runner=runner)
+    res = convert(MODEL, "rpi4", tmp_path / "b", runner=runner)
     seg = res.segments[0]
-    assert seg.engine == "onnxruntime" and seg.planned_engine == "ncnn"
-    assert "conversion aborted" in (seg.fallback_reason or "")
+    assert seg.engine == "mnn" and seg.planned_engine == "ncnn"
+    assert "conversion aborted" in seg.attempts[0].message and seg.attempts[0].stage == "convert"
+    assert "ncnn failed" in (seg.fallback_reason or "") and "converted with mnn" in (seg.fallback_reason or "")
     m = load_manifest(tmp_path / "b")
     assert m.segments[0].reason and "pnnx" in m.segments[0].reason
-    assert any("conversion aborted" in n for n in m.notes)
+    assert any("converted with mnn" in n for n in m.notes)
     assert verify(tmp_path / "b").ok
+    with pytest.raises(ToolchainError, match="conversion aborted"):
+        convert(MODEL, "rpi4", tmp_path / "c", engine="ncnn", runner=runner)
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.integration

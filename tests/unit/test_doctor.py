@@ -46,3 +46,65 @@ def test_report_ok_only_when_nothing_broken():
     assert rep.ok
     rep.checks.append(doctor.Check("tool", "b", "broken"))
     assert not rep.ok
+
+
+# -- what a pip user is told: the one command that adds what is missing ------------------------------------
+
+def test_host_extra_carries_the_host_engines():
+    extra = {d.lower() for d in doctor.host_extra()}
+    assert {"ncnn", "mnn", "ai-edge-litert", "onnxruntime", "onnx", "paramiko"} <= extra
+
+
+def test_install_command_for_a_checkout_and_for_a_pip_install(monkeypatch):
+    import sys
+
+    import edgesdk
+
+    assert doctor.install_command().startswith("bash ") and doctor.install_command().endswith("scripts/setup.sh")
+    monkeypatch.setattr(doctor, "_repo_checkout", lambda: None)
+    cmd = doctor.install_command()
+    assert cmd == f"{sys.executable} -m pip install 'edgesdk[host]=={edgesdk.__version__}'"
+    assert not cmd.startswith("pip ")  # never a bare pip (tests/conftest.py)
+
+
+def test_missing_host_packages_are_named_with_one_fix(monkeypatch):
+    monkeypatch.setattr(doctor, "_repo_checkout", lambda: None)
+    real = doctor._dist_version
+    monkeypatch.setattr(doctor, "_dist_version", lambda d: None if d.lower() in ("ncnn", "paramiko") else real(d))
+    checks = {c.name: c for c in doctor.check_packages()}
+    assert checks["edgesdk"].status == "ok" and checks["edgesdk-runtime"].status == "ok"
+    host = checks["edgesdk[host]"]
+    assert host.status == "missing" and "ncnn" in host.detail and "paramiko" in host.detail
+    assert host.fix == doctor.install_command() and "-m pip install 'edgesdk[host]==" in host.fix
+    rep = doctor.run_doctor()
+    assert rep.ok  # missing is not broken
+
+
+def test_board_package_of_another_version_is_broken(monkeypatch):
+    import edgesdk.runtime
+
+    monkeypatch.setattr(edgesdk.runtime, "__version__", "0.0.1")
+    c = next(c for c in doctor.check_packages() if c.name == "edgesdk-runtime")
+    assert c.status == "broken" and "edgesdk-runtime==" in c.fix
+
+
+def test_venv_tools_are_fixed_by_toolchain_install_and_host_modules_by_the_extra(monkeypatch):
+    monkeypatch.setattr(doctor, "_repo_checkout", lambda: None)
+    ncnn = get_toolchain("ncnn")
+    tool = next(t for t in ncnn.tools if t.where == "venv")
+    assert doctor._tool_fix(ncnn, tool) == "edgesdk toolchain install ncnn"
+    ort = get_toolchain("onnxruntime")
+    assert doctor._tool_fix(ort, ort.tools[0]) == doctor.install_command()
+
+
+def test_doctor_cli_prints_the_package_fix_in_full(monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+
+    monkeypatch.setattr(doctor, "_repo_checkout", lambda: None)
+    monkeypatch.setattr(doctor, "_dist_version", lambda d: None if d.lower() == "mnn" else "1")
+    monkeypatch.setenv("COLUMNS", "60")
+    r = CliRunner().invoke(app, ["doctor"])
+    assert r.exit_code == 0, r.stdout
+    assert doctor.install_command() in r.stdout.replace("\n", "")

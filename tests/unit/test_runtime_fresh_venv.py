@@ -1,5 +1,5 @@
-"""edgesdk.runtime in a venv that has numpy alone: it imports, runs a bundle (through a fake engine), and
-loads nothing but the standard library, numpy and its own modules."""
+"""The board package (edgesdk-runtime's wheel) in a venv that has numpy alone: it imports, runs a bundle
+(through a fake engine), loads nothing but the standard library, numpy and its own modules, and runs the agent."""
 
 from __future__ import annotations
 
@@ -89,12 +89,21 @@ def test_runtime_needs_numpy_only(tmp_path: Path) -> None:
     py = env_dir / "bin" / "python"
     listing = subprocess.run(check=False, args=[str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
     assert {ln.split("==")[0].lower() for ln in listing.stdout.split()} <= {"numpy", "pip", "setuptools"}
-    # only edgesdk/runtime, as a namespace package: nothing else of edgesdk is importable
-    pkg = tmp_path / "site" / "edgesdk"
-    shutil.copytree(REPO / "edgesdk" / "runtime", pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    # the board package's own wheel, unpacked: only edgesdk/runtime, as a namespace package (nothing else of
+    # edgesdk is importable)
+    import zipfile
+
+    from edgesdk.runtime import _build
+
+    zipfile.ZipFile(_build.build_wheel(tmp_path / "wheel")).extractall(tmp_path / "site")
+    assert not (tmp_path / "site" / "edgesdk" / "__init__.py").exists()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path / "site"), "PYTHONNOUSERSITE": "1"}
     r = subprocess.run(check=False, args=[str(py), "-c", SCRIPT], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     cli = subprocess.run(check=False, args=[str(py), "-m", "edgesdk.runtime", "--help"], capture_output=True, text=True, env=env,
                          timeout=60, cwd=tmp_path)
     assert cli.returncode == 0 and "--bench" in cli.stdout
+    # the deploy agent runs from the board package too
+    agent = subprocess.run(check=False, args=[str(py), "-m", "edgesdk.runtime.agent", "--base", str(tmp_path / "b"), "state"],
+                           capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert agent.returncode == 0 and '"releases": []' in agent.stdout, agent.stdout + agent.stderr

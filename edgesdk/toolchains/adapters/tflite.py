@@ -29,6 +29,20 @@ _PROBE = (
     "json.dump({'inputs': [d(x) for x in it.get_input_details()], 'outputs': [d(x) for x in it.get_output_details()],\n"
     "           'signature': {k: {n: int(i) for n, i in v.items()} for k, v in sig.items()}}, open(sys.argv[2], 'w'))\n"
 )
+# onnx2tf names Keras layers after ONNX node names, and Keras refuses a name outside [A-Za-z0-9_.\\/>-]:
+# PaddlePaddle exports name nodes "Softmax@0" ('...is not a valid scope name'). A copy of the segment with
+# node names made safe (and unique) goes to onnx2tf; tensor names, and so the model's I/O, are untouched.
+_SAFE_NODES = (
+    "import sys, re, onnx\n"
+    "m = onnx.load(sys.argv[1]); seen = set()\n"
+    "for i, n in enumerate(m.graph.node):\n"
+    "    base = re.sub(r'[^A-Za-z0-9_.\\\\/>-]', '_', n.name) or f'{n.op_type}_{i}'\n"
+    "    name, k = base, 1\n"
+    "    while name in seen:\n"
+    "        name, k = f'{base}_{k}', k + 1\n"
+    "    seen.add(name); n.name = name\n"
+    "onnx.save(m, sys.argv[2])\n"
+)
 _SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "full_integer_quant"}
 
 
@@ -54,11 +68,14 @@ class TfliteAdapter(Adapter):
         self.check_precision(job.precision)
         w, s = job.work, job.segment
         out_dir = w / f"{s}_tflite"
-        model = out_dir / f"{job.onnx.stem}_{_SUFFIX[job.precision]}.tflite"
+        safe = w / f"{job.onnx.stem}_tf.onnx"
+        model = out_dir / f"{safe.stem}_{_SUFFIX[job.precision]}.tflite"
         py = str(self.python)
         cmds = [Command("python", (py, "-c", _SAMPLE, str(w / SAMPLE_NAME)), cwd=w, timeout=120,
-                        purpose="onnx2tf's self-check sample, written locally so that it never downloads it")]
-        argv = [str(self.venv / "bin" / "onnx2tf"), "-i", str(job.onnx), "-o", str(out_dir), "-coion"]
+                        purpose="onnx2tf's self-check sample, written locally so that it never downloads it"),
+                Command("python", (py, "-c", _SAFE_NODES, str(job.onnx), str(safe)), cwd=w, timeout=300,
+                        purpose="node names Keras accepts as layer names (tensor names unchanged)")]
+        argv = [str(self.venv / "bin" / "onnx2tf"), "-i", str(safe), "-o", str(out_dir), "-coion"]
         if job.precision == "int8":
             if job.calib is None:
                 raise InputError("int8 needs a calibration set: pass --calib DIR")
