@@ -4,6 +4,8 @@ Usage:
   .venv/bin/python scripts/zoo.py [--ids a,b] [--engines default,ncnn,mnn,tflite,onnxruntime]
                                   [--boards all|a,b] [--out docs/zoo.md] [--json results.json]
                                   [--jobs 1] [--check] [--cache DIR] [--work DIR] [--keep] [--timeout S]
+                                  [--convert-board rpi4] [--skip inspect,partition,verify,session] [--zoo FILE]
+  .venv/bin/python scripts/zoo.py --from-json results.json --out docs/zoo.md   (re-render only)
 
 For every model (fetched by scripts/zoo_fetch.py, cached):
   1. `edgesdk inspect MODEL --all-boards --json` (segments per board);
@@ -38,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -264,7 +267,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 if set(names) != set(feeds) and len(names) == len(feeds):  # e.g. a renamed input: by position
                     feeds = dict(zip(names, feeds.values()))
                 got = s.run(feeds)
-                used = [dict(segment=u.segment, engine=u.engine, fallback=u.fallback) for u in s.engines_used]
+                used = [{"segment": u.segment, "engine": u.engine, "fallback": u.fallback} for u in s.engines_used]
             return {"ok": True, "engines_used": used, **compare(got, _npz_load(spec["ref"]))}
         if kind == "pyapi-convert":
             import edgesdk
@@ -320,10 +323,11 @@ def _first_error(stderr: str, stdout: str = "") -> str:
 
 
 def _segment_ops(bundle: Path, seg_id: str | None, nodes: Any) -> str:
-    """'LSTM' / '2 nodes: Reshape, Transpose' for an ONNX segment of a bundle; else the node count."""
+    """'LSTM' / 'Reshape x2, Transpose' for an ONNX segment of a bundle; else the node count."""
     try:
-        import onnx
         from collections import Counter
+
+        import onnx
 
         doc = json.loads((bundle / "manifest.json").read_text())
         seg = next(x for x in doc["segments"] if x["id"] == seg_id)
@@ -356,15 +360,22 @@ class Runner:
     def run(self, step: str, cmd: list[str], timeout: float, want_json: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         rec: dict[str, Any] = {"step": step, "cmd": " ".join(str(c) for c in cmd)}
+        # its own process group, so a timeout also ends the converters it started (onnx2tf, pnnx, ...)
+        p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             start_new_session=True)
         try:
-            p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            rec["rc"], out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired as exc:
+            out, err = p.communicate(timeout=timeout)
+            rec["rc"] = p.returncode
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = p.communicate()
             rec.update(rc=None, status="failed", seconds=round(time.perf_counter() - t0, 2),
-                       error=f"timed out after {timeout:.0f} s", traceback=False)
-            rec["stderr_tail"] = (exc.stderr or b"")[-2000:].decode("utf-8", "replace") if isinstance(
-                exc.stderr, bytes) else str(exc.stderr or "")[-2000:]
+                       error=f"timed out after {timeout:.0f} s", traceback="Traceback" in (err or ""),
+                       stderr_tail=(err or "")[-2000:])
             return rec
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         rec["traceback"] = "Traceback" in err or "Traceback" in out
@@ -819,12 +830,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the partitions and bundles in --work")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per step (default 1200)")
     ap.add_argument("--skip", default="", help="steps to leave out: inspect,partition,verify,session")
+    ap.add_argument("--zoo", help="the zoo file (default scripts/zoo_models.yaml)")
     ap.add_argument("--from-json", metavar="RESULTS.json", help="only re-render --out from a saved --json file")
     a = ap.parse_args(argv)
     if a.from_json:
         zf = _zoo_fetch()
         doc = json.loads(Path(a.from_json).read_text())
-        Path(a.out).write_text(render(doc["results"], doc["meta"], zf.load_entries()), encoding="utf-8")
+        Path(a.out).write_text(render(doc["results"], doc["meta"], zf.load_entries(a.zoo)), encoding="utf-8")
         log(f"zoo: wrote {a.out} from {a.from_json}")
         return 0
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -840,15 +852,16 @@ def main(argv: list[str] | None = None) -> int:
     zf = _zoo_fetch()
     t0 = time.perf_counter()
     try:
-        all_entries = zf.load_entries()
+        all_entries = zf.load_entries(a.zoo)
         entries = zf.select(all_entries, a.ids)
     except zf.ZooError as exc:
         print(f"zoo: error: {exc}", file=sys.stderr)
         return exc.code
     cli = edgesdk_cli()
     try:
-        ver = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=120).stdout.strip()
-        bj = subprocess.run([*cli, "boards", "--json"], capture_output=True, text=True, timeout=120)
+        ver = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=120,
+                             check=False).stdout.strip()
+        bj = subprocess.run([*cli, "boards", "--json"], capture_output=True, text=True, timeout=120, check=False)
         all_boards = [b["id"] for b in json.loads(bj.stdout)]
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError, KeyError, TypeError) as exc:
         detail = _first_error(getattr(locals().get("bj"), "stderr", "") or "") if "bj" in locals() else ""

@@ -24,7 +24,6 @@ import ast
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,7 +155,7 @@ def _pip_download(e: dict[str, Any], dest: Path) -> Path:
             cmd += [flag, str(plat[key])]
     cmd.append(req)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ZooError(f"{req}: pip download timed out after {PIP_TIMEOUT} s (wheel {e['wheel']})") from exc
     if r.returncode != 0:
@@ -277,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
-    rows = [dict(id=e["id"], path=str(paths[e["id"]]), format=e["format"], category=e["category"],
-                 package=f"{e['package']}=={e['version']}", inputs=e["inputs"], layout=e["layout"])
+    rows = [{"id": e["id"], "path": str(paths[e["id"]]), "format": e["format"], "category": e["category"],
+             "package": f"{e['package']}=={e['version']}", "inputs": e["inputs"], "layout": e["layout"]}
             for e in entries if e["id"] in paths]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -160,4 +160,5 @@ def test_first_day_from_the_wheels(emulation_ok, tmp_path: Path) -> None:
     finally:
         sh.run([cli, "emulator", "stop", BOARD], 300, f"edgesdk emulator stop {BOARD}", ok=False)
         shutil.rmtree(ehome / "emulators", ignore_errors=True)  # the board's rootfs copy (~400 MB)
+        shutil.rmtree(venv, ignore_errors=True)  # the host venv (~700 MB): pytest keeps its last temp dirs
     print("\n".join(["first day:", *sh.log]), flush=True)

@@ -4,35 +4,14 @@ then a remote run, status and rollback, all through the CLI over real SSH."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from edgesdk import emulator
-from edgesdk.boards import get_board
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "tests" / "data" / "digits_cnn.onnx"
-
-
-@pytest.fixture(scope="module")
-def rpi4():
-    chk = emulator.check_host(get_board("rpi4"), need_debootstrap=True)
-    if not chk.ok:
-        reason = "emulated boards unavailable here: " + "; ".join(chk.problems)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} missing")
-    board = get_board("rpi4")
-    was_running = emulator.status(board).state == "running"
-    info = emulator.start(board)
-    yield info
-    if not was_running:
-        emulator.stop(board)
 
 
 def test_flash_convert_smoke_run_on_emulated_rpi4(rpi4, tmp_path):

@@ -14,15 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesdk import emulator
-from edgesdk.boards import get_board
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ID = "yolov8n-nudenet"
 
 
-def _zoo():  # noqa: ANN202 - the scripts/zoo_fetch.py module
+def _zoo():
     spec = importlib.util.spec_from_file_location("zoo_fetch", REPO / "scripts" / "zoo_fetch.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -45,25 +42,12 @@ def detector() -> Path:
         raise
 
 
-@pytest.fixture(scope="module")
-def rpi4():  # noqa: ANN201
-    chk = emulator.check_host(get_board("rpi4"), need_debootstrap=True)
-    if not chk.ok:
-        _fail_or_skip("emulated boards unavailable here: " + "; ".join(chk.problems))
-    board = get_board("rpi4")
-    was_running = emulator.status(board).state == "running"
-    info = emulator.start(board)
-    yield info
-    if not was_running:
-        emulator.stop(board)
-
-
 def _edgesdk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("edgesdk")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=1800)
 
 
-def test_flash_and_run_a_real_detector(rpi4, detector: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_flash_and_run_a_real_detector(rpi4, detector: Path, tmp_path: Path) -> None:
     work = tmp_path / "user"
     work.mkdir()
     model = work / detector.name

@@ -1,0 +1,34 @@
+"""Shared fixtures of the integration tests: the emulated boards."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+def emulated(board_id: str) -> Iterator[Any]:
+    """Start the emulated board (skipped with the reason, or failed under CI, when this host cannot) and stop it
+    afterwards unless it was already running."""
+    from edgesdk import emulator
+    from edgesdk.boards import get_board
+
+    board = get_board(board_id)
+    chk = emulator.check_host(board, need_debootstrap=True)
+    if not chk.ok:
+        reason = "emulated boards unavailable here: " + "; ".join(chk.problems)
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI installs these; their absence there is a setup bug
+        pytest.skip(reason)
+    was_running = emulator.status(board).state == "running"
+    info = emulator.start(board)
+    yield info
+    if not was_running:
+        emulator.stop(board)
+
+
+@pytest.fixture(scope="module")
+def rpi4() -> Iterator[Any]:
+    yield from emulated("rpi4")
