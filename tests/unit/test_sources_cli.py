@@ -107,3 +107,19 @@ def test_input_size_from_metadata_and_preparation_report(tmp_path: Path) -> None
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert man["source_model"]["prepare"]["cosine"] == pytest.approx(1.0)
     assert man["inputs"][0]["shape"] == [1, 3, 32, 48] and man["outputs"][0]["shape"] == [1, 8, 1536]
+
+
+def test_nn_module_through_the_api(tmp_path: Path) -> None:
+    """inspect, partition and convert take an nn.Module from Python (example inputs or input shapes)."""
+    torch = pytest.importorskip("torch")
+    from edgesdk.graph.extract import partition_model
+    from edgesdk.graph.report import compare_boards, inspect_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.PReLU(8), torch.nn.Conv2d(8, 4, 1)).eval()
+    rep = inspect_model(net, "coral-usb", example_inputs=(torch.rand(1, 3, 24, 24),))
+    assert rep.inputs[0]["shape"] == [1, 3, 24, 24] and rep.nodes >= 3
+    rows = compare_boards(net, {"input": (1, 3, 24, 24)})
+    assert {r.board_id for r in rows} >= {"rpi4", "kv260", "x3"}
+    res = partition_model(net, "kv260", tmp_path / "p", input_shapes={"input": (1, 3, 24, 24)})
+    assert (res.out_dir / "plan.json").is_file() and res.prepare is not None
