@@ -32,10 +32,16 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
     purpose: str = ""
+    #: files this command must write: checked right after it, so a tool that exits 0 without its output
+    #: (onnx2tf when full-integer quantization fails) is named with its own output, not the next command's
+    produces: tuple[Path, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tool": self.tool, "argv": list(self.argv), "cwd": str(self.cwd) if self.cwd else None,
-                "env": dict(sorted(self.env.items())), "timeout": self.timeout, "purpose": self.purpose}
+        d = {"tool": self.tool, "argv": list(self.argv), "cwd": str(self.cwd) if self.cwd else None,
+             "env": dict(sorted(self.env.items())), "timeout": self.timeout, "purpose": self.purpose}
+        if self.produces:
+            d["produces"] = [str(p) for p in self.produces]
+        return d
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,14 @@ def execute(plan: ConversionPlan, runner: Runner | None = None) -> ExecutionResu
     for w in plan.writes:
         w.path.parent.mkdir(parents=True, exist_ok=True)
         w.path.write_bytes(w.content)
-    results = [run_command(c, runner) for c in plan.commands]
+    results = []
+    for c in plan.commands:
+        res = run_command(c, runner)
+        results.append(res)
+        missing = [p for p in c.produces if not p.is_file() or p.stat().st_size == 0]
+        if missing:
+            raise ToolchainError(c.tool, c.argv, 0, f"    the tool exited 0 but did not write "
+                                 f"{', '.join(p.name for p in missing)}\n" + _reasons(res.stdout_tail))
     sizes = {}
     for role, p in plan.outputs.items():
         if not p.is_file() or p.stat().st_size == 0:
@@ -160,6 +173,13 @@ def execute(plan: ConversionPlan, runner: Runner | None = None) -> ExecutionResu
                 + (results[-1].stdout_tail if results else ""))
         sizes[role] = p.stat().st_size
     return ExecutionResult(plan, tuple(results), time.perf_counter() - t0, sizes)
+
+
+def _reasons(tail: str) -> str:
+    """A tool's output tail, with its WARNING/ERROR lines (what it says went wrong) first."""
+    lines = tail.splitlines()
+    flagged = [ln for ln in lines if any(k in ln for k in ("ERROR", "Error", "WARNING: ", "failed", "Failed"))]
+    return "\n".join([*(f"    {ln.strip()}" for ln in flagged[-6:]), *lines]) if flagged else tail
 
 
 def redact_paths(data: Any, replacements: Sequence[tuple[str, str]]) -> Any:

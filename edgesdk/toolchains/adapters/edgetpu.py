@@ -99,8 +99,9 @@ class EdgeTpuAdapter(AcceleratorAdapter):
     def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
         io = json.loads(plan.outputs["io"].read_text(encoding="utf-8"))
         sig = io.get("signature", {})
-        ins = _match(job.inputs, io["inputs"], sig.get("inputs", {}), "input")
-        outs = _match(job.outputs, io["outputs"], sig.get("outputs", {}), "output")
+        both = (*job.inputs, *job.outputs)
+        ins = _match(job.inputs, io["inputs"], sig.get("inputs", {}), "input", both)
+        outs = _match(job.outputs, io["outputs"], sig.get("outputs", {}), "output", both)
         notes = self.log_notes(plan)
         return Artifact({"model": plan.outputs["model"]}, ins, outs, notes=notes)
 
