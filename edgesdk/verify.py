@@ -19,25 +19,11 @@ from typing import Any
 
 from edgesdk.errors import EdgeSDKError, InputError, ModelError
 
+# the one reference check (board package): verify, convert's artifact check, the smoke test and the profiler
+from edgesdk.runtime.reference import OutputMetrics, compare, cosine
+
 #: Per-layer cosine below which a layer is named (when the bundle's tolerance gives none).
 LAYER_COSINE = 0.99
-
-
-@dataclass(frozen=True)
-class OutputMetrics:
-    name: str
-    cosine_min: float
-    cosine_mean: float
-    max_abs: float
-    max_abs_rel: float  # max |a - b| / (max(ref) - min(ref))
-    top1_agreement: float | None  # classifier outputs only
-    ok: bool
-    problems: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
-                "max_abs": self.max_abs, "max_abs_rel": self.max_abs_rel, "top1_agreement": self.top1_agreement,
-                "ok": self.ok, "problems": list(self.problems)}
 
 
 @dataclass(frozen=True)
@@ -86,65 +72,6 @@ class VerifyReport:
 def _first_line(exc: BaseException) -> str:
     lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
     return " ".join(lines[:3]) or type(exc).__name__
-
-
-def cosine(a: Any, b: Any) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
-def compare(name: str, got: list[Any], ref: list[Any], tol: Any) -> OutputMetrics:
-    """Metrics of one output over N samples, and whether they are within the tolerance.
-
-    The one output comparison of edgesdk (verify, convert's artifact check). A sample whose shape differs from
-    the reference's, or that has NaN/inf where the reference is finite, is a problem of its own (those would
-    otherwise compare as NaN, and NaN passes every threshold)."""
-    import numpy as np
-
-    problems: list[str] = []
-    cos: list[float] = []
-    abs_err: list[float] = []
-    ranges: list[float] = []
-    for i, (g0, r0) in enumerate(zip(got, ref)):
-        g, r = np.asarray(g0, np.float64), np.asarray(r0, np.float64)
-        at = f" (sample {i})" if len(ref) > 1 else ""
-        if g.shape != r.shape:
-            if g.size != r.size:
-                problems.append(f"shape {list(g.shape)}, the reference has {list(r.shape)}{at}")
-                cos.append(0.0)
-                abs_err.append(float("inf"))
-                ranges.append(1.0)
-                continue
-            g = g.reshape(r.shape)
-        fin = np.isfinite(r)
-        bad = int(np.count_nonzero(fin & ~np.isfinite(g)))
-        if bad:
-            problems.append(f"{bad} NaN/inf value(s) where the reference is finite{at}")
-        both = fin & np.isfinite(g)
-        gv, rv = g[both], r[both]
-        cos.append(cosine(gv, rv) if not bad else 0.0)
-        abs_err.append(float(np.max(np.abs(gv - rv))) if gv.size else 0.0)
-        ranges.append(float(np.ptp(rv)) if rv.size else 0.0)
-    if not cos:
-        raise ValueError(f"compare({name!r}): no samples")
-    rel = max(e / (rng if rng > 0 else 1.0) for e, rng in zip(abs_err, ranges))
-    top1 = None
-    r0 = np.asarray(ref[0])
-    if r0.ndim == 2 and r0.shape[0] == 1 and r0.shape[1] > 1 and not problems:
-        top1 = float(np.mean([int(np.argmax(g)) == int(np.argmax(r)) for g, r in zip(got, ref)]))
-    if rel > tol.max_abs_rel and np.isfinite(rel):
-        problems.append(f"max abs error {max(abs_err):.3g} is {rel:.3g} of the output range (tolerance "
-                        f"{tol.max_abs_rel:g})")
-    if tol.cosine_min is not None and min(cos) < tol.cosine_min:
-        problems.append(f"cosine {min(cos):.5f} < {tol.cosine_min:g}")
-    return OutputMetrics(name, min(cos), float(np.mean(cos)), max(abs_err), rel, top1, not problems, tuple(problems))
 
 
 def _ncnn_layers_known(bundle: Path, manifest: Any) -> None:

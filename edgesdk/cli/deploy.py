@@ -170,10 +170,11 @@ def flash_cmd(
     from edgesdk.deploy.flash import FlashOptions, flash
     from edgesdk.errors import InputError
 
+    from edgesdk.runtime.fallback import check_fallback
+
     if keep < 1:
         raise InputError("--keep must be >= 1")
-    if fallback not in (None, "cpu"):
-        raise InputError(f"--fallback: expected cpu, got {fallback!r}")
+    fallback = "cpu" if check_fallback(fallback, "--fallback") == "cpu" else None
     opts = FlashOptions(force=force, keep=keep, smoke_timeout=smoke_timeout, provision=not no_provision,
                         python=python, break_lock=break_lock, fallback=fallback,
                         input_shapes=shapes_from(input_shape) or None)
@@ -216,7 +217,8 @@ def _fleet(model: Path, board: str, hosts: Path, limit: str | None, parallel: in
     def line(r: Any) -> None:
         if json_out:
             d = r.to_dict()
-            d.pop("log", None) if r.ok else None
+            if r.ok:
+                d.pop("log", None)
             sys.stdout.write(json.dumps(d, default=str) + "\n")
             sys.stdout.flush()
         else:
@@ -253,14 +255,15 @@ def status_cmd(
 
     st = status(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir))
     if json_out:
-        print_json(st)
+        print_json(st.to_dict())
         return
-    console.print(f"[bold]{st['host']}[/] {st['base']}: current [green]{st['current'] or 'none'}[/]", highlight=False)
-    for r in st["releases"]:
-        console.print(f"  {'*' if r == st['current'] else ' '} {r}", highlight=False)
-    if st.get("lock"):
-        console.print(f"  [yellow]locked[/] by {st['lock'].get('who', '?')}", highlight=False)
-    for ev in st["state"].get("history", [])[-10:]:
+    console.print(f"[bold]{st.host}[/] {st.base}: current [green]{st.current or 'none'}[/] ({st.status})",
+                  highlight=False)
+    for r in st.releases:
+        console.print(f"  {'*' if r == st.current else ' '} {r}", highlight=False)
+    if st.lock:
+        console.print(f"  [yellow]locked[/] by {st.lock.get('who', '?')}", highlight=False)
+    for ev in st.history[-10:]:
         extra = " ".join(f"{k}={ev[k]}" for k in ("smoke", "latency_ms", "fallback", "to", "reason", "note")
                          if ev.get(k))
         console.print(f"  {ev.get('at')} {ev.get('event'):12} {ev.get('release') or ev.get('wheelset', '')} {extra}",
@@ -279,9 +282,9 @@ def rollback_cmd(
 
     r = rollback(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), to)
     if json_out:
-        print_json(r)
+        print_json(r.to_dict())
     else:
-        console.print(f"[yellow]rolled back[/]: {r['from']} -> [green]{r['current']}[/]", highlight=False)
+        console.print(f"[yellow]rolled back[/]: {r.previous} -> [green]{r.current}[/]", highlight=False)
 
 
 @handle_errors
@@ -301,15 +304,15 @@ def run_cmd(
     r = run_remote(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), inputs, out,
                    release, python, timeout)
     if json_out:
-        print_json(r)
+        print_json(r.to_dict())
         return
-    console.print(f"ran {r['release']} on {r['host']}: one run {r['latency_ms']} ms", highlight=False)
-    for u in r.get("engines_used") or []:
+    console.print(f"ran {r.release} on {r.host}: one run {r.latency_ms} ms", highlight=False)
+    for u in r.engines_used or ():
         if u.get("fallback"):
             console.print(f"  {u['segment']}: {u['engine']} (CPU fallback for {u.get('planned')}: {u.get('reason')})",
                           highlight=False)
-    for name, o in r["outputs"].items():
-        console.print(f"  {name}: {o['dtype']}{o['shape']} -> {o['file']}", highlight=False)
+    for name, o in r.outputs.items():
+        console.print(f"  {name}: {o.dtype}{list(o.shape)} -> {o.file}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

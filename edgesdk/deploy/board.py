@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk._proc import pid_alive
-from edgesdk.deploy.transport import RemoteCommandError, SSHConnection
+from edgesdk.deploy.transport import RemoteCommandError, Transport
 from edgesdk.errors import InputError, RemoteError
 from edgesdk.paths import home
 
@@ -59,6 +59,10 @@ class AgentError(RemoteError):
 class AgentInputError(InputError):
     """The board refused what we sent as bad input (a path escaping the bundle, a bad id)."""
 
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or {}
+
 
 _CODES = {3: NoSpaceError, 4: BoardLocked}
 
@@ -67,7 +71,7 @@ _CODES = {3: NoSpaceError, 4: BoardLocked}
 class RemoteBoard:
     """One board's edgesdk dir, reached through `conn`; the agent is pushed on first use."""
 
-    conn: SSHConnection
+    conn: Transport  # SSHConnection, or FakeTransport in tests
     base: str = ""
     uid: int = -1
     python: str = "python3"
@@ -117,7 +121,7 @@ class RemoteBoard:
         if code == 5:
             raise SmokeFailed(msg, answer)
         if code == 2:
-            raise AgentInputError(msg)
+            raise AgentInputError(msg, answer)
         raise _CODES.get(code, AgentError)(msg) if code in _CODES else AgentError(msg, answer)
 
     # -- verbs ---------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """`flash`: model or bundle -> (convert) -> probe -> provision -> push -> install -> switch + smoke test,
-with rollback; plus status, rollback and remote run. One board per call; fleet.py runs many."""
+with rollback; plus status, rollback and remote run. One board per call; fleet.py runs many.
+
+Each returns a frozen result with an enum status (edgesdk.deploy.results). Each takes `transport`: how to reach
+the board, called with the SSHTarget; SSHConnection by default, FakeTransport (a local dir standing in for the
+board, the agent run locally) in tests."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,32 @@ from edgesdk.deploy.board import (
     whoami_host,
 )
 from edgesdk.deploy.probe import ProbeResult, accelerator_present, probe
+from edgesdk.deploy.results import (  # noqa: F401 - FlashStatus, Outcome: re-exported
+    BoardState,
+    FlashResult,
+    FlashStatus,
+    Outcome,
+    OutputFile,
+    RollbackResult,
+    RunResult,
+    engines_used,
+)
 from edgesdk.deploy.transfer import LocalFile, TransferStats, local_tree, push, upload
-from edgesdk.deploy.transport import ConnectError, HostKeyError, SSHConnection, SSHTarget
+from edgesdk.deploy.transport import ConnectError, HostKeyError, SSHConnection, SSHTarget, Transport
 from edgesdk.errors import BundleError, EdgeSDKError, InputError, RemoteError
 from edgesdk.paths import home
+from edgesdk.runtime.fallback import (
+    NO_FALLBACK,
+    FallbackRefused,
+    Route,
+    check_fallback,
+    engines_needed,
+    resolve_fallback,
+)
 
 Event = Callable[[dict[str, Any]], None]
+#: how to reach a board: SSHConnection (default) or anything with its interface (FakeTransport)
+Connect = Callable[[SSHTarget], Transport]
 PHASES = ("convert", "connect", "probe", "provision", "push", "install", "smoke")
 
 
@@ -50,52 +74,6 @@ class FlashOptions:
     fallback: str | None = None
     #: fixed shapes for a model's dynamic inputs when flash converts it (`--input-shape NAME=D0,D1,...`)
     input_shapes: dict[str, tuple[int, ...]] | None = None
-
-
-@dataclass
-class FlashResult:
-    host: str
-    board: str
-    status: str  # success | rolled-back | failed | unreachable | refused
-    bundle_id: str | None = None
-    previous: str | None = None
-    phases: dict[str, float] = field(default_factory=dict)
-    bytes_sent: int = 0
-    bytes_total: int = 0
-    wheel_bytes_sent: int = 0
-    provisioned: str | None = None  # installed | skipped | None
-    smoke: dict[str, Any] | None = None
-    latency_ms: float | None = None
-    emulated: bool = False
-    forced: bool = False
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    log: str | None = None
-    transfer: dict[str, Any] | None = None
-    target_note: str | None = None
-    #: "cpu" when the release runs with the CPU fallback (recorded on the board too)
-    fallback: str | None = None
-    accelerator_present: bool | None = None
-    #: what changed because of the board (e.g. "segment s0: edgetpu accelerator absent ...; runs its CPU version")
-    notes: list[str] = field(default_factory=list)
-    #: from the smoke test: [{segment, engine, planned, fallback, reason}]
-    engines_used: list[dict[str, Any]] | None = None
-    exit_code: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "success"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "board": self.board, "status": self.status, "bundle_id": self.bundle_id,
-                "previous": self.previous, "phases": {k: round(v, 3) for k, v in self.phases.items()},
-                "bytes_sent": self.bytes_sent, "bytes_total": self.bytes_total,
-                "wheel_bytes_sent": self.wheel_bytes_sent, "provisioned": self.provisioned, "smoke": self.smoke,
-                "latency_ms": self.latency_ms, "emulated": self.emulated, "forced": self.forced,
-                "warnings": self.warnings, "error": self.error, "log": self.log, "transfer": self.transfer,
-                "target_note": self.target_note, "fallback": self.fallback,
-                "accelerator_present": self.accelerator_present, "notes": self.notes,
-                "engines_used": self.engines_used}
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -137,19 +115,43 @@ def shapes_key(input_shapes: dict[str, Any] | None) -> str:
     return json.dumps({str(k): [int(d) for d in v] for k, v in sorted(input_shapes.items())}, separators=(",", ":"))
 
 
+def _accelerator_missing(accelerator: bool, board_name: str = "the board") -> Callable[[Any], str | None]:
+    """For the fallback rule: why an accelerator segment cannot run on a board without its accelerator."""
+    return lambda seg: None if accelerator or not seg.accelerator else f"{seg.engine} accelerator absent on {board_name}"
+
+
 def board_engines(manifest: Any, fallback: str | None = None, accelerator: bool = True) -> set[str]:
-    """The engines the board needs for this bundle: the segments' engines, with an accelerator segment's CPU
-    version instead of its engine when the accelerator is absent and fallback is "cpu" (and beside it when
-    fallback is "cpu" and the accelerator is present, so that the fallback can run)."""
-    engines: set[str] = set()
-    for s in manifest.segments:
-        cv = s.cpu_version if fallback == "cpu" else None
-        if cv is not None:
-            engines.add(cv.engine)
-            if s.accelerator and not accelerator:
-                continue
-        engines.add(s.engine)
-    return engines
+    """The engines the board needs for this bundle (edgesdk.runtime.fallback.engines_needed): the segments' engines,
+    with an accelerator segment's CPU version instead of its engine when the accelerator is absent and fallback is
+    "cpu" (and beside it when fallback is "cpu" and the accelerator is present, so that the fallback can run)."""
+    return engines_needed(manifest.segments, fallback, _accelerator_missing(accelerator))
+
+
+def accelerator_routes(manifest: Any, accelerator: bool, fallback: str | None,
+                       board_name: str = "the board") -> tuple[tuple[Route, ...], tuple[str, ...]]:
+    """Whether the bundle may be flashed where its accelerator is (or is not) present: the one fallback rule
+    (edgesdk.runtime.fallback.resolve_fallback) with "accelerator absent" as the reason a segment cannot run.
+
+    Returns (the segments' routes, the notes to report: one per segment that runs its CPU version). Raises
+    AcceleratorMissing (an InputError: exit 2, nothing sent) when an accelerator segment cannot run and no
+    `--fallback cpu` was given, or when such a segment carries no CPU version."""
+    from edgesdk.toolchains.adapters._accel import AcceleratorMissing
+
+    try:
+        routes = resolve_fallback(manifest.segments, fallback, _accelerator_missing(accelerator, board_name))
+    except FallbackRefused as exc:
+        if exc.kind == NO_FALLBACK:
+            names = ", ".join(f"{sid} ({eng})" for sid, eng in exc.segments)
+            raise AcceleratorMissing(
+                f"{board_name} has no accelerator, but segments {names} of this bundle need it. Connect it (for the "
+                "Coral USB Accelerator: plug it into a USB 3 port and install libedgetpu1-std), or flash with "
+                "--fallback cpu to run every segment on the CPU (slower; reported as such)") from None
+        raise AcceleratorMissing(f"--fallback cpu: segments {', '.join(sid for sid, _ in exc.segments)} carry no CPU "
+                                 "version; re-convert the bundle with this edgesdk") from None
+    notes = tuple(f"segment {r.segment}: {r.planned} accelerator absent on {board_name}; runs its CPU version "
+                  f"({r.engine}, {'host int8 simulation' if r.engine == 'onnxruntime' else 'on the CPU'}) because "
+                  "--fallback cpu was given" for r in routes if r.fallback)
+    return routes, notes
 
 
 def resolve_bundle(model_or_bundle: str | Path, board: str, event: Event | None = None,
@@ -203,14 +205,14 @@ def emulator_target(board: BoardProfile, event: Event | None = None) -> tuple[SS
 # -- flash -------------------------------------------------------------------------------------------
 
 def flash(model_or_bundle: str | Path, board: str | BoardProfile, target: SSHTarget | None = None,
-          options: FlashOptions | None = None, event: Event | None = None) -> FlashResult:
-    """Flash one board. Bad input raises; board-side outcomes come back in FlashResult.status."""
+          options: FlashOptions | None = None, event: Event | None = None, *,
+          transport: Connect | None = None) -> FlashResult:
+    """Flash one board. Bad input raises; board-side outcomes come back in FlashResult.status (an Outcome)."""
     opts = options or FlashOptions()
     prof = board if isinstance(board, BoardProfile) else get_board(board)
     emit = event or (lambda e: None)
     phases: dict[str, float] = {}
-    if opts.fallback not in (None, "cpu"):
-        raise InputError(f"--fallback: expected cpu, got {opts.fallback!r}")
+    check_fallback(opts.fallback, "--fallback")
     bundle, conv_s = resolve_bundle(model_or_bundle, prof.id, emit, opts.input_shapes)
     if conv_s:
         phases["convert"] = conv_s
@@ -222,20 +224,29 @@ def flash(model_or_bundle: str | Path, board: str | BoardProfile, target: SSHTar
     if target is None:
         target, note = emulator_target(prof, emit)
         emit({"phase": "connect", "state": "note", "detail": note})
-    return flash_bundle(bundle, manifest, files, prof, target, opts, emit, phases, note)
+    return flash_bundle(bundle, manifest, files, prof, target, opts, emit, phases, note, transport=transport)
 
 
 def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof: BoardProfile, target: SSHTarget,
                  opts: FlashOptions, emit: Event, phases: dict[str, float] | None = None,
-                 note: str | None = None) -> FlashResult:
+                 note: str | None = None, *, transport: Connect | None = None) -> FlashResult:
+    """The board side of a flash (bundle checked already): connect, probe, lock, provision, push, install,
+    switch + smoke test (rolled back by the agent on failure), keep N, unlock. Never raises for what happens on
+    the board: the outcome is FlashResult.status."""
+    connect = transport or SSHConnection
     phases = dict(phases or {})
-    res = FlashResult(host=target.known_hosts_name, board=prof.id, status="failed", bundle_id=manifest.bundle_id,
-                      bytes_total=sum(f.size for f in files.values()), phases=phases, target_note=note)
+    fallback = "cpu" if check_fallback(opts.fallback, "--fallback") == "cpu" else None
+    res: dict[str, Any] = {"host": target.known_hosts_name, "board": prof.id, "status": Outcome.FAILED,
+                           "bundle_id": manifest.bundle_id, "bytes_total": sum(f.size for f in files.values()),
+                           "target_note": note, "warnings": [], "notes": []}
 
     def phase(name: str) -> _Phase:
         return _Phase(name, phases, emit)
 
-    conn = SSHConnection(target)
+    def done(status: Outcome, error: str | None = None, exit_code: int = 0, **extra: Any) -> None:
+        res.update(status=status, error=error, exit_code=exit_code, **extra)
+
+    conn = connect(target)
     rb = RemoteBoard(conn, fail_points=opts.fail_points)
     try:
         with phase("connect"):
@@ -244,25 +255,22 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
         with phase("probe") as ph:
             # a missing accelerator is judged against the bundle below (AcceleratorMissing names the fix)
             pr: ProbeResult = probe(rb, prof, force=opts.force, accelerator_required=False)
-            res.emulated, res.forced = pr.emulated, pr.forced
-            res.warnings += list(pr.warnings) + [f"forced past: {p}" for p in pr.problems]
-            res.previous = pr.facts.get("current")
-            accel = res.accelerator_present = accelerator_present(prof, pr.facts)
-            from edgesdk.toolchains.adapters._accel import check_accelerator_for_flash
-
+            res.update(emulated=pr.emulated, forced=pr.forced, previous=pr.facts.get("current"))
+            res["warnings"] += list(pr.warnings) + [f"forced past: {p}" for p in pr.problems]
+            accel = res["accelerator_present"] = accelerator_present(prof, pr.facts)
             # before anything is locked, provisioned or pushed: refused (exit 2) unless --fallback cpu
-            res.notes += list(check_accelerator_for_flash(
-                manifest, accel, opts.fallback,
-                board_name=f"{prof.id} at {target.known_hosts_name}" + (" (EMULATED)" if pr.emulated else "")))
-            if opts.fallback == "cpu":
-                res.fallback = "cpu"
-            if res.notes:
-                ph.detail = "; ".join(res.notes)
+            _, notes = accelerator_routes(
+                manifest, accel, fallback,
+                board_name=f"{prof.id} at {target.known_hosts_name}" + (" (EMULATED)" if pr.emulated else ""))
+            res["notes"] += list(notes)
+            res["fallback"] = fallback
+            if notes:
+                ph.detail = "; ".join(notes)
             if opts.break_lock:
                 rb.call("lock", "break", secrets.token_hex(12))
             locked = rb.lock(who=f"{whoami_host()} flash {manifest.bundle_id}", ttl=opts.lock_ttl)
             if locked.get("recovered"):
-                res.warnings.append(f"an interrupted switch to {locked['recovered']} was rolled back first")
+                res["warnings"].append(f"an interrupted switch to {locked['recovered']} was rolled back first")
         python = opts.python
         with phase("provision") as ph:
             if python is None and opts.provision:
@@ -275,60 +283,65 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                 emit({"phase": "push", "state": "bytes", "done": done, "total": total})
 
             st: TransferStats = push(rb, f"staging/{manifest.bundle_id}", files, prog)
-            res.bytes_sent, res.transfer = st.bytes_sent, st.to_dict()
+            res.update(bytes_sent=st.bytes_sent, transfer=st.to_dict())
             ph.detail = ("already on the board" if st.already_installed else
                          f"{_mb(st.bytes_sent)} sent, {st.files_skipped} of {len(files)} files already there")
             if st.details:
-                res.warnings += st.details
+                res["warnings"] += st.details
         with phase("install"):
             rb.fail_point("before_install")
             rb.call("install", manifest.bundle_id, rb.token, timeout=1800)
         with phase("smoke") as ph:
             rb.fail_point("before_activate")
-            notes = []
-            if res.forced:
-                notes.append("forced: " + "; ".join(pr.problems))
-            if res.fallback and res.notes:
-                notes.append("accelerator absent: segments "
-                             + ", ".join(s.id for s in manifest.segments if s.accelerator)
-                             + " run their CPU version (--fallback cpu)")
+            smoke_notes = []
+            if res.get("forced"):
+                smoke_notes.append("forced: " + "; ".join(pr.problems))
+            if fallback and res["notes"]:
+                smoke_notes.append("accelerator absent: segments "
+                                   + ", ".join(s.id for s in manifest.segments if s.accelerator)
+                                   + " run their CPU version (--fallback cpu)")
             try:
                 act = rb.call("activate", manifest.bundle_id, rb.token, f"--python={python}",
-                              f"--timeout={opts.smoke_timeout}", f"--keep={opts.keep}", f"--note={' '.join(notes)}",
-                              f"--fallback={res.fallback or 'error'}", timeout=opts.smoke_timeout + 120)
+                              f"--timeout={opts.smoke_timeout}", f"--keep={opts.keep}",
+                              f"--note={' '.join(smoke_notes)}", f"--fallback={fallback or 'error'}",
+                              timeout=opts.smoke_timeout + 120)
             except SmokeFailed as exc:
                 d = exc.detail
-                res.status, res.error, res.log, res.smoke = "rolled-back", str(exc), d.get("log"), d.get("smoke")
-                res.previous = d.get("current")
+                done(Outcome.ROLLED_BACK, str(exc), 1, log=d.get("log"), smoke=d.get("smoke"),
+                     previous=d.get("current"))
                 ph.detail = f"failed: {d.get('reason')}; rolled back to {d.get('current') or 'nothing'}"
-                res.exit_code = 1
-                return res
-            res.smoke = act.get("smoke")
-            res.latency_ms = (act.get("smoke") or {}).get("latency_ms")
-            res.engines_used = _engines_used((act.get("smoke") or {}).get("engines_used"))
-            res.log = act.get("log")
-            cpu = [u["segment"] for u in res.engines_used or [] if u.get("fallback")]
-            ph.detail = "passed" + (f", one run {res.latency_ms:.1f} ms" if res.latency_ms is not None else "") \
-                + (" (EMULATED)" if res.emulated else "") \
+                return _result(res, phases)
+            smoke = act.get("smoke") or {}
+            used = engines_used(smoke.get("engines_used"))
+            res.update(smoke=act.get("smoke"), latency_ms=smoke.get("latency_ms"), engines_used=used,
+                       log=act.get("log"))
+            cpu = [u["segment"] for u in used or () if u.get("fallback")]
+            lat = res["latency_ms"]
+            ph.detail = "passed" + (f", one run {lat:.1f} ms" if lat is not None else "") \
+                + (" (EMULATED)" if res.get("emulated") else "") \
                 + (f"; CPU fallback for {', '.join(cpu)}" if cpu else "")
-            res.status = "success"
+            done(Outcome.SUCCESS)
     except HostKeyError as exc:
-        res.status, res.error, res.exit_code = "refused", str(exc), 1
+        done(Outcome.REFUSED, str(exc), 1)
     except ConnectError as exc:
-        res.status, res.error, res.exit_code = "failed" if rb.base else "unreachable", str(exc), 1
+        done(Outcome.FAILED if rb.base else Outcome.UNREACHABLE, str(exc), 1)
     except (NoSpaceError, BoardLocked, AgentError, RemoteError) as exc:
-        res.status, res.error, res.exit_code = "failed", str(exc), 1
+        done(Outcome.FAILED, str(exc), 1)
     except InputError as exc:
-        res.status, res.error, res.exit_code = "refused", str(exc), exc.exit_code
+        done(Outcome.REFUSED, str(exc), exc.exit_code)
     except EdgeSDKError as exc:
-        res.status, res.error, res.exit_code = "failed", str(exc), exc.exit_code
+        done(Outcome.FAILED, str(exc), exc.exit_code)
     finally:
-        _release(rb, target)
+        _release(rb, target, connect)
         conn.close()
-    return res
+    return _result(res, phases)
 
 
-def _release(rb: RemoteBoard, target: SSHTarget) -> None:
+def _result(res: dict[str, Any], phases: dict[str, float]) -> FlashResult:
+    return FlashResult(phases=dict(phases), **res)
+
+
+def _release(rb: RemoteBoard, target: SSHTarget, connect: Connect = SSHConnection) -> None:
     """Free the board's lock; over a fresh connection if ours was cut (so a rerun can resume)."""
     if not rb.token:
         return
@@ -338,7 +351,7 @@ def _release(rb: RemoteBoard, target: SSHTarget) -> None:
     except EdgeSDKError:
         pass
     try:
-        with SSHConnection(target) as c2:
+        with connect(target) as c2:
             rb2 = RemoteBoard(c2, base=rb.base, token=rb.token)
             rb2.unlock()
     except EdgeSDKError:
@@ -347,30 +360,22 @@ def _release(rb: RemoteBoard, target: SSHTarget) -> None:
         rb.forget()
 
 
-def _engines_used(raw: Any) -> list[dict[str, Any]] | None:
-    """The smoke test's engines_used as dicts (an older agent reported [segment, engine] pairs)."""
-    if not isinstance(raw, list):
-        return None
-    return [u if isinstance(u, dict) else {"segment": u[0], "engine": u[1]} for u in raw
-            if isinstance(u, dict) or (isinstance(u, list) and len(u) == 2)]
-
-
-def _provision(rb: RemoteBoard, prof: BoardProfile, manifest: Any, pr: ProbeResult, res: FlashResult,
+def _provision(rb: RemoteBoard, prof: BoardProfile, manifest: Any, pr: ProbeResult, res: dict[str, Any],
                ph: _Phase, opts: FlashOptions, accel: bool = True) -> str:
     from edgesdk.deploy.wheelhouse import build_wheelhouse
 
     engines = board_engines(manifest, opts.fallback, accel)
-    py = ".".join(pr.facts.get("python", prof.os.python).split(".")[:2]) if res.forced else None
+    py = ".".join(pr.facts.get("python", prof.os.python).split(".")[:2]) if res.get("forced") else None
     wh = opts.wheelhouse or build_wheelhouse(prof, engines, python=py)
     if pr.facts.get("wheelset") == wh.key and pr.facts.get("venv"):
-        res.provisioned = "skipped"
+        res["provisioned"] = "skipped"
         ph.detail = f"skipped: wheel set {wh.key} already installed"
         return rb.venv_python
     st = push(rb, "wheels", wh.wheels)
-    res.wheel_bytes_sent = st.bytes_sent
+    res["wheel_bytes_sent"] = st.bytes_sent
     rb.call("provision", rb.token, wh.key, stdin={"wheels": sorted(wh.wheels), "force": [wh.board_wheel]},
             timeout=3600)
-    res.provisioned = "installed"
+    res["provisioned"] = "installed"
     ph.detail = f"{len(wh.wheels)} wheels ({_mb(st.bytes_sent)} sent) installed into {rb.base}/venv"
     return rb.venv_python
 
@@ -396,40 +401,41 @@ def _mb(n: int) -> str:
 
 # -- status / rollback / run ---------------------------------------------------------------------------
 
-def _open(target: SSHTarget) -> tuple[SSHConnection, RemoteBoard]:
-    conn = SSHConnection(target)
+def _open(target: SSHTarget, transport: Connect | None = None) -> tuple[Transport, RemoteBoard]:
+    conn = (transport or SSHConnection)(target)
     conn.connect()
     return conn, RemoteBoard(conn).open()
 
 
-def status(target: SSHTarget) -> dict[str, Any]:
-    """What the board holds: current release, releases, history, lock."""
-    conn, rb = _open(target)
+def status(target: SSHTarget, *, transport: Connect | None = None) -> BoardState:
+    """What the board holds: current release, releases, state.json (history, fallback per release), lock."""
+    conn, rb = _open(target, transport)
     with conn:
-        st = rb.call("state")
-        st["host"] = target.known_hosts_name
-        return st
+        return BoardState.from_agent(target.known_hosts_name, rb.call("state"))
 
 
-def rollback(target: SSHTarget, to: str | None = None, reason: str = "edgesdk rollback") -> dict[str, Any]:
+def rollback(target: SSHTarget, to: str | None = None, reason: str = "edgesdk rollback", *,
+             transport: Connect | None = None) -> RollbackResult:
     """Switch `current` back to the previous release (or `to`), under the board's lock."""
-    conn, rb = _open(target)
+    conn, rb = _open(target, transport)
     with conn:
         rb.lock(who=f"{whoami_host()} rollback")
         try:
             args = [f"--reason={reason}"] + ([f"--to={to}"] if to else [])
-            return rb.call("rollback", rb.token, *args)
+            r = rb.call("rollback", rb.token, *args)
         finally:
             rb.unlock()
+    return RollbackResult(target.known_hosts_name, r.get("from"), r["current"], Outcome(r.get("status", "rolled-back")))
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 
 
 def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, release: str | None = None,
-               python: str | None = None, timeout: float = 300) -> dict[str, Any]:
+               python: str | None = None, timeout: float = 300, *, transport: Connect | None = None) -> RunResult:
     """Run a release on the board with .npy inputs (NAME=FILE or FILE); outputs come back as .npy into
-    out_dir/<host>/ (names checked: nothing is written outside it)."""
+    out_dir/<host>/ (names checked: nothing is written outside it). The board runs
+    `python -m edgesdk.runtime run` from its venv, as the release was flashed (--fallback cpu is recorded)."""
     import numpy as np
 
     feeds = []
@@ -441,7 +447,7 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
         if name and not _SAFE_NAME.match(name):
             raise InputError(f"--input {item}: bad tensor name")
         feeds.append((name, p))
-    conn, rb = _open(target)
+    conn, rb = _open(target, transport)
     work = "run-" + secrets.token_hex(6)
     with conn:
         rdir = rb.path("tmp", work)
@@ -454,21 +460,21 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
         try:
             r = rb.call("run", release or "current", f"--python={python or rb.venv_python}", f"--timeout={timeout}",
                         f"--workdir={work}", *args, timeout=timeout + 60)
+            result = r.get("result") or {}
             safe_host = re.sub(r"[^A-Za-z0-9_.-]", "_", target.known_hosts_name)
             dest = Path(out_dir) / safe_host
             dest.mkdir(parents=True, exist_ok=True)
             outputs = {}
             with conn.sftp("fetch outputs") as sftp:
-                for fn, tensor in (r["result"].get("outputs") or {}).items():
+                for fn, tensor in (result.get("files") or {}).items():
                     if not _SAFE_NAME.match(fn) or not fn.endswith(".npy") or not isinstance(tensor, str):
                         raise RemoteError(f"the board returned a bad output name {fn!r}: refused")
                     local = dest / (re.sub(r"[^A-Za-z0-9_.-]", "_", tensor)[:80] + ".npy")
                     sftp.get(f"{rdir}/{fn}", str(local))
                     arr = np.load(local, allow_pickle=False)
-                    outputs[tensor] = {"file": str(local), "shape": list(arr.shape), "dtype": str(arr.dtype)}
-            return {"host": target.known_hosts_name, "release": r["release"], "outputs": outputs,
-                    "latency_ms": r["result"].get("latency_ms"), "fallback": r.get("fallback"),
-                    "engines_used": _engines_used(r["result"].get("engines_used"))}
+                    outputs[tensor] = OutputFile(str(local), arr.shape, str(arr.dtype))
+            return RunResult(target.known_hosts_name, r["release"], outputs, result.get("latency_ms"),
+                             r.get("fallback"), engines_used(result.get("engines_used")))
         finally:
             try:
                 rb.call("cleanup", work, timeout=60)

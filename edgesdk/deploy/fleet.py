@@ -8,21 +8,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgesdk.boards import BoardProfile, get_board
 from edgesdk.deploy.flash import (
     FlashOptions,
-    FlashResult,
     board_engines,
     check_bundle,
     flash_bundle,
     resolve_bundle,
 )
+from edgesdk.deploy.results import FlashResult, Outcome
 from edgesdk.deploy.transport import SSHTarget
 from edgesdk.errors import InputError
+from edgesdk.runtime.fallback import check_fallback
 
 
 @dataclass(frozen=True)
@@ -189,12 +190,18 @@ def _parse_ini(text: str, where: str, hosts: dict) -> None:
                 gs.append(g)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FleetResult:
-    results: list[FlashResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    """Every board's FlashResult, in the order they finished; the boards not started and why."""
+
+    results: tuple[FlashResult, ...] = ()
+    skipped: tuple[str, ...] = ()
     stopped: str | None = None
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "results", tuple(self.results))
+        object.__setattr__(self, "skipped", tuple(self.skipped))
 
     @property
     def ok(self) -> bool:
@@ -203,8 +210,8 @@ class FleetResult:
     def to_dict(self) -> dict[str, Any]:
         by: dict[str, int] = {}
         for r in self.results:
-            by[r.status] = by.get(r.status, 0) + 1
-        return {"boards": len(self.results) + len(self.skipped), "by_status": by, "skipped": self.skipped,
+            by[r.status.value] = by.get(r.status.value, 0) + 1
+        return {"boards": len(self.results) + len(self.skipped), "by_status": by, "skipped": list(self.skipped),
                 "stopped": self.stopped, "seconds": round(self.seconds, 3)}
 
 
@@ -222,15 +229,15 @@ def parse_max_fail(text: str | float) -> float:
 def deploy_fleet(model_or_bundle: str | Path, board: str | BoardProfile, hosts: list[InventoryHost],
                  options: FlashOptions | None = None, *, parallel: int = 8, canary: int = 0, max_fail: float = 0.0,
                  retries: int = 2, target_defaults: dict[str, Any] | None = None,
-                 on_result: Callable[[FlashResult], None] | None = None) -> FleetResult:
+                 on_result: Callable[[FlashResult], None] | None = None,
+                 transport: Callable[[SSHTarget], Any] | None = None) -> FleetResult:
     """Flash every host: `canary` boards first (all must finish), then the rest `parallel` at a time;
     no further board starts once failures / finished boards exceeds `max_fail`."""
     if parallel < 1 or canary < 0:
         raise InputError("--parallel must be >= 1 and --canary >= 0")
     prof = board if isinstance(board, BoardProfile) else get_board(board)
     opts = options or FlashOptions()
-    if opts.fallback not in (None, "cpu"):
-        raise InputError(f"--fallback: expected cpu, got {opts.fallback!r}")
+    check_fallback(opts.fallback, "--fallback")
     bundle, _ = resolve_bundle(model_or_bundle, prof.id, input_shapes=opts.input_shapes)
     manifest, files = check_bundle(bundle)
     if manifest.board != prof.id and not opts.force:
@@ -243,46 +250,48 @@ def deploy_fleet(model_or_bundle: str | Path, board: str | BoardProfile, hosts: 
         engines = board_engines(manifest, opts.fallback, accelerator=opts.fallback != "cpu")
         opts = replace(opts, wheelhouse=build_wheelhouse(prof, engines))
     targets = [(h, h.target(**(target_defaults or {}))) for h in hosts]  # bad settings fail before any board
-    fr = FleetResult()
+    results: list[FlashResult] = []
+    skipped: list[str] = []
+    stopped: list[str] = []  # the emergency stop's reason, once set
     lock = threading.Lock()
     t0 = time.perf_counter()
 
     def one(h: InventoryHost, t: SSHTarget) -> FlashResult:
         for attempt in range(retries + 1):
-            r = flash_bundle(bundle, manifest, files, prof, t, opts, lambda e: None)
-            if r.status != "unreachable" or attempt == retries:
+            r = flash_bundle(bundle, manifest, files, prof, t, opts, lambda e: None, transport=transport)
+            if r.status is not Outcome.UNREACHABLE or attempt == retries:
                 break
             time.sleep(0.5 * 2 ** attempt)
-        r.host = h.name if h.name == t.known_hosts_name else f"{h.name} ({t.known_hosts_name})"
+        r = replace(r, host=h.name if h.name == t.known_hosts_name else f"{h.name} ({t.known_hosts_name})")
         with lock:
-            fr.results.append(r)
+            results.append(r)
             if on_result:
                 on_result(r)
         return r
 
     def rate() -> float:
-        done = len(fr.results)
-        return sum(not r.ok for r in fr.results) / done if done else 0.0
+        done = len(results)
+        return sum(not r.ok for r in results) / done if done else 0.0
 
     waves = [targets[:canary], targets[canary:]] if canary else [targets]
     for wi, wave in enumerate(waves):
-        if fr.stopped:
-            fr.skipped += [h.name for h, _ in wave]
+        if stopped:
+            skipped.extend(h.name for h, _ in wave)
             continue
         with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(wave)))) as pool:
             futs = []
             for h, t in wave:
                 def job(h: InventoryHost = h, t: SSHTarget = t) -> FlashResult | None:
                     with lock:
-                        if fr.stopped or (fr.results and rate() > max_fail):
-                            fr.stopped = fr.stopped or (f"failure rate {rate():.0%} > --max-fail {max_fail:.0%}")
-                            fr.skipped.append(h.name)
+                        if stopped or (results and rate() > max_fail):
+                            if not stopped:
+                                stopped.append(f"failure rate {rate():.0%} > --max-fail {max_fail:.0%}")
+                            skipped.append(h.name)
                             return None
                     return one(h, t)
                 futs.append(pool.submit(job))
             for f in futs:
                 f.result()
-        if wi == 0 and canary and not fr.stopped and rate() > max_fail:
-            fr.stopped = f"canary wave: failure rate {rate():.0%} > --max-fail {max_fail:.0%}"
-    fr.seconds = time.perf_counter() - t0
-    return fr
+        if wi == 0 and canary and not stopped and rate() > max_fail:
+            stopped.append(f"canary wave: failure rate {rate():.0%} > --max-fail {max_fail:.0%}")
+    return FleetResult(tuple(results), tuple(skipped), stopped[0] if stopped else None, time.perf_counter() - t0)

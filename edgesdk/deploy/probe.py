@@ -76,7 +76,7 @@ def accelerator_present(profile: BoardProfile, facts: dict[str, Any]) -> bool:
 
 def compare(profile: BoardProfile, facts: dict[str, Any], accelerator_required: bool = True) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the probed facts against the profile. accelerator_required=False: a missing
-    accelerator is a warning (flash decides with check_accelerator_for_flash whether the bundle needs it)."""
+    accelerator is a warning (flash decides with accelerator_routes, the one fallback rule, whether the bundle needs it)."""
     problems: list[str] = []
     warnings: list[str] = []
     want_arch = profile.cpu.arch

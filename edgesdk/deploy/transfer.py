@@ -77,7 +77,11 @@ def local_tree(root: Path) -> dict[str, LocalFile]:
 def upload(sftp: Any, local: Path, remote: str, offset: int, progress: Progress | None = None,
            limit: int | None = None) -> int:
     """Write local[offset:] into remote at offset with up to IN_FLIGHT large requests in flight; the
-    number of bytes written. `limit` stops early (tests of a cut connection)."""
+    number of bytes written. `limit` stops early (tests of a cut connection). A file session with its own
+    writer (FakeTransport's `write_from`) does the job itself."""
+    own = getattr(sftp, "write_from", None)
+    if own is not None:
+        return own(local, remote, offset, progress, limit)
     from paramiko.sftp import CMD_WRITE, int64
 
     fh = sftp.open(remote, "r+" if offset else "w")

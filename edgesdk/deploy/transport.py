@@ -1,4 +1,9 @@
-"""SSH transport on paramiko: keys only, host keys always checked, timeouts everywhere, quoted argv.
+"""How the host reaches a board: SSH on paramiko (keys only, host keys always checked, timeouts everywhere,
+quoted argv), or FakeTransport, a local directory standing in for the board (tests).
+
+Both have the interface the flash logic uses (`Transport`): connect/close (and `with`), run(argv, stdin=,
+timeout=, check=) -> CommandResult, put/get of one file, and sftp(what): a file session (stat, mkdir, chmod,
+put, get, open, posix_rename, remove; FakeTransport's also `write_from`, its pipelined upload).
 
 paramiko's exceptions are translated here, at the boundary, into edgesdk's RemoteError tree.
 """
@@ -8,15 +13,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import shlex
+import os
 import select
+import shlex
+import shutil
 import socket
 import stat
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Protocol
 
 from edgesdk.errors import InputError, RemoteError
 
@@ -379,12 +388,257 @@ class _EnrollPolicy:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+class Transport(Protocol):
+    """What the flash logic needs from a connection to a board (SSHConnection, FakeTransport)."""
+
+    target: SSHTarget
+
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    def connect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def run(self, argv: list[str], *, timeout: float | None = None, stdin: bytes | None = None,
+            check: bool = True) -> CommandResult: ...
+
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None) -> None: ...
+
+    def get(self, remote: str, local: str | Path) -> None: ...
+
+    def sftp(self, what: str) -> contextlib.AbstractContextManager[Any]: ...
+
+
+# -- a local directory standing in for the board ------------------------------------------------------------
+
+@dataclass
+class FakeLink:
+    """The wire shared by the FakeTransports of one test (each reconnect is a new FakeTransport on it).
+
+    cut_after_bytes: after that many uploaded bytes the connection is cut (a write stops part-way, then
+    ConnectError), like tests/sshd_fixture.CutProxy; set it to None again to heal the link. unreachable: every
+    connect fails. commands: every argv run, in order; bytes_written, cuts: counters."""
+
+    cut_after_bytes: int | None = None
+    unreachable: bool = False
+    commands: list[list[str]] = field(default_factory=list)
+    bytes_written: int = 0
+    cuts: int = 0
+
+    def verbs(self) -> list[str]:
+        """The agent verbs called so far ('whoami' for the bootstrap), in order."""
+        out = []
+        for argv in self.commands:
+            if "-c" in argv[:2]:
+                out.append("whoami")
+            elif "--base" in argv:
+                i = argv.index("--base")
+                out.append(argv[i + 2] if len(argv) > i + 2 else "?")
+        return out
+
+
+class FakeTransport:
+    """A board that is a local directory: the SSHTarget's remote_dir (the board's edgesdk dir, e.g. a temp dir).
+
+    Commands run here as local processes (the agent with `python3 BASE/agent.py --base BASE ...`, as on a board,
+    and through it the runtime's `python -m edgesdk.runtime ...`); file sessions write real files, only under
+    that dir (anything else is PermissionError, as a board would refuse it). So flash_bundle's logic (stage,
+    verify, switch, smoke, rollback on failure, lock, keep N) runs end to end with no sshd and no qemu:
+
+        target = FakeTransport.target_for(board_dir)
+        flash(bundle, profile, target, FlashOptions(python=sys.executable), transport=FakeTransport)
+        link = FakeLink(cut_after_bytes=1 << 20)            # faults: a cut connection, an unreachable board
+        flash(..., transport=FakeTransport.on(link))
+
+    When this process is root the agent demotes the smoke test to `nobody` as on a board: the board dir and the
+    interpreter must then be readable by nobody (a 0755 temp dir, not pytest's 0700 tmp_path)."""
+
+    def __init__(self, target: SSHTarget, link: FakeLink | None = None) -> None:
+        if not target.remote_dir:
+            raise InputError("FakeTransport needs the target's remote_dir: the local dir that stands in for the board")
+        self.target = target
+        self.link = link or FakeLink()
+        self.root = Path(target.remote_dir)
+        self._open = False
+        self._written_here = 0
+
+    @staticmethod
+    def target_for(board_dir: str | Path, name: str = "fake-board", **kw: Any) -> SSHTarget:
+        """An SSHTarget for a FakeTransport: host `name`, remote_dir the board dir (absolute)."""
+        return SSHTarget(host=name, remote_dir=str(Path(board_dir).resolve()), **kw)
+
+    @classmethod
+    def on(cls, link: FakeLink) -> Callable[[SSHTarget], FakeTransport]:
+        """A transport factory (flash(..., transport=)) whose connections share `link`."""
+        return lambda target: cls(target, link)
+
+    def __enter__(self) -> FakeTransport:
+        self.connect()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._open:
+            return
+        if self.link.unreachable:
+            raise ConnectError(f"cannot connect to {self.target.user}@{self.target.known_hosts_name}: "
+                               "[FakeTransport] unreachable")
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def _alive(self) -> None:
+        if not self._open:
+            raise ConnectError(f"connection to {self.target.known_hosts_name} lost: [FakeTransport] not connected")
+
+    def run(self, argv: list[str], *, timeout: float | None = None, stdin: bytes | None = None,
+            check: bool = True) -> CommandResult:
+        if isinstance(argv, str) or not argv:
+            raise TypeError("run() takes a non-empty argv list, never a shell string")
+        self.connect()
+        self._alive()
+        self.link.commands.append(list(argv))
+        limit = timeout if timeout is not None else self.target.command_timeout
+        exe = argv[0] if os.path.isabs(argv[0]) else (shutil.which(argv[0]) or argv[0])
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root.parent), "LANG": "C.UTF-8"}
+        for k in ("EDGESDK_EMULATED", "QEMU_CPU", "OMP_NUM_THREADS"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        try:
+            p = subprocess.run([exe, *argv[1:]], input=stdin or b"", capture_output=True, timeout=limit, env=env,
+                               check=False, cwd="/")
+        except subprocess.TimeoutExpired as exc:
+            raise RemoteCommandError(list(argv), None, f"no answer within {limit:.0f}s") from exc
+        except OSError as exc:
+            p = subprocess.CompletedProcess(argv, 127, b"", f"{argv[0]}: {exc}".encode())
+        res = CommandResult(list(argv), p.returncode, p.stdout.decode("utf-8", "replace"),
+                            p.stderr.decode("utf-8", "replace"))
+        if check and p.returncode != 0:
+            raise RemoteCommandError(list(argv), p.returncode, res.stderr or res.stdout)
+        return res
+
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None) -> None:
+        local = Path(local)
+        if not local.is_file():
+            raise InputError(f"cannot copy {local} to the board: not a file")
+        with self.sftp(f"put {local} -> {remote}") as f:
+            f.put(str(local), remote)
+            f.chmod(remote, mode if mode is not None else stat.S_IMODE(local.stat().st_mode))
+
+    def get(self, remote: str, local: str | Path) -> None:
+        with self.sftp(f"get {remote} -> {local}") as f:
+            f.get(remote, str(local))
+
+    @contextlib.contextmanager
+    def sftp(self, what: str) -> Iterator[_LocalFiles]:
+        """A file session on the board dir; OS errors become RemoteError, as SSHConnection's do."""
+        self.connect()
+        self._alive()
+        try:
+            yield _LocalFiles(self)
+        except ConnectError:
+            raise
+        except FileNotFoundError as exc:
+            raise RemoteError(f"{what}: no such file ({exc})") from exc
+        except PermissionError as exc:
+            raise RemoteError(f"{what}: permission denied ({exc})") from exc
+        except OSError as exc:
+            raise RemoteError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+    def _cut(self) -> None:
+        self.link.cuts += 1
+        self._open = False
+        raise ConnectError(f"connection to {self.target.known_hosts_name} lost: [FakeTransport] cut after "
+                           f"{self.link.bytes_written} bytes")
+
+
+class _LocalFiles:
+    """The subset of paramiko's SFTPClient the flash logic uses, on local files under the fake board's dir."""
+
+    def __init__(self, t: FakeTransport) -> None:
+        self.t = t
+
+    def _inside(self, path: str) -> str:
+        p = os.path.normpath(path)
+        root = os.path.normpath(str(self.t.root))
+        if not os.path.isabs(p) or (p != root and not p.startswith(root + os.sep)):
+            raise PermissionError(f"{path}: outside the board's dir {root} (FakeTransport)")
+        return p
+
+    def stat(self, path: str) -> os.stat_result:
+        self.t._alive()
+        return os.stat(path)  # reading outside the board dir is allowed (e.g. its parents)
+
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        self.t._alive()
+        os.mkdir(self._inside(path), mode)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self._inside(path), mode)
+
+    def remove(self, path: str) -> None:
+        os.unlink(self._inside(path))
+
+    def posix_rename(self, old: str, new: str) -> None:
+        os.replace(self._inside(old), self._inside(new))
+
+    def put(self, local: str, remote: str) -> None:
+        self.t._alive()
+        shutil.copyfile(local, self._inside(remote))
+
+    def get(self, remote: str, local: str) -> None:
+        self.t._alive()
+        shutil.copyfile(self._inside(remote), local)
+
+    def open(self, path: str, mode: str = "r") -> Any:
+        self.t._alive()
+        return open(self._inside(path), mode if "b" in mode else mode + "b")  # the caller closes it
+
+    def write_from(self, local: Path, remote: str, offset: int, progress: Callable[[int], None] | None = None,
+                   limit: int | None = None, chunk: int = 255 * 1024) -> int:
+        """Write local[offset:] into remote at offset (transfer.upload's job); the link may cut it part-way."""
+        self.t._alive()
+        dst = self._inside(remote)
+        sent = 0
+        link = self.t.link
+        with open(local, "rb") as src, open(dst, "r+b" if offset else "wb") as out:
+            src.seek(offset)
+            out.seek(offset)
+            while True:
+                data = src.read(chunk)
+                if not data:
+                    break
+                if link.cut_after_bytes is not None:
+                    room = link.cut_after_bytes - link.bytes_written
+                    if room < len(data):
+                        out.write(data[:max(room, 0)])
+                        link.bytes_written += max(room, 0)
+                        out.flush()
+                        self.t._cut()
+                out.write(data)
+                sent += len(data)
+                link.bytes_written += len(data)
+                if progress:
+                    progress(len(data))
+                if limit is not None and sent >= limit:
+                    break
+        return sent
+
+
 __all__ = [
     "CommandResult",
     "ConnectError",
+    "FakeLink",
+    "FakeTransport",
     "HostKeyError",
     "RemoteCommandError",
     "SSHConnection",
     "SSHTarget",
+    "Transport",
     "fingerprint_sha256",
 ]

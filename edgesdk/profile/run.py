@@ -1,14 +1,17 @@
-"""`edgesdk profile`: run the on-board profiler (edgesdk.runtime.profiling) here or on a board over SSH through the
-deployed runtime (flashing first when the release is not on the board), then add the expectations."""
+"""`edgesdk profile`: run the on-board profiler (edgesdk.runtime.profiling) here or on a board, then add the
+expectations.
+
+Both ways run the board CLI's `profile` verb (`python -m edgesdk.runtime profile BUNDLE --result-line ...`): here
+in a fresh Python, on a board through the deploy agent's `profile` verb, with the board's installed runtime (its
+venv), as nobody, under the agent's rlimits and time limit (the release is flashed first when the board does not
+hold it). Nothing is copied to the board to profile."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -17,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.boards import BoardProfile, get_board
-from edgesdk.errors import EdgeSDKError, InputError, RemoteError
+from edgesdk.errors import InputError, RemoteError
 from edgesdk.profile.expect import expectations
 from edgesdk.profile.report import SCHEMA, ProfileReport
+from edgesdk.runtime.fallback import check_fallback
 
 LOCAL = "local"
-#: the on-board profiler, from the board package (edgesdk-runtime), wherever that is installed
-PROFILER = Path(importlib.util.find_spec("edgesdk.runtime.profiling").origin)  # type: ignore[union-attr,arg-type]
-RESULT_MARK = "EDGESDK-PROFILE "
+#: what the board CLI prints before its result (`python -m edgesdk.runtime profile ... --result-line`)
+RESULT_MARK = "EDGESDK-RESULT "
 Event = Callable[[dict[str, Any]], None]
+#: the runtime's errors that are the user's input (exit code 2)
+INPUT_ERRORS = ("InputError", "BundleError", "InputMismatch")
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,9 @@ class ProfileOptions:
     layer_runs: int = 10
     frames: int | None = None  # frames through the streaming Pipeline; None: min(max(runs, 10), 100)
     engines: tuple[str, ...] = ()
-    fallback: str = "error"
+    #: "error" or "cpu"; None: as the release was flashed (`flash --fallback cpu` is recorded on the board),
+    #: "error" for --host local
+    fallback: str | None = None
     use_tuning: bool = True
     timeout: float = 1800.0
     #: an interpreter on the board with edgesdk.runtime (default: the board's venv from provisioning)
@@ -52,12 +59,15 @@ class ProfileOptions:
         if self.runs < 1 or self.warmup < 0 or self.threads < 0 or self.layer_runs < 1:
             raise InputError(f"--runs must be >= 1, --warmup and --threads >= 0 (got runs={self.runs}, "
                              f"warmup={self.warmup}, threads={self.threads})")
-        if self.fallback not in ("error", "cpu"):
-            raise InputError(f"--fallback must be error or cpu, got {self.fallback!r}")
+        if self.fallback is not None:
+            check_fallback(self.fallback, "--fallback")  # the one fallback rule (edgesdk.runtime.fallback)
 
     def argv(self) -> list[str]:
+        """The options of the board CLI's `profile` verb (also those of the agent's `profile` verb)."""
         a = [f"--runs={self.runs}", f"--warmup={self.warmup}", f"--threads={self.threads}",
-             f"--layer-runs={self.layer_runs}", f"--fallback={self.fallback}"]
+             f"--layer-runs={self.layer_runs}"]
+        if self.fallback is not None:
+            a.append(f"--fallback={check_fallback(self.fallback)}")
         if self.per_layer:
             a.append("--per-layer")
         if self.frames is not None:
@@ -81,7 +91,7 @@ def _parse_result(text: str, where: str) -> dict[str, Any]:
 
 def _check(res: dict[str, Any], where: str) -> dict[str, Any]:
     if res.get("ok") is False:
-        cls = InputError if res.get("error") in ("InputError", "BundleError", "InputMismatch") else RemoteError
+        cls = InputError if res.get("error") in INPUT_ERRORS else RemoteError
         raise cls(f"{where}: {res.get('error')}: {res.get('message')}")
     return res
 
@@ -89,7 +99,8 @@ def _check(res: dict[str, Any], where: str) -> dict[str, Any]:
 # -- local --------------------------------------------------------------------------------------------------
 def measure_local(bundle: str | Path, opts: ProfileOptions) -> dict[str, Any]:
     """Run the profiler in a fresh Python here (a fresh process: its peak RSS is the model's)."""
-    argv = [opts.python or sys.executable, "-m", "edgesdk.runtime.profiling", str(bundle), *opts.argv()]
+    argv = [opts.python or sys.executable, "-m", "edgesdk.runtime", "profile", str(bundle), "--result-line",
+            *opts.argv()]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, check=False, env=env)
@@ -112,39 +123,41 @@ def local_matches_board(board: BoardProfile) -> bool:
 
 
 # -- remote --------------------------------------------------------------------------------------------------
-def measure_remote(target: Any, release: str, opts: ProfileOptions) -> dict[str, Any]:
-    """Push the profiler next to the release and run it with the board's deployed runtime (its venv)."""
-    from edgesdk.deploy.board import RemoteBoard
+def measure_remote(target: Any, release: str, opts: ProfileOptions, transport: Any = None) -> dict[str, Any]:
+    """Profile an installed release with the board's own runtime: the agent's `profile` verb runs
+    `python -m edgesdk.runtime profile` from the board's venv (or opts.python), as nobody, under its rlimits
+    and opts.timeout. transport: SSHConnection (default) or a stand-in with its interface (FakeTransport)."""
+    from edgesdk.deploy.board import AgentError, AgentInputError, RemoteBoard
     from edgesdk.deploy.transport import SSHConnection
 
-    with SSHConnection(target) as conn:
+    if opts.extra_args:
+        raise InputError("ProfileOptions.extra_args apply to --host local only: the board's agent takes the "
+                         "profiler's own options")
+    where = target.known_hosts_name
+    with (transport or SSHConnection)(target) as conn:
         rb = RemoteBoard(conn).open()
         st = rb.call("state")
         if release not in (st.get("releases") or []):
-            raise InputError(f"{target.known_hosts_name}: release {release} is not installed "
-                             f"(installed: {st.get('releases')})")
-        work = "profile-" + secrets.token_hex(6)
-        rdir = rb.path("tmp", work)
-        with conn.sftp("push the profiler") as sftp:
-            try:
-                sftp.stat(rb.path("tmp"))
-            except FileNotFoundError:
-                sftp.mkdir(rb.path("tmp"), 0o755)
-            sftp.mkdir(rdir, 0o755)
-            sftp.put(str(PROFILER), f"{rdir}/profiling.py")
+            raise InputError(f"{where}: release {release} is not installed (installed: {st.get('releases')})")
         python = opts.python or rb.venv_python
         try:
-            argv = [python, f"{rdir}/profiling.py", rb.path("releases", release), *opts.argv()]
-            r = conn.run(argv, timeout=opts.timeout, check=False)
-            return _check(_parse_result(r.stdout + "\n" + r.stderr, target.known_hosts_name), target.known_hosts_name)
-        finally:
-            try:
-                rb.call("cleanup", work, timeout=60)
-            except EdgeSDKError:
-                pass
+            r = rb.call("profile", release, f"--python={python}", f"--timeout={opts.timeout}", *opts.argv(),
+                        timeout=opts.timeout + 120)
+        except (AgentError, AgentInputError) as exc:
+            detail = getattr(exc, "detail", None) or {}
+            res = detail.get("result")
+            if isinstance(res, dict) and res.get("ok") is False:
+                _check(res, where)  # the profiler's own error, raised as --host local raises it
+            log = "\n".join(str(detail.get("log") or "").splitlines()[-15:])
+            msg = f"{exc}" + (f"\n{log}" if log else "")
+            if "invalid choice" in log or "required: --input" in log:
+                msg += "\n  the board's edgesdk-runtime predates `profile`: flash a bundle with this edgesdk first"
+            raise (InputError if isinstance(exc, AgentInputError) else RemoteError)(msg) from None
+        return _check(r["result"], where)
 
 
-def remote_state(target: Any) -> dict[str, Any]:
+def remote_state(target: Any) -> Any:
+    """The board's BoardState (edgesdk.deploy.flash.status)."""
     from edgesdk.deploy.flash import status
 
     return status(target)
@@ -163,7 +176,7 @@ def ensure_release(bundle: Path, board: BoardProfile, target: Any, opts: Profile
 
     manifest, _ = check_bundle(bundle)
     st = remote_state(target)
-    if manifest.bundle_id in (st.get("releases") or []):
+    if manifest.bundle_id in st.releases:
         return manifest.bundle_id, None
     fo = opts.flash or FlashOptions(python=opts.python)
     res = flash(bundle, board, target, fo, event)

@@ -7,6 +7,10 @@ the host pushes this file into the board's edgesdk dir and calls it over SSH wit
 from fixed verbs and quoted arguments; anything larger than a word (file lists, probe queries)
 comes as JSON on stdin. Every verb prints one JSON object on stdout. It never runs a shell.
 
+Whatever runs a bundle (activate's smoke test, run, profile) is the board package's own entry point in the
+venv, `PY -I -B -m edgesdk.runtime smoke|run|profile BUNDLE --result-line ...` (run_bundle): as nobody when the
+agent is root, with rlimits, in its own session, killed at its time limit. No program text is sent.
+
     python3 agent.py --base DIR probe                      stdin: {"dev_nodes": [...], "tools": [...]}
     python3 agent.py --base DIR lock acquire|release|break TOKEN [--ttl S] [--who TEXT]
     python3 agent.py --base DIR need AREA TOKEN            stdin: {"files": {rel: {"sha256", "size"}}}
@@ -15,7 +19,8 @@ comes as JSON on stdin. Every verb prints one JSON object on stdout. It never ru
     python3 agent.py --base DIR activate BUNDLE_ID TOKEN --python PY --timeout S --keep N [--note T] [--fallback cpu]
     python3 agent.py --base DIR rollback TOKEN [--to ID] [--reason TEXT]
     python3 agent.py --base DIR provision TOKEN WHEELSET  stdin: {"wheels": [...], "force": [...]}
-    python3 agent.py --base DIR run RELEASE_ID --python PY --timeout S --workdir REL
+    python3 agent.py --base DIR run RELEASE_ID --python PY --timeout S --workdir REL [--input NAME=FILE]...
+    python3 agent.py --base DIR profile RELEASE_ID --python PY --timeout S [--runs N ...] [--fallback cpu]
     python3 agent.py --base DIR state
 
 AREA is "staging/<bundle-id>" or "wheels". Layout under DIR (see docs/deploy.md):
@@ -45,8 +50,11 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_FILES = 10000
 #: optional files beside manifest.json that its files table does not list
 OPTIONAL_FILES = ("manifest.sig", "tuning.json")
-FALLBACKS = ("error", "cpu")
+#: a fallback setting is passed on as one word; the board runtime decides what it means (edgesdk.runtime.fallback)
+FALLBACK_RE = re.compile(r"^[a-z]{1,16}$")
 SMOKE_LOG_LINES = 60
+#: the board runtime's entry point (`python -m edgesdk.runtime VERB ...`, in the board's venv) and what it prints
+RUNTIME, RUNTIME_VERBS, RESULT_MARK = "edgesdk.runtime", ("smoke", "run", "profile"), "EDGESDK-RESULT "
 
 
 class Fail(Exception):
@@ -535,58 +543,6 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
     return {"installed": True, "already": False}
 
 
-SMOKE = r'''
-import json, sys, time
-import numpy as np
-from edgesdk.runtime.manifest import load_manifest
-from edgesdk.runtime.session import Session
-mode, bundle, fallback = sys.argv[1], sys.argv[2], sys.argv[3]
-m = load_manifest(bundle, verify=True)
-res = {"bundle_id": m.bundle_id, "fallback": fallback}
-def cosine(a, b):
-    a = np.asarray(a, np.float64).ravel(); b = np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return 1.0 if na == 0 and nb == 0 else (0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb)))
-with Session(bundle, fallback=fallback) as s:
-    if mode == "smoke":
-        if not m.reference_inputs:
-            raise SystemExit("the bundle has no reference inputs to smoke-test with")
-        feed = {k: np.load(f"{bundle}/{v}", allow_pickle=False) for k, v in m.reference_inputs.items()}
-    else:
-        feed = {}
-        for item in sys.argv[5:]:
-            name, _, path = item.partition("=")
-            feed[name or s.inputs[len(feed)].name] = np.load(path, allow_pickle=False)
-    t = time.perf_counter(); got = s.run(feed); first = (time.perf_counter() - t) * 1e3
-    t = time.perf_counter(); got = s.run(feed); lat = (time.perf_counter() - t) * 1e3
-    res["first_run_ms"] = round(first, 3); res["latency_ms"] = round(lat, 3)
-    res["engines_used"] = [{"segment": u.segment, "engine": u.engine, "planned": u.planned,
-                            "fallback": u.fallback, "reason": u.reason} for u in s.engines_used]
-if mode == "smoke":
-    tol, checks, ok = m.tolerance, {}, True
-    for name, rel in m.reference_outputs.items():
-        ref = np.load(f"{bundle}/{rel}", allow_pickle=False).astype(np.float64)
-        g = np.asarray(got[name], np.float64)
-        if g.shape != ref.shape:
-            checks[name] = {"ok": False, "problem": f"shape {list(g.shape)} is not {list(ref.shape)}"}; ok = False; continue
-        rng = float(np.ptp(ref)) or 1.0
-        rel_err = float(np.max(np.abs(g - ref))) / rng if ref.size else 0.0
-        cos = cosine(g, ref)
-        good = rel_err <= tol.max_abs_rel and (tol.cosine_min is None or cos >= tol.cosine_min)
-        checks[name] = {"ok": good, "max_abs_rel": rel_err, "cosine": cos}
-        ok = ok and good
-    res["checks"] = checks; res["ok"] = ok and bool(checks)
-    res["tolerance"] = {"max_abs_rel": tol.max_abs_rel, "cosine_min": tol.cosine_min}
-else:
-    outdir = sys.argv[4]
-    names = {}
-    for i, (k, v) in enumerate(got.items()):
-        fn = f"output_{i}.npy"; np.save(f"{outdir}/{fn}", np.asarray(v)); names[fn] = k
-    res["outputs"] = names; res["ok"] = True
-print("EDGESDK-RESULT " + json.dumps(res))
-'''
-
-
 def _demote(python: str | None = None, limit: float = 30.0):
     """Run the bundle as nobody when we are root: a model file is untrusted input. None (stay) when
     not root, when there is no nobody, or when nobody cannot run `python` (its dirs are private)."""
@@ -616,16 +572,33 @@ def _demote(python: str | None = None, limit: float = 30.0):
     return ids
 
 
-def run_bundle(b: Board, mode: str, bundle: str, python: str, timeout: float, extra: list,
-               fallback: str = "error") -> tuple:
-    """Run SMOKE in a child with rlimits and a hard time limit; returns (result or None, log text, reason).
-    fallback "cpu": Session(fallback="cpu"), accelerator segments whose engine is missing run their CPU version."""
-    if fallback not in FALLBACKS:
-        raise Fail(f"bad fallback {fallback!r}", EXIT_INPUT)
+def check_fallback_word(value: str | None) -> str:
+    """The fallback setting as one inert word ("error" when empty). Which values mean what is the board runtime's
+    to say (edgesdk.runtime.fallback, the one fallback rule): the runtime refuses a value it does not know."""
+    value = value or "error"
+    if not FALLBACK_RE.match(value):
+        raise Fail(f"bad fallback {value!r}", EXIT_INPUT)
+    return value
+
+
+def run_bundle(b: Board, verb: str, bundle: str, python: str, timeout: float, extra: list,
+               fallback: str = "error", workdir: str | None = None) -> tuple:
+    """Run the board runtime's own entry point, `python -I -B -m edgesdk.runtime VERB BUNDLE --result-line
+    --fallback=F EXTRA...`, in a child: as nobody when we are root, in its own session, with RLIMIT_CORE=0,
+    RLIMIT_CPU and RLIMIT_FSIZE, killed (its whole process group) at `timeout`. workdir: its cwd, HOME and
+    TMPDIR (made nobody's); default tmp/.
+
+    Returns (result or None, log text, reason or None, seconds): reason says why it failed (timed out, an
+    error the runtime reported, a smoke test beyond the tolerance, a crash, no result)."""
+    if verb not in RUNTIME_VERBS:
+        raise Fail(f"bad runtime verb {verb!r}", EXIT_INPUT)
+    fallback = check_fallback_word(fallback)
     if not os.path.isabs(python) or not os.path.isfile(python):
         raise Fail(f"no python at {python!r} on the board (provision first)", EXIT_INPUT)
     ids = _demote(python, timeout)
-    tmp_home = b.p("tmp")
+    home = workdir or b.p("tmp")
+    if workdir and ids is not None:
+        os.chown(workdir, ids[0], ids[1])
 
     def pre() -> None:
         os.setsid()
@@ -642,16 +615,20 @@ def run_bundle(b: Board, mode: str, bundle: str, python: str, timeout: float, ex
             os.setgid(ids[1])
             os.setuid(ids[0])
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": tmp_home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+    if workdir:
+        env["TMPDIR"] = workdir
     for k in ("QEMU_CPU", "EDGESDK_EMULATED"):
         if k in os.environ:
             env[k] = os.environ[k]
     env = {k: v for k, v in env.items() if v}
-    argv = [python, "-c", SMOKE, mode, bundle, fallback] + extra
+    # -I: the installed runtime only (no cwd, PYTHONPATH or user site on sys.path); -B: no .pyc writes (-I drops
+    # PYTHONDONTWRITEBYTECODE)
+    argv = [python, "-I", "-B", "-m", RUNTIME, verb, bundle, "--result-line", f"--fallback={fallback}"] + list(extra)
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=pre, cwd=tmp_home, env=env)
+                            preexec_fn=pre, cwd=home, env=env)
     reason = None
     try:
         data, _ = proc.communicate(timeout=timeout)
@@ -664,20 +641,26 @@ def run_bundle(b: Board, mode: str, bundle: str, python: str, timeout: float, ex
         reason = f"timed out after {timeout:.0f}s (killed)"
     text = data.decode("utf-8", "replace")
     result = None
+    lines = []
     for line in text.splitlines():
-        if line.startswith("EDGESDK-RESULT "):
+        if line.startswith(RESULT_MARK):
             try:
-                result = json.loads(line[len("EDGESDK-RESULT "):])
+                result = json.loads(line[len(RESULT_MARK):])
             except ValueError:
                 pass
+            if verb == "profile":
+                continue  # a whole profile: it comes back as the result, not twice
+        lines.append(line)
+    if reason is None and isinstance(result, dict) and result.get("error"):
+        reason = f"{result['error']}: {result.get('message')}"
+    if reason is None and isinstance(result, dict) and verb == "smoke" and not result.get("ok"):
+        bad = {k: v for k, v in (result.get("checks") or {}).items() if not v.get("ok")}
+        reason = f"outputs differ from the reference beyond the tolerance: {json.dumps(bad)}"
     if reason is None and proc.returncode != 0:
         reason = f"exited with {proc.returncode}"
-    if reason is None and result is None:
+    if reason is None and not isinstance(result, dict):
         reason = "printed no result"
-    if reason is None and mode == "smoke" and not result.get("ok"):
-        bad = {k: v for k, v in result.get("checks", {}).items() if not v.get("ok")}
-        reason = f"outputs differ from the reference beyond the tolerance: {json.dumps(bad)}"
-    log = "\n".join(text.splitlines()[-SMOKE_LOG_LINES:])
+    log = "\n".join(lines[-SMOKE_LOG_LINES:])
     if ids is None and os.getuid() == 0:
         log = "(ran as root: no user nobody, or nobody cannot run " + python + ")\n" + log
     return result, log, reason, round(time.monotonic() - t0, 3)
@@ -720,6 +703,7 @@ def verb_activate(b: Board, args: argparse.Namespace) -> dict:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     b.require_lock(args.token)
     bid = check_id(args.bundle_id, "bundle id")
+    args.fallback = check_fallback_word(args.fallback)
     if not os.path.isdir(b.p("releases", bid)):
         raise Fail(f"release {bid} is not installed", EXIT_INPUT)
     if not os.path.isabs(args.python) or not os.path.isfile(args.python):
@@ -733,7 +717,7 @@ def verb_activate(b: Board, args: argparse.Namespace) -> dict:
     b.switch(bid)
     try:
         result, log, reason, secs = run_bundle(b, "smoke", b.p("current") + "/", args.python, args.timeout, [],
-                                               args.fallback)
+                                               fallback=args.fallback)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the switch must be undone
         result, log, reason, secs = None, "", f"could not run the smoke test: {type(exc).__name__}: {exc}", 0.0
     logname = f"smoke-{bid}-{int(time.time())}.log"
@@ -884,27 +868,74 @@ def verb_provision(b: Board, args: argparse.Namespace) -> dict:
     return {"provisioned": True, "seconds": round(time.monotonic() - t0, 1), "python": py}
 
 
-def verb_run(b: Board, args: argparse.Namespace) -> dict:
-    """Run one inference on a release with inputs the host pushed to tmp/<workdir>/; outputs land there too."""
-    rid = check_id(args.release_id, "release id") if args.release_id != "current" else b.current()
+def _release_dir(b: Board, release_id: str) -> str:
+    rid = check_id(release_id, "release id") if release_id != "current" else b.current()
     if not rid or not os.path.isdir(b.p("releases", rid)):
-        raise Fail(f"release {args.release_id} is not installed (installed: {b.releases()})", EXIT_INPUT)
+        raise Fail(f"release {release_id} is not installed (installed: {b.releases()})", EXIT_INPUT)
+    return rid
+
+
+def verb_run(b: Board, args: argparse.Namespace) -> dict:
+    """Run one inference on a release with inputs the host pushed to tmp/<workdir>/; outputs land there too
+    (`python -m edgesdk.runtime run RELEASE --tensors --out-dir WORKDIR --input NAME=FILE ... --bench=1`)."""
+    rid = _release_dir(b, args.release_id)
     wd = b.p("tmp", check_id(args.workdir, "work dir"))
     if not os.path.isdir(wd):
         raise Fail("work dir missing", EXIT_INPUT)
-    ins = []
+    extra = ["--tensors", f"--out-dir={wd}", "--bench=1"]
     for item in args.inputs:
         name, _, fn = item.partition("=")
         check_rel(fn)
-        ins.append(f"{name}={os.path.join(wd, fn)}")
+        if name and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,200}$", name):
+            raise Fail(f"bad input name {name!r}", EXIT_INPUT)
+        extra.append(f"--input={name}={os.path.join(wd, fn)}" if name else f"--input={os.path.join(wd, fn)}")
     ids = _demote(args.python)
     if ids is not None:
         os.chown(wd, ids[0], ids[1])
     fb = args.fallback or (b.state().get("fallback") or {}).get(rid) or "error"  # as the release was flashed
-    result, log, reason, secs = run_bundle(b, "run", b.p("releases", rid), args.python, args.timeout, [wd] + ins,
-                                           fb)
+    result, log, reason, secs = run_bundle(b, "run", b.p("releases", rid), args.python, args.timeout, extra,
+                                           fallback=fb)
     if reason is not None:
-        raise Fail(f"run on {rid} failed: {reason}", EXIT_FAILED, log=log)
+        raise Fail(f"run on {rid} failed: {reason}", EXIT_INPUT if _input_error(result) else EXIT_FAILED, log=log)
+    return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb}
+
+
+#: the board runtime's errors that mean bad input (its exit code 2)
+INPUT_ERRORS = ("InputError", "BundleError", "InputMismatch")
+
+
+def _input_error(result: object) -> bool:
+    return isinstance(result, dict) and result.get("error") in INPUT_ERRORS
+
+
+def verb_profile(b: Board, args: argparse.Namespace) -> dict:
+    """Profile a release with the installed runtime (`python -m edgesdk.runtime profile RELEASE ...`), in a
+    fresh work dir under tmp/ that is removed afterwards; the profile comes back as `result`."""
+    rid = _release_dir(b, args.release_id)
+    extra = [f"--runs={args.runs}", f"--warmup={args.warmup}", f"--threads={args.threads}",
+             f"--layer-runs={args.layer_runs}"]
+    if args.per_layer:
+        extra.append("--per-layer")
+    if args.frames is not None:
+        extra.append(f"--frames={args.frames}")
+    for e in args.engine:
+        if not re.match(r"^[a-z0-9_]{1,32}$", e):
+            raise Fail(f"bad engine name {e!r}", EXIT_INPUT)
+        extra.append(f"--engine={e}")
+    if args.no_tuning:
+        extra.append("--no-tuning")
+    fb = args.fallback or (b.state().get("fallback") or {}).get(rid) or "error"
+    b.ensure()
+    wd = b.p("tmp", f"profile-{os.getpid()}-{int(time.time() * 1000) % 10**9}")
+    os.makedirs(wd, mode=0o700)
+    try:
+        result, log, reason, secs = run_bundle(b, "profile", b.p("releases", rid), args.python, args.timeout, extra,
+                                               fallback=fb, workdir=wd)
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+    if reason is not None:
+        raise Fail(f"profile of {rid} failed: {reason}", EXIT_INPUT if _input_error(result) else EXIT_FAILED,
+                   log=log, result=result)
     return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb}
 
 
@@ -945,7 +976,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300)
     s.add_argument("--keep", type=int, default=3)
     s.add_argument("--note", default="")
-    s.add_argument("--fallback", choices=FALLBACKS, default="error")
+    s.add_argument("--fallback", default="error")
     s = sub.add_parser("rollback")
     s.add_argument("token")
     s.add_argument("--to", default=None)
@@ -960,7 +991,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300)
     s.add_argument("--workdir", required=True)
     s.add_argument("--input", dest="inputs", action="append", default=[])
-    s.add_argument("--fallback", choices=FALLBACKS, default=None, help="default: as recorded at the flash")
+    s.add_argument("--fallback", default=None, help="default: as recorded at the flash")
+    s = sub.add_parser("profile")
+    s.add_argument("release_id")
+    s.add_argument("--python", required=True)
+    s.add_argument("--timeout", type=float, default=1800)
+    s.add_argument("--runs", type=int, default=50)
+    s.add_argument("--warmup", type=int, default=5)
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--per-layer", action="store_true")
+    s.add_argument("--layer-runs", type=int, default=10)
+    s.add_argument("--frames", type=int, default=None)
+    s.add_argument("--engine", action="append", default=[])
+    s.add_argument("--no-tuning", action="store_true")
+    s.add_argument("--fallback", default=None, help="default: as recorded at the flash")
     s = sub.add_parser("cleanup")
     s.add_argument("workdir")
     sub.add_parser("state")
@@ -969,7 +1013,8 @@ def parser() -> argparse.ArgumentParser:
 
 VERBS = {"probe": verb_probe, "lock": verb_lock, "need": verb_need, "commit": verb_commit,
          "install": verb_install, "activate": verb_activate, "rollback": verb_rollback,
-         "provision": verb_provision, "run": verb_run, "state": verb_state, "cleanup": verb_cleanup}
+         "provision": verb_provision, "run": verb_run, "profile": verb_profile, "state": verb_state,
+         "cleanup": verb_cleanup}
 
 
 def main(argv: list | None = None) -> int:

@@ -1,9 +1,10 @@
 """On-board profiler: runs a bundle with edgesdk.runtime and measures latency, segments, layers, memory and the board.
 
-Standard library + numpy only, like the rest of edgesdk.runtime: the host pushes this file to the board and
-runs it there with the deployed runtime (`python profiling.py BUNDLE --json`), or runs it here
-(`python -m edgesdk.runtime.profiling BUNDLE`) for `edgesdk profile --host local`. It prints one JSON
-object (the "measurement" part of an edgesdk.profile/1 report; the host adds the expectations).
+Standard library + numpy only, like the rest of edgesdk.runtime. Its command line is the board CLI's `profile`
+verb (`python -m edgesdk.runtime profile BUNDLE --json`): the deploy agent runs it from the board's installed
+runtime for `edgesdk profile` (as nobody, under its rlimits and time limit), and the host runs it here for
+`edgesdk profile --host local`. `profile_bundle` returns the "measurement" part of an edgesdk.profile/1 report
+(a dict; the host adds the expectations).
 
 What it measures, in this order, so that instrumentation never perturbs the latency numbers:
   load, first run, warm-up, N timed runs (each split per segment into boundary conversion in, engine,
@@ -23,7 +24,6 @@ engine's profiling switched on); the engine adapters themselves are not changed:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "edgesdk.profile/1"
-RESULT_MARK = "EDGESDK-PROFILE "
 TUNING_FILE = "tuning.json"
 TUNING_SCHEMA = "edgesdk.tuning/1"
 EMULATED_MARKER = "/etc/edgesdk/emulated.json"
@@ -522,38 +521,19 @@ def layer_profile(sess: Any, efeeds: Mapping[int, Mapping[str, np.ndarray]], run
 
 
 # -- accuracy ---------------------------------------------------------------------------------------------
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return 1.0 if na == 0 and nb == 0 else (0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb)))
-
-
 def accuracy_check(sess: Any) -> dict[str, Any]:
-    """The smoke test's comparison: the reference inputs' outputs against the reference outputs, with the
-    bundle's tolerance (max |a-b| relative to the reference's range; cosine floor for int8)."""
+    """The smoke test's comparison (edgesdk.runtime.reference, the one reference check): the reference inputs'
+    outputs against the reference outputs, with the bundle's tolerance."""
+    from edgesdk.runtime.reference import check_reference
+
     m = sess.manifest
     if not m.reference_inputs or not m.reference_outputs:
         return {"checked": False, "reason": "the bundle carries no reference inputs/outputs"}
     feed, how = reference_feed(sess)
     if how != "reference":
         return {"checked": False, "reason": "the reference inputs do not match the model's inputs"}
-    got = sess.run(feed)
-    tol, checks, ok = m.tolerance, {}, True
-    for name, rel in m.reference_outputs.items():
-        ref = np.load(sess.bundle_dir / rel, allow_pickle=False).astype(np.float64)
-        g = np.asarray(got[name], np.float64)
-        if g.shape != ref.shape:
-            checks[name] = {"ok": False, "problem": f"shape {list(g.shape)} is not {list(ref.shape)}"}
-            ok = False
-            continue
-        rng = float(np.ptp(ref)) or 1.0
-        rel_err = float(np.max(np.abs(g - ref))) / rng if ref.size else 0.0
-        cos = _cosine(g, ref)
-        good = rel_err <= tol.max_abs_rel and (tol.cosine_min is None or cos >= tol.cosine_min)
-        checks[name] = {"ok": good, "max_abs_rel": rel_err, "cosine": cos}
-        ok = ok and good
-    return {"checked": True, "passed": ok and bool(checks), "outputs": checks,
-            "tolerance": {"max_abs_rel": tol.max_abs_rel, "cosine_min": tol.cosine_min}}
+    verdict = check_reference(sess, sess.run(feed))
+    return {"checked": True, "passed": verdict.ok, "outputs": verdict.checks(), "tolerance": verdict.tolerance}
 
 
 # -- throughput -------------------------------------------------------------------------------------------
@@ -745,66 +725,6 @@ def _public(snap: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in snap.items() if not k.startswith("_")}
 
 
-# -- command line (what the host runs on the board) -------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgesdk.runtime.profiling", description="Profile a bundle here.")
-    p.add_argument("bundle")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--per-layer", action="store_true")
-    p.add_argument("--layer-runs", type=int, default=10)
-    p.add_argument("--frames", type=int, default=None, help="frames through the streaming Pipeline (0: skip)")
-    p.add_argument("--engine", action="append", default=None)
-    p.add_argument("--fallback", choices=("error", "cpu"), default="error")
-    p.add_argument("--image", default=None, help="an image (.npy HxWx3 uint8, or a file OpenCV reads)")
-    p.add_argument("--no-tuning", action="store_true", help="ignore the release's tuning.json")
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from edgesdk.runtime.errors import EdgeSDKError
-
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    # Engines print from C to fd 1 (MNN: "The device supports: ..."): keep stdout for the result line.
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        image = None
-        if args.image:
-            if args.image.endswith(".npy"):
-                image = np.load(args.image, allow_pickle=False)
-            else:
-                from edgesdk.runtime.pipeline import read_image
-
-                image = read_image(Path(args.image))
-        res = profile_bundle(args.bundle, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                             per_layer=args.per_layer, layer_runs=args.layer_runs, pipeline_frames=args.frames,
-                             image=image, engines=args.engine, fallback=args.fallback,
-                             use_tuning=not args.no_tuning)
-        code = 0
-    except EdgeSDKError as exc:
-        res = {"schema": SCHEMA, "ok": False, "error": type(exc).__name__, "message": str(exc)}
-        code = exc.exit_code
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-    text = json.dumps(res)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    print(RESULT_MARK + text, flush=True)
-    return code
-
-
-__all__ = ["RESULT_MARK", "SCHEMA", "TUNING_FILE", "TUNING_SCHEMA", "accuracy_check", "emulated_info",
+__all__ = ["SCHEMA", "TUNING_FILE", "TUNING_SCHEMA", "accuracy_check", "emulated_info",
            "latency_stats", "layer_profile", "load_tuning", "profile_bundle", "system_snapshot", "throttling_flags",
            "timed_run", "tuned_engines"]
-
-if __name__ == "__main__":
-    sys.exit(main())

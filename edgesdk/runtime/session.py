@@ -16,11 +16,11 @@ import numpy as np
 
 from edgesdk.runtime import engines as _engines
 from edgesdk.runtime.errors import BundleError, EngineFailure, EngineUnavailable, InputMismatch
+from edgesdk.runtime.fallback import FALLBACKS, check_fallback, resolve_fallback  # noqa: F401 - FALLBACKS: re-export
 from edgesdk.runtime.manifest import QuantParams, Segment, TensorSpec, load_manifest
 from edgesdk.runtime.results import EngineUse, Prediction, Timings
 
 EngineChoice = str | tuple[str, Mapping[str, Any]]
-FALLBACKS = ("error", "cpu")
 #: Seconds a guarded load (subprocess) may take before it counts as hung.
 GUARD_TIMEOUT = 120.0
 
@@ -140,8 +140,7 @@ class Session:
     def __init__(self, bundle_dir: str | Path, engines: Iterable[EngineChoice] | None = None,
                  fallback: str = "error", *, verify: bool = True, guard_load: bool | None = None,
                  use_tuning: bool = True) -> None:
-        if fallback not in FALLBACKS:
-            raise InputMismatch(f"fallback: expected one of {list(FALLBACKS)}, got {fallback!r}")
+        fallback = check_fallback(fallback)
         self._stages: list[_Stage] = []
         self._closed = False
         self._pre: Any = None
@@ -178,19 +177,14 @@ class Session:
                                         f"not in engines={list(self._allowed)}")
             return self._build(seg, planned, seg.files, seg.inputs, seg.outputs, seg.options, None)
         except EngineUnavailable as exc:
-            if self._fallback != "cpu":
-                raise
-            cv = seg.cpu_version
-            if cv is None:
-                raise EngineUnavailable(planned, exc.fix, f"{_why(exc)}; fallback='cpu' was asked "
-                                        f"but the bundle carries no CPU version of segment {seg.id!r}") from exc
-            if self._allowed is not None and cv.engine not in self._allowed:
-                raise EngineUnavailable(planned, exc.fix, f"its CPU version needs {cv.engine!r}, which is not in "
-                                        f"engines={list(self._allowed)}") from exc
-            detail = f"{planned} unavailable: {_why(exc)}"
+            # the one fallback rule (edgesdk.runtime.fallback): refused, or the segment's CPU version
+            why = _why(exc)
+            (route,) = resolve_fallback([seg], self._fallback, missing=lambda s: why, allowed=self._allowed,
+                                        fix=exc.fix)
+            cv = route.cpu_version
             try:
                 return self._build(seg, cv.engine, cv.files, cv.inputs or _plain(seg.inputs),
-                                   cv.outputs or _plain(seg.outputs), {}, detail)
+                                   cv.outputs or _plain(seg.outputs), {}, route.reason)
             except EngineUnavailable as exc2:
                 raise EngineUnavailable(planned, exc.fix, f"and its CPU version's engine is missing too: "
                                         f"{exc2.engine}: {_why(exc2)} (fix: {exc2.fix})") from exc2

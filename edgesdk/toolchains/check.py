@@ -84,7 +84,7 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
     """
     from edgesdk.runtime import engines as _engines
     from edgesdk.runtime.session import _in_converter, _out_converter, engine_spec, guarded_load
-    from edgesdk.verify import compare
+    from edgesdk.runtime.reference import compare
 
     t0 = time.perf_counter()
     _check_call(engine, files, inputs, outputs, feed, reference, tolerance, _engines.REGISTRY)

@@ -66,7 +66,7 @@ def test_canary_failure_stops_later_waves(fleet):
     fr = deploy_fleet(bad, local_profile(), _hosts(boards), opts, parallel=4, canary=1, max_fail=0.0,
                       target_defaults={"known_hosts": kh})
     assert [r.status for r in fr.results] == ["rolled-back"]
-    assert fr.skipped == ["b1", "b2", "b3"] and "canary" in fr.stopped
+    assert fr.skipped == ("b1", "b2", "b3") and "canary" in fr.stopped
     after = [os.readlink(b.base / "current") if (b.base / "current").is_symlink() else None for b in boards]
     assert after == before  # the canary rolled back; the others were never touched
 

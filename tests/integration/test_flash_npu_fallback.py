@@ -139,15 +139,15 @@ def test_flash_coral_usb_to_emulated_board_refused_then_cpu_fallback(coral, bund
     bid = res.bundle_id
 
     st = status(target)
-    assert st["current"] == bid and st["state"]["fallback"][bid] == "cpu"
-    ev = [e for e in st["state"]["history"] if e.get("event") == "activated"][-1]
+    assert st.current == bid and st.fallback[bid] == "cpu"
+    ev = [e for e in st.history if e.get("event") == "activated"][-1]
     assert ev["release"] == bid and ev["fallback"] == "cpu" and "CPU version" in ev["note"]
 
     # `edgesdk run` honours the release's recorded fallback
     ref = bundle / "reference" / "input_0.npy"
     out = run_remote(target, [str(ref)], tmp_path / "out")
-    assert out["fallback"] == "cpu" and out["engines_used"][0]["fallback"]
-    (o,) = out["outputs"].values()
+    assert out.fallback == "cpu" and out.engines_used[0]["fallback"]
+    (o,) = out.outputs.values()
     want = np.load(bundle / "reference" / "output_0.npy")
-    got = np.load(o["file"])
+    got = np.load(o.file)
     assert got.shape == want.shape and int(got.argmax()) == int(want.argmax())

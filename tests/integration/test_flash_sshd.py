@@ -84,17 +84,19 @@ def test_flash_reflash_status_rollback_run(board, bundles, tmp_path):
     assert r3.bytes_sent >= 12 << 20
     assert r3.transfer["files_skipped"] == 0
     st = status(board.target())
-    assert st["current"] == bid(bundles["b"]) and set(st["releases"]) == {bid(bundles["a"]), bid(bundles["b"])}
-    assert [e["event"] for e in st["state"]["history"]].count("activated") == 3
+    assert st.current == bid(bundles["b"]) and set(st.releases) == {bid(bundles["a"]), bid(bundles["b"])}
+    assert st.status == "ready" and st.to_dict()["current"] == st.current
+    assert [e["event"] for e in st.history].count("activated") == 3
     rb = rollback(board.target())
-    assert rb["current"] == bid(bundles["a"]) and current(board) == bid(bundles["a"])
+    assert rb.current == bid(bundles["a"]) and current(board) == bid(bundles["a"])
+    assert rb.status == "rolled-back" and rb.to_dict()["from"] == bid(bundles["b"])
     out = run_remote(board.target(), [f"x={bundles['a']}/reference/input_0.npy"], tmp_path / "res", python=PY)
     import numpy as np
 
-    got = np.load(out["outputs"]["logits"]["file"])
+    got = np.load(out.outputs["logits"].file)
     ref = np.load(bundles["a"] / "reference" / "output_0.npy")
     assert np.allclose(got, ref, atol=1e-5)
-    assert Path(out["outputs"]["logits"]["file"]).is_relative_to(tmp_path / "res")
+    assert Path(out.outputs["logits"].file).is_relative_to(tmp_path / "res")
     assert not list((board.base / "tmp").glob("run-*"))  # the work dir is cleaned up
 
 
@@ -166,7 +168,7 @@ def test_corrupted_in_transit_is_caught_before_activation(board, bundles):
     assert any("sha256 mismatch" in w for w in r.warnings)
     # every time: the flash fails and nothing is switched
     rb = rollback(board.target())
-    assert rb["current"] == bid(bundles["a"])
+    assert rb.current == bid(bundles["a"])
     import shutil
 
     shutil.rmtree(board.base / "releases" / bid(bundles["b"]))
@@ -200,7 +202,7 @@ def test_smoke_test_fails_rolls_back(board, bundles):
     assert "EDGESDK-RESULT" in (r.log or "") and "beyond the tolerance" in r.error
     assert current(board) == bid(bundles["a"])
     st = status(board.target())
-    assert st["state"]["history"][-1]["event"] == "rolled-back"
+    assert st.history[-1]["event"] == "rolled-back"
 
 
 def test_smoke_test_hangs_rolls_back(board, bundles):
@@ -256,7 +258,7 @@ def test_probe_refuses_small_disk_and_wrong_board(board, bundles):
     assert current(board) is None
     r2 = flash(bundles["a"], wrong, board.target(), opts(force=True))
     assert r2.status == "success" and r2.forced
-    hist = status(board.target())["state"]["history"]
+    hist = status(board.target()).history
     assert "forced" in hist[-1].get("note", "")
 
 

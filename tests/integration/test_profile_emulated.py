@@ -28,9 +28,9 @@ def _emulated_release():
 
     target, _ = emulator_target(board)
     st = status(target)
-    if not st.get("current"):
+    if not st.current:
         return None, "the emulated rpi4 holds no release yet (edgesdk flash MODEL --board rpi4)"
-    return (target, st["current"]), None
+    return (target, st.current), None
 
 
 def test_profile_on_emulated_rpi4(tmp_path):

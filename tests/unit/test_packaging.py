@@ -127,17 +127,17 @@ def test_installed_wheels_work_outside_a_checkout(wheels, tmp_path):
         "import json, sys, edgesdk, edgesdk.runtime\n"
         "from edgesdk.deploy.wheelhouse import board_wheel\n"
         "from edgesdk.deploy.board import AGENT_PATH\n"
-        "from edgesdk.profile.run import PROFILER\n"
+        "import importlib.util; board_cli = importlib.util.find_spec('edgesdk.runtime.__main__').origin\n"
         "w = board_wheel()\n"
         "print(json.dumps({'edgesdk': edgesdk.__file__, 'runtime': edgesdk.runtime.__file__, 'wheel': str(w.path),"
-        " 'sha256': w.sha256, 'agent': str(AGENT_PATH), 'profiler': str(PROFILER)}))\n"
+        " 'sha256': w.sha256, 'agent': str(AGENT_PATH), 'board_cli': board_cli}))\n"
         "from edgesdk.cli import main; sys.argv = ['edgesdk', 'boards', '--json']; main()\n"
     )
     res = _run_outside(site, code, tmp_path)
     assert res.returncode == 0, res.stderr
     first, _, rest = res.stdout.partition("\n")
     got = json.loads(first)
-    for k in ("edgesdk", "runtime", "agent", "profiler"):
+    for k in ("edgesdk", "runtime", "agent", "board_cli"):
         assert got[k].startswith(str(site)), (k, got[k])
     assert got["wheel"].startswith(str(tmp_path / "home" / "wheelhouse"))
     assert got["sha256"] == _sha(wheels["board"])
