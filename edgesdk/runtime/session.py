@@ -375,6 +375,9 @@ def guarded_load(engine: str, files: Mapping[str, Path], inputs: tuple[TensorSpe
     last = tail.splitlines()[-1] if tail else f"exit code {proc.returncode}"
     if "EngineUnavailable" in tail:
         raise EngineUnavailable(engine, _engines.INSTALL_HINTS.get(engine, ""), last)
+    own = "edgesdk.runtime.errors.EngineFailure: "
+    if last.startswith(own):  # the child's own EngineFailure already names the engine and the files
+        raise EngineFailure(last[len(own):])
     raise EngineFailure(f"{engine} could not load {names}: {last}")
 
 

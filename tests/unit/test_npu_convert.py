@@ -145,7 +145,8 @@ def test_fake_edgetpu_compiler_through_convert_verify_and_flash_check(tmp_path: 
 
     from edgesdk.conversion import convert
     from edgesdk.runtime.manifest import load_manifest
-    from edgesdk.toolchains.adapters.edgetpu import AcceleratorMissing, check_accelerator_for_flash
+    from edgesdk.deploy.flash import accelerator_routes
+    from edgesdk.toolchains.adapters.edgetpu import AcceleratorMissing
     from edgesdk.verify import verify
 
     _skip_unready("coral-usb")
@@ -165,7 +166,7 @@ def test_fake_edgetpu_compiler_through_convert_verify_and_flash_check(tmp_path: 
     assert rep.ok and any("host int8 simulation" in n for n in rep.notes)
     # flash: an emulated coral-usb has no Edge TPU
     with pytest.raises(AcceleratorMissing, match="--fallback cpu"):
-        check_accelerator_for_flash(mf, accelerator_present=False, board_name="coral-usb (emulated)")
-    lines = check_accelerator_for_flash(mf, accelerator_present=False, fallback="cpu", board_name="coral-usb")
+        accelerator_routes(mf, False, None, board_name="coral-usb (emulated)")
+    _, lines = accelerator_routes(mf, False, "cpu", board_name="coral-usb")
     assert lines and "runs its CPU version (onnxruntime" in lines[0]
-    assert check_accelerator_for_flash(mf, accelerator_present=True) == ()
+    assert accelerator_routes(mf, True, None)[1] == ()

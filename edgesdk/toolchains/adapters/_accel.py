@@ -132,35 +132,4 @@ class AcceleratorMissing(InputError):
     """The bundle needs the board's accelerator, which the board does not have (exit 2, with the fix)."""
 
 
-def check_accelerator_for_flash(manifest: object, accelerator_present: bool, fallback: str | None = None,
-                                board_name: str = "the board") -> tuple[str, ...]:
-    """Decide whether a bundle may be flashed where the accelerator is (or is not) present.
-
-    manifest: edgesdk.runtime.manifest.Manifest. accelerator_present: what the probe found (e.g. the
-    Edge TPU's USB ids 1a6e:089a / 18d1:9302 for coral-usb; False on an emulated board).
-    fallback: None, or "cpu" (`flash --fallback cpu`).
-
-    Returns the lines to report (empty when nothing changes). Raises AcceleratorMissing when an
-    accelerator segment cannot run and no CPU fallback was asked, or a segment has no CPU version.
-    With fallback "cpu" every accelerator segment is reported as running its CPU version; run the
-    bundle with Session(bundle, fallback="cpu") on the board so that this is what happens.
-    """
-    segs = [s for s in getattr(manifest, "segments", ()) if getattr(s, "accelerator", False)]
-    if not segs or accelerator_present:
-        return ()
-    names = ", ".join(f"{s.id} ({s.engine})" for s in segs)
-    if fallback != "cpu":
-        raise AcceleratorMissing(
-            f"{board_name} has no accelerator, but segments {names} of this bundle need it. Connect it (for the "
-            "Coral USB Accelerator: plug it into a USB 3 port and install libedgetpu1-std), or flash with "
-            "--fallback cpu to run every segment on the CPU (slower; reported as such)")
-    missing = [s.id for s in segs if s.cpu_version is None]
-    if missing:
-        raise AcceleratorMissing(f"--fallback cpu: segments {', '.join(missing)} carry no CPU version; re-convert "
-                                 "the bundle with this edgesdk")
-    return tuple(f"segment {s.id}: {s.engine} accelerator absent on {board_name}; runs its CPU version "
-                 f"({s.cpu_version.engine}, {'host int8 simulation' if s.cpu_version.engine == 'onnxruntime' else 'on the CPU'})"
-                 " because --fallback cpu was given" for s in segs)
-
-
-__all__ += ["AcceleratorMissing", "check_accelerator_for_flash"]
+__all__ += ["AcceleratorMissing"]

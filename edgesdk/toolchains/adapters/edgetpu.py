@@ -108,6 +108,6 @@ class EdgeTpuAdapter(AcceleratorAdapter):
 
 __all__ = ["RUNTIME_VERSION", "EdgeTpuAdapter"]
 
-from edgesdk.toolchains.adapters._accel import AcceleratorMissing, check_accelerator_for_flash
+from edgesdk.toolchains.adapters._accel import AcceleratorMissing
 
-__all__ += ["AcceleratorMissing", "check_accelerator_for_flash"]
+__all__ += ["AcceleratorMissing"]
