@@ -244,14 +244,9 @@ def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapp
         return Attempt(engine, precision, True, "ok", "not checked (no reference input)")
     chk = check_artifact(engine, dict(art.files), tuple(art.inputs), tuple(art.outputs), dict(art.options),
                          feed, expected, TOLERANCES[precision])
-    cos = getattr(chk, "cosine", None)
-    mx = getattr(chk, "max_abs", None)
-    if isinstance(cos, Mapping):
-        cos = min(cos.values()) if cos else None
-    if isinstance(mx, Mapping):
-        mx = max(mx.values()) if mx else None
-    return Attempt(engine, precision, bool(chk.ok), "ok" if chk.ok else chk.stage, chk.message or "",
-                   float(getattr(chk, "seconds", 0.0) or 0.0), mx, cos)
+    cos = min(chk.cosine.values(), default=None)  # the worst output
+    mx = max(chk.max_abs.values(), default=None)
+    return Attempt(engine, precision, chk.ok, "ok" if chk.ok else chk.stage, chk.message, chk.seconds, mx, cos)
 
 
 def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapter: Callable[[str], Adapter],

@@ -33,6 +33,7 @@ import onnx
 
 from edgesdk.errors import EnvironmentProblem, ModelError
 from edgesdk.graph.load import Model, load_model, load_weights
+from edgesdk.runtime.reference import cosine
 
 #: onnxslim's passes, in its own names (onnxslim.core.OptimizationSettings).
 PASSES = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
@@ -178,8 +179,7 @@ def compare_outputs(ref: Sequence[Any], got: Sequence[Any], tol: Tolerance = TOL
         if a64.size == 0:
             continue
         d = float(np.max(np.abs(a64 - b64)))
-        na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
-        cos = 1.0 if na == 0 and nb == 0 else (float(a64 @ b64) / (na * nb) if na and nb else 0.0)
+        cos = cosine(a64, b64)
         worst_abs, worst_cos = max(worst_abs, d), min(worst_cos, cos)
         scale = float(np.max(np.abs(a64)))
         ok &= d <= tol.atol + tol.rtol * scale or (cos >= tol.cosine_min and d <= 1e-3 * max(1.0, scale))

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesdk import emulator
 from edgesdk.boards import get_board
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,23 +38,11 @@ print(log)
 """
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def coral():
-    board = get_board("coral-usb")
-    chk = emulator.check_host(board, need_debootstrap=True)
-    if not chk.ok:
-        _unavailable("emulated boards unavailable here: " + "; ".join(chk.problems))
-    was_running = emulator.status(board).state == "running"
-    info = emulator.start(board)
-    yield info
-    if not was_running:
-        emulator.stop(board)
+    from tests.integration.conftest import emulated
+
+    yield from emulated("coral-usb")
 
 
 @pytest.fixture(scope="module")
