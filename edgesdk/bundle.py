@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgesdk.errors import InputError
-from edgesdk.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, Manifest, load_manifest, sha256_file
 
 
 def check_out_dir(out: str | Path, force: bool) -> Path:
@@ -82,7 +82,7 @@ class BundleWriter:
     def files(self) -> dict[str, str]:
         out = {}
         for p in sorted(self.tmp.rglob("*")):
-            if p.is_file() and p.name != MANIFEST:
+            if p.is_file() and p.relative_to(self.tmp).as_posix() not in (MANIFEST, SIGNATURE):
                 out[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
         return out
 
@@ -104,7 +104,29 @@ class BundleWriter:
         return self.out, m
 
 
-__all__ = ["BundleWriter", "check_out_dir", "engine_versions"]
+def add_tuning(bundle: str | Path, text: str) -> Manifest:
+    """Put `edgesdk tune`'s tuning.json into a bundle: written, listed in the manifest's files with its sha256, and
+    the bundle id recomputed, so the id (and a signature made afterwards) covers it. A signature made before no
+    longer matches and is removed (sign the bundle again). Each file is written beside its target and renamed."""
+    import hashlib
+
+    b = Path(bundle)
+    m = load_manifest(b, verify=True)
+    data = text.encode("utf-8")
+    m2 = replace(m, files={**m.files, TUNING: hashlib.sha256(data).hexdigest()}, bundle_id="")
+    m2 = replace(m2, bundle_id=m2.content_id())
+    for name, payload in ((TUNING, data), (MANIFEST, (json.dumps(m2.to_dict(), indent=2) + "\n").encode())):
+        if name == MANIFEST:
+            (b / SIGNATURE).unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=b)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, b / name)
+    return load_manifest(b, verify=True)
+
+
+__all__ = ["BundleWriter", "add_tuning", "check_out_dir", "engine_versions"]
 
 
 def engine_versions(engines: Iterable[str]) -> dict[str, str]:

@@ -341,13 +341,16 @@ def convert(
     accel_options: Mapping[str, Any] | None = None,
     prepare: bool = True,
     progress: Progress | None = None,
+    trust_model: bool = False,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
     model: an .onnx path, a TorchScript file (`input_shapes` or `example_inputs` fix its inputs), a .tflite
     (bundled as it is where the board runs TFLite: edgesdk.tflite_source; else through ONNX), or a
     torch.nn.Module (then `example_inputs` or `input_shapes`). precision: None is fp32, or a .tflite's own.
-    prepare: graph preparation (edgesdk.graph.prepare), proven on the reference input. Bad input raises
+    trust_model: a TorchScript archive is code: refused unless True, and then loaded and exported in a confined
+    child process (edgesdk.frontends). prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
+    input. Bad input raises
     InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
     in the result and the manifest; with `engine`, that engine only.
     """
@@ -400,7 +403,8 @@ def convert(
     work = Path(tempfile.mkdtemp(prefix="edgesdk-convert-"))
     try:
         say("opening the model")
-        orig, onnx_path, kind, source_file, src_notes = load_source(model, work, input_shapes, example_inputs)
+        orig, onnx_path, kind, source_file, src_notes = load_source(model, work, input_shapes, example_inputs,
+                                                                    trust_model=trust_model)
         notes = list(src_notes) + notes
         model_ins = [IOSpec(n, tuple(int(d) for d in (orig.tensors[n].shape or ())), orig.tensors[n].dtype)
                      for n in orig.inputs]

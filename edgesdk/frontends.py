@@ -8,8 +8,20 @@
                                         TensorFlow); the result is cached (see `cache_dir`)
 
 Pickles and torch.save/torch.load checkpoints are refused and never unpickled: a TorchScript archive is checked
-to be one (a zip with code/) before torch.jit.load reads it, and torch.jit.load itself only rebuilds TorchScript
-types.
+to be one (a zip with code/) before torch sees it.
+
+A TorchScript archive is untrusted code
+---------------------------------------
+torch.jit.load runs the archive's own TorchScript, including a module's ``__setstate__``, and TorchScript can read
+and write files (``torch.from_file``): a ``__setstate__`` that reads /etc/shadow puts those bytes into the model's
+weights, and so into the bundle. So a TorchScript file is refused (ModelError, exit 2) unless the caller trusts
+it (``--trust-model``, ``trust_model=True``), and even then it is loaded and exported in a confined child
+process (`_export_torchscript_confined`, `edgesdk.confine`): a fresh temporary folder holding a copy of the
+archive, the only place it may write; reads limited to the interpreter's and the system's library folders
+(Linux Landlock), no TCP, rlimits, and, when edgesdk runs as root, no network and uid ``nobody``. The parent
+reads back only model.onnx and result.json from that folder, never through a link, size-bounded, and refuses an
+export with external data. A kernel without Landlock is an EnvironmentProblem (exit 1): export to ONNX yourself.
+An ``nn.Module`` (Python API) is the caller's own live object: it is exported in-process, as before.
 
 Inputs of a PyTorch export (TorchScript or nn.Module)
 -----------------------------------------------------
@@ -72,6 +84,13 @@ _FIX_TFLITE = "edgesdk toolchain install tflite"
 _NEVER_UNPICKLE = ("edgesdk never unpickles checkpoints (torch.load): export the model with "
                    "torch.jit.script/trace or to ONNX")
 _SHAPES_HINT = "--input-shape NAME=1,3,H,W"
+#: The CLI option that lets a TorchScript archive's code run (confined).
+TRUST_FLAG = "--trust-model"
+#: Wall-clock limit of the confined TorchScript export, and its memory (address space) limit.
+TORCHSCRIPT_TIMEOUT = 600.0
+TORCHSCRIPT_MEMORY = 16 << 30
+#: What the confined child may hand back: result.json and the exported model.onnx (no external data).
+_RESULT_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -87,9 +106,12 @@ class OnnxSource:
 # -- entry point ------------------------------------------------------------------------------------------
 
 def to_onnx(model: Any, work_dir: Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
-            example_inputs: Any = None, opset: int = 13, *, runner: Any = None) -> OnnxSource:
+            example_inputs: Any = None, opset: int = 13, *, runner: Any = None,
+            trust_model: bool = False) -> OnnxSource:
     """An ONNX file for any accepted model input. Exports and conversions are written into `work_dir`.
 
+    trust_model: a TorchScript archive is code (see the module docstring): refused unless True, and even then
+    loaded and exported in a confined child process.
     `runner` (tests only) replaces the subprocess runner of the .tflite conversion
     (edgesdk.toolchains.executor.Runner: Command -> (returncode, output)).
     """
@@ -108,7 +130,14 @@ def to_onnx(model: Any, work_dir: Path, input_shapes: Mapping[str, Sequence[int]
     if suf in PICKLE_SUFFIXES:
         raise ModelError(f"{p}: a pickle file is not a model edgesdk loads; {_NEVER_UNPICKLE}")
     if suf in TORCHSCRIPT_SUFFIXES:
-        return _export_torchscript(p, Path(work_dir), shapes, example_inputs, opset)
+        _refuse_non_torchscript(p)
+        if not trust_model:
+            raise ModelError(f"{p}: a TorchScript archive is code, and loading it runs that code (its "
+                             f"__setstate__ and methods can read and write files); edgesdk runs it only when you "
+                             f"trust its author: pass {TRUST_FLAG} (trust_model=True in Python). It then runs in a "
+                             f"confined process that can write only to a temporary folder. Or give edgesdk an "
+                             f".onnx export of the model")
+        return _export_torchscript_confined(p, Path(work_dir), shapes, example_inputs, opset)
     if suf == ".tflite":
         return _tflite_to_onnx(p, Path(work_dir), opset, runner)
     raise InputError(f"model {p}: unsupported file type {suf or '(no suffix)'!r}; give {ACCEPTED}")
@@ -268,22 +297,236 @@ def _refuse_non_torchscript(p: Path) -> None:
                          f"no TorchScript code); {_NEVER_UNPICKLE}")
 
 
-def _export_torchscript(p: Path, work: Path, shapes: Any, example_inputs: Any, opset: int) -> OnnxSource:
-    _refuse_non_torchscript(p)
-    torch = _torch()
+def _clean_text(text: Any, limit: int = 4000) -> str:
+    """A string the confined child sent, fit for a message: no control characters, bounded."""
+    t = "".join(ch if ch in "\n\t" or (ch >= " " and not ("\x7f" <= ch <= "\x9f")) else "?" for ch in str(text))
+    return t if len(t) <= limit else t[:limit] + " ..."
+
+
+def _read_child_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of a file the confined child wrote: a regular file, never through a link, at most `limit`
+    bytes; None when it is not there."""
+    import stat
+
     try:
-        # torch.jit.load reads TorchScript archives (code + tensors), never arbitrary pickled objects
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13: "torch.jit.load is deprecated"
-            scripted = torch.jit.load(str(p), map_location="cpu")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a link
+        raise ModelError(f"the confined TorchScript export left {path.name} as something edgesdk does not read "
+                         f"({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"the confined TorchScript export left {path.name} as a non-regular file")
+        if st.st_size > limit:
+            raise ModelError(f"the confined TorchScript export wrote a {path.name} of {st.st_size} bytes, more "
+                             f"than the {limit} edgesdk reads")
+        chunks, n = [], 0
+        while n <= limit:
+            b = os.read(fd, min(1 << 20, limit + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        if n > limit:
+            raise ModelError(f"the confined TorchScript export's {path.name} grew past {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _child_env(td: Path) -> dict[str, str]:
+    """The confined child's whole environment: nothing of the caller's (no tokens, no proxies, no paths)."""
+    return {"PATH": os.defpath, "HOME": str(td), "TMPDIR": str(td), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "OMP_NUM_THREADS": str(max(1, os.cpu_count() or 1))}
+
+
+def _save_examples(example_inputs: Any, td: Path) -> list[str]:
+    import numpy as np
+
+    args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    files = []
+    for i, a in enumerate(args):
+        arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+        if arr.dtype == object:
+            raise InputError(f"example input {i}: expected a tensor or an array, got {type(a).__name__}")
+        name = f"example{i}.npy"
+        np.save(td / name, arr, allow_pickle=False)
+        files.append(name)
+    return files
+
+
+def _export_torchscript_confined(p: Path, work: Path, shapes: Any, example_inputs: Any, opset: int) -> OnnxSource:
+    """torch.jit.load + torch.onnx.export of an archive the caller trusts, in a confined child process (see the
+    module docstring and edgesdk.confine); the parent keeps only the checked model.onnx."""
+    import importlib.util
+    import signal
+
+    from edgesdk import confine
+    from edgesdk.toolchains.executor import tail
+
+    if importlib.util.find_spec("torch") is None:
+        _torch()  # the EnvironmentProblem with its fix
+    confine.require()
+    td = Path(tempfile.mkdtemp(prefix="edgesdk-torchscript-"))
+    try:
+        shutil.copyfile(p, td / "model.pt")
+        examples = _save_examples(example_inputs, td) if example_inputs is not None else None
+        if os.getuid() == 0:  # the child drops to nobody: its folder and files are nobody's
+            for f in [td, *td.iterdir()]:
+                os.chown(f, confine.NOBODY, confine.NOBODY)
+        req = {"work": str(td), "label": str(p), "opset": int(opset), "examples": examples,
+               "shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
+               "memory": TORCHSCRIPT_MEMORY, "cpu": int(TORCHSCRIPT_TIMEOUT) + 30}
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "edgesdk.frontends", "--confined-torchscript"],
+                                    stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=td, env=_child_env(td),
+                                    start_new_session=True)
+            try:
+                proc.communicate(json.dumps(req).encode(), timeout=TORCHSCRIPT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise ModelError(f"{p}: loading and exporting the TorchScript archive (confined) took more than "
+                                 f"{TORCHSCRIPT_TIMEOUT:.0f} s; stopped") from None
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # whatever the archive's code left running
+                except (ProcessLookupError, PermissionError):
+                    pass
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 65536))
+            out_text = _clean_text(log.read().decode("utf-8", "replace"), 65536)
+        raw = _read_child_file(td / "result.json", _RESULT_LIMIT)
+        try:
+            doc = json.loads(raw) if raw is not None else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with {proc.returncode}"
+            raise ModelError(f"{p}: the confined TorchScript export {how} without a result\n  last output:\n"
+                             f"{tail(out_text) or '    (no output)'}")
+        if not doc.get("ok"):
+            msg = _clean_text(doc.get("message") or "(no message)")
+            kind = {"InputError": InputError, "EnvironmentProblem": EnvironmentProblem}.get(doc.get("kind"), ModelError)
+            raise kind(msg)
+        data = _read_child_file(td / "model.onnx", 2**31 - 1)
+        if data is None:
+            raise ModelError(f"{p}: the confined TorchScript export wrote no model.onnx")
+        _check_exported(p, data)
+        out = work / f"{p.stem}.onnx"
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / f".{p.stem}.onnx.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+        names = [_clean_text(n, 200) for n in doc.get("names") or [] if isinstance(n, str)]
+        notes = [_clean_text(n, 2000) for n in (doc.get("notes") or [])[:20] if isinstance(n, str)]
+        how = doc.get("confinement") if isinstance(doc.get("confinement"), dict) else {}
+        who = "nobody" if how.get("uid") == confine.NOBODY else f"uid {how.get('uid')}"
+        notes.append(f"exported TorchScript {p.name} to ONNX with torch.onnx.export "
+                     f"(torch {_clean_text(doc.get('torch'), 40)}, opset {opset}); inputs: {', '.join(names)}")
+        notes.append(f"{TRUST_FLAG}: the archive's code ran confined (Landlock ABI {how.get('landlock_abi')}: "
+                     f"writes only to its temporary folder, reads only library folders; {who}; network: "
+                     f"{_clean_text(how.get('network'), 60)})")
+        return OnnxSource(out, "torchscript", p, tuple(notes))
+    finally:
+        shutil.rmtree(td, ignore_errors=True)
+
+
+def _check_exported(p: Path, data: bytes) -> None:
+    """The child's model.onnx must be an ONNX model with every tensor inside it (external data could name files
+    the parent would then read)."""
+    import onnx
+
+    try:
+        proto = onnx.ModelProto.FromString(data)
     except Exception as exc:
-        raise ModelError(f"{p}: not a TorchScript archive ({type(exc).__name__}: {exc}); {_NEVER_UNPICKLE}") from exc
-    args, names, notes = _example_args(scripted, shapes, example_inputs, str(p))
-    out = work / f"{p.stem}.onnx"
-    _export(scripted, args, names, out, opset, str(p))
-    notes.append(f"exported TorchScript {p.name} to ONNX with torch.onnx.export (torch {torch.__version__}, "
-                 f"opset {opset}); inputs: {', '.join(names)}")
-    return OnnxSource(out, "torchscript", p, tuple(notes))
+        raise ModelError(f"{p}: the confined TorchScript export wrote something that is not an ONNX model "
+                         f"({type(exc).__name__})") from exc
+    from edgesdk.graph.load import _all_tensors
+
+    for t in _all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelError(f"{p}: the confined TorchScript export wrote tensor {t.name!r} as external data; "
+                             "edgesdk takes only self-contained exports from a TorchScript archive (< 2 GB)")
+
+
+def _warm_up(torch: Any, opset: int) -> None:
+    """Load and export a small TorchScript model (trusted, built here) so that every module the real load and
+    export import is imported before the child confines itself and drops to nobody."""
+    import io
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = io.BytesIO()
+        torch.jit.save(torch.jit.trace(net, (torch.zeros(1, 1, 4, 4),)), buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf, map_location="cpu")
+        _forward_args(loaded)
+        with torch.no_grad():
+            torch.onnx.export(loaded, (torch.zeros(1, 1, 4, 4),), io.BytesIO(), input_names=["x"],
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def _torch_error(exc: BaseException) -> str:
+    """The last line of a TorchScript interpreter error (the real error), and where in the archive's code it was;
+    not the interpreter's multi-line "Traceback of TorchScript" listing."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else "(no message)"
+    if not last.startswith(type(exc).__name__):
+        last = f"{type(exc).__name__}: {last}"
+    where = next((m for m in (re.search(r'File "(code/[^"]+)", line (\d+), in (\S+)', ln) for ln in lines) if m), None)
+    at = f" (in the archive's {where.group(3)}, {where.group(1)} line {where.group(2)})" if where else ""
+    return (last[:1500] + at).replace("Traceback", "traceback")
+
+
+def _confined_child() -> int:
+    """The child of `_export_torchscript_confined`: confine, then load and export the archive."""
+    req = json.loads(sys.stdin.read())
+    work = Path(req["work"])
+    label = str(req["label"])
+
+    def reply(doc: dict[str, Any]) -> None:
+        tmp = work / "result.json.part"
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, work / "result.json")
+
+    try:
+        import numpy as np
+
+        from edgesdk.confine import confine
+
+        torch = _torch()
+        _warm_up(torch, int(req["opset"]))
+        examples = None
+        if req.get("examples"):
+            examples = tuple(torch.from_numpy(np.load(work / f, allow_pickle=False)) for f in req["examples"])
+        shapes = {k: tuple(v) for k, v in req["shapes"].items()} if req.get("shapes") else None
+        try:
+            applied = confine(work, memory_bytes=int(req["memory"]), cpu_seconds=int(req["cpu"]))
+        except OSError as exc:
+            reply({"ok": False, "kind": "EnvironmentProblem",
+                   "message": f"{label}: could not confine the TorchScript export ({exc}); nothing of the archive ran"})
+            return 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13: "torch.jit.load is deprecated"
+                scripted = torch.jit.load(str(work / "model.pt"), map_location="cpu")
+        except Exception as exc:
+            raise ModelError(f"{label}: torch.jit.load failed in the confined process: {_torch_error(exc)}") from exc
+        args, names, notes = _example_args(scripted, shapes, examples, label)
+        _export(scripted, args, names, work / "model.onnx", int(req["opset"]), label)
+        reply({"ok": True, "names": names, "notes": notes, "torch": torch.__version__, "confinement": applied})
+    except (InputError, EnvironmentProblem) as exc:
+        reply({"ok": False, "kind": "InputError" if type(exc) is InputError else
+               ("EnvironmentProblem" if isinstance(exc, EnvironmentProblem) else "ModelError"), "message": str(exc)})
+    except MemoryError:
+        reply({"ok": False, "kind": "ModelError", "message": f"{label}: the confined TorchScript export ran out of "
+                                                             f"its {int(req['memory']) >> 30} GiB memory limit"})
+    return 0
 
 
 # -- TFLite --------------------------------------------------------------------------------------------------
@@ -446,3 +689,7 @@ def _layout_note(ins: Sequence[tuple[str, Sequence[Any]]]) -> str:
 
 
 __all__ = ["ACCEPTED", "TFLITE_FRONTEND", "OnnxSource", "cache_dir", "cache_key", "tflite_frontend", "to_onnx"]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--confined-torchscript"]:
+    sys.exit(_confined_child())

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from sshd_fixture import local_profile, make_test_bundle, public_dir, start_sshd  # noqa: E402
+from sshd_fixture import board_python, local_profile, make_test_bundle, public_dir, start_sshd  # noqa: E402
 
 from edgesdk.deploy.flash import FlashOptions, flash  # noqa: E402
 from edgesdk.deploy.fleet import InventoryHost, deploy_fleet  # noqa: E402
@@ -89,7 +89,8 @@ def reflash_bench() -> dict:
     d = public_dir("edgesdk-bench-")
     try:
         bundle = make_test_bundle(d / "b", pad_bytes=64 << 20)
-        opts = FlashOptions(python=sys.executable)
+        py, root_ok = board_python()
+        opts = FlashOptions(python=py, allow_root_smoke=root_ok)
         r1 = flash(bundle, local_profile(), b.target(), opts)
         r2 = flash(bundle, local_profile(), b.target(), opts)
         assert r1.ok and r2.ok
@@ -111,7 +112,7 @@ def fleet_bench(n: int, ansible: str | None) -> dict:
         hosts = [InventoryHost(f"b{i}", "127.0.0.1", b.port, "root", str(first.key), str(b.base))
                  for i, b in enumerate(boards)]
         t = time.perf_counter()
-        fr = deploy_fleet(bundle, local_profile(), hosts, FlashOptions(python=sys.executable), parallel=n,
+        fr = deploy_fleet(bundle, local_profile(), hosts, FlashOptions(python=board_python()[0], allow_root_smoke=board_python()[1]), parallel=n,
                           target_defaults={"known_hosts": kh})
         ours = time.perf_counter() - t
         assert fr.ok, [r.error for r in fr.results if not r.ok]

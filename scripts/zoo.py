@@ -464,6 +464,8 @@ class Runner:
         else:
             cli_model, graph_model, graph_shapes = str(path), str(path), shapes
         res["cli_model"], res["graph_model"] = cli_model, graph_model
+        # the .pt is our own trace of the wheel's module: its code may run (confined, see edgesdk.frontends)
+        trust = ["--trust-model"] if e["format"] == "torch-module" else []
 
         # 1. inspect, all boards
         if graph_model and "inspect" not in a.skip:
@@ -541,7 +543,7 @@ class Runner:
             else:
                 rec = self.run(f"convert --engine {eng}" if flags else "convert (default chain)",
                                [*self.cli, "convert", cli_model, "--board", a.convert_board, "-o", str(out),
-                                *shapes, *flags, "--json"], a.timeout)
+                                *shapes, *flags, *trust, "--json"], a.timeout)
                 cj = rec.pop("json", None)
                 if rec["status"] == "ok" and not isinstance(cj, dict):
                     rec.update(status="failed", error="convert --json printed no JSON object")

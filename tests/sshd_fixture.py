@@ -1,8 +1,8 @@
 """Real OpenSSH servers for tests: Debian's /usr/sbin/sshd on 127.0.0.1 with generated keys.
 
 Each `SshdBoard` is one "board": its own sshd on a free port, its own host key, a client key,
-a known_hosts file, and a base dir (what /opt/edgesdk is on a real board). Also a loopback TCP
-proxy that cuts the connection after N bytes (the dropped-connection fault).
+a known_hosts file, and a base dir (what /opt/edgesdk is on a real board). The loopback proxy for link
+faults (a cut, a stall) is tests/netproxy.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,8 @@ class SshdBoard:
         self.mounts.append(self.base)
 
 
-def start_sshd(name: str = "board", client_key: Path | None = None) -> SshdBoard:
+def start_sshd(name: str = "board", client_key: Path | None = None, extra_config: str = "") -> SshdBoard:
+    """extra_config: sshd_config lines added at the end (e.g. "MACs hmac-sha1" for a server that offers only that)."""
     root = public_dir(f"edgesdk-sshd-{name}-")
     hk = root / "host_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hk)], check=True)
@@ -106,7 +106,7 @@ def start_sshd(name: str = "board", client_key: Path | None = None) -> SshdBoard
             f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             "AllowAgentForwarding no\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\n"
-            "Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 50\nLogLevel ERROR\n"
+            "Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 50\nLogLevel ERROR\n" + extra_config
         )
         log = open(root / "sshd.log", "wb")  # noqa: SIM115 - lives as long as the server
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT,
@@ -133,64 +133,87 @@ def start_sshd(name: str = "board", client_key: Path | None = None) -> SshdBoard
     raise RuntimeError(f"sshd did not start: {last}")
 
 
-class CutProxy:
-    """127.0.0.1:<port> -> sshd; after `limit` client->server bytes it cuts every connection (once armed)."""
+def board_python() -> tuple[str, bool]:
+    """An interpreter for the "board" (this machine) that `nobody` can run, so that the agent's drop to nobody
+    really happens in the tests: (path, allow_root_smoke).
 
-    def __init__(self, dest_port: int, limit: int | None = None) -> None:
-        self.dest_port = dest_port
-        self.limit = limit
-        self.sent = 0
-        self.cuts = 0
-        self._srv = socket.socket()
-        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._srv.bind(("127.0.0.1", 0))
-        self._srv.listen(16)
-        self.port = self._srv.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+    The host venv's python usually lives under /root or in a 0700 mktemp clone, which nobody cannot enter: run as
+    root, the agent then refuses the smoke test (or, with --allow-root-smoke, runs it as root and says so). So when
+    we are root this builds what a provisioned board has: a venv (once, in a public temp dir, keyed by the Python,
+    the pinned package versions and the runtime's sources) from the system python of the same version, with the
+    host's numpy, onnxruntime, cryptography and cffi versions installed from wheels and the edgesdk-runtime wheel
+    built from this checkout (edgesdk/runtime/_build.py), readable by all; then checks that nobody can import them.
+    When that is impossible (no same-version system python, no nobody, pip cannot fetch the wheels) it returns
+    (sys.executable, True): the tests then ask for the smoke test as root explicitly, and the tests that assert the
+    nobody uid fail. Not root: (sys.executable, False), no demotion."""
+    import hashlib
+    import importlib.metadata as md
+    import pwd
+    import sys
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                c, _ = self._srv.accept()
-            except OSError:
-                return
-            try:
-                s = socket.create_connection(("127.0.0.1", self.dest_port))
-            except OSError:
-                c.close()
-                continue
-            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+    from edgesdk.runtime import _build
 
-    def _pump(self, a: socket.socket, b: socket.socket, upstream: bool) -> None:
+    global _BOARD_PY
+    if _BOARD_PY is not None:
+        return _BOARD_PY
+    if os.geteuid() != 0:
+        _BOARD_PY = (sys.executable, False)
+        return _BOARD_PY
+    _BOARD_PY = (sys.executable, True)
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    system = Path(f"/usr/bin/python{ver}")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        return _BOARD_PY
+    if not system.is_file():
+        return _BOARD_PY
+    pins = [f"{d}=={md.version(d)}" for d in ("numpy", "onnxruntime", "cryptography", "cffi")]
+    h = hashlib.sha256(f"{system} {pins}".encode())
+    for rel, path in _build.sources():
+        h.update(rel.encode() + b"\0" + path.read_bytes())
+    venv_dir = Path(tempfile.gettempdir()) / f"edgesdk-board-python-{h.hexdigest()[:12]}"
+    py = venv_dir / "bin" / "python"
+    if not py.is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f"{venv_dir.name}-", dir=tempfile.gettempdir()))
         try:
-            while True:
-                data = a.recv(1 << 16)
-                if not data:
-                    break
-                if upstream and self.limit is not None:
-                    room = self.limit - self.sent
-                    if room <= 0 or len(data) > room:
-                        b.sendall(data[: max(room, 0)])
-                        self.sent += max(room, 0)
-                        self.cuts += 1
-                        break
-                    self.sent += len(data)
-                b.sendall(data)
-        except OSError:
-            pass
+            os.chmod(tmp, 0o755)
+            subprocess.run([str(system), "-m", "venv", "--without-pip", str(tmp / "v")], capture_output=True,
+                           check=True, timeout=120)
+            wheel = _build.build_wheel(tmp / "w")
+            subprocess.run([sys.executable, "-m", "pip", "--python", str(tmp / "v" / "bin" / "python"), "install",
+                            "-q", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:", *pins,
+                            str(wheel)], capture_output=True, check=True, timeout=600)
+            for d in [tmp / "v", *(tmp / "v").rglob("*")]:
+                if not d.is_symlink():
+                    os.chmod(d, 0o755 if d.is_dir() else (d.stat().st_mode | 0o444))
+            try:
+                os.rename(tmp / "v", venv_dir)
+            except OSError:
+                pass  # another test process made it first
+        except (OSError, subprocess.SubprocessError):
+            return _BOARD_PY
         finally:
-            for x in (a, b):
-                try:
-                    x.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                x.close()
+            shutil.rmtree(tmp, ignore_errors=True)
 
-    def close(self) -> None:
-        self._stop = True
-        self._srv.close()
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+
+    probe = "import edgesdk.runtime as r, numpy, onnxruntime, cryptography, os; print(os.path.realpath(r.__file__))"
+    try:
+        r = subprocess.run([str(py), "-I", "-B", "-c", probe], capture_output=True, text=True, preexec_fn=drop,
+                           cwd="/", timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return _BOARD_PY
+    where = r.stdout.strip().splitlines()[-1:] if r.returncode == 0 else []
+    if where and where[0].startswith(str(venv_dir.resolve()) + os.sep):
+        _BOARD_PY = (str(py), False)
+    return _BOARD_PY
+
+
+_BOARD_PY: tuple[str, bool] | None = None
 
 
 # -- test bundles and a board profile for the host itself ----------------------------------------------

@@ -37,7 +37,7 @@ app.command("doctor")(doctor_cmd)
 app.add_typer(emulator_app, name="emulator")
 
 # Commands of later issues register here, one module each.
-for _mod in ("inspect", "partition", "cross", "convert", "verify", "toolchain", "deploy", "profile"):
+for _mod in ("inspect", "partition", "cross", "convert", "verify", "toolchain", "deploy", "profile", "keys"):
     try:
         _m = __import__(f"edgesdk.cli.{_mod}", fromlist=["register"])
     except ModuleNotFoundError as _exc:

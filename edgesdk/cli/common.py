@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -41,6 +42,21 @@ DEBUG_ENV = "EDGESDK_DEBUG"
 
 #: Where print_json writes while a --json command runs with stdout moved to stderr (else sys.stdout).
 _json_out: Any = None
+
+
+#: C0 and C1 control characters (but tab and newline), DEL, and the Unicode bidi/direction controls: what a board
+#: string could use to retitle the terminal, clear it, hide or reorder text, or draw a fake link (OSC 8)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(value: Any, markup: bool = True) -> str:
+    """A string from the board (or any untrusted source) made safe to print: each control character becomes
+    its visible \\xNN / \\uNNNN form, and with markup=True (text inside a rich markup string) rich markup is
+    escaped, so `[link=...]` or `[/x]` print as themselves. Tab and newline stay. Use it for every board-provided
+    value a command prints (status, rollback, flash, run, profile, fleet lines, error messages)."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", str(value))
+    return escape(text) if markup else text
 
 
 def _current_context() -> Any:
@@ -139,7 +155,7 @@ def handle_errors(fn: F) -> F:
             except _passthrough():
                 raise
             except EdgeSDKError as exc:
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                err_console.print(f"[bold red]error:[/] {safe_text(exc)}", highlight=False, markup=True,
                                   soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
@@ -154,7 +170,7 @@ def handle_errors(fn: F) -> F:
                     msg = msg[:2000] + " ..."
                 hint = "" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"
                 err_console.print(f"[bold red]internal error in {escape(_command_name(fn))}:[/] "
-                                  f"{escape(type(exc).__name__)}: {escape(msg)}; please report it with the command "
+                                  f"{escape(type(exc).__name__)}: {safe_text(msg)}; please report it with the command "
                                   f"line{hint}", highlight=False, markup=True, soft_wrap=True)
                 raise typer.Exit(EXIT_FAILED) from None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, NO_PREPARE_OPTION, shapes_from
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, NO_PREPARE_OPTION, TRUST_MODEL_OPTION, shapes_from
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -58,7 +58,10 @@ def convert_cmd(
                                                help="kv260: the board's DPU fingerprint (`xdputil query`); a "
                                                "mismatch with arch.json is refused before compiling."),
     no_prepare: bool = NO_PREPARE_OPTION,
+    trust_model: bool = TRUST_MODEL_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle with this private key "
+                                     "(edgesdk keys generate); release_version: the key's last + 1."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (commands and files), convert nothing."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -74,9 +77,16 @@ def convert_cmd(
 
       edgesdk convert model_int8.tflite --board coral-usb -o build/coral
 
-      edgesdk convert net.pt --board rpi4 --input-shape input=1,3,224,224 -o build/net
+      edgesdk convert net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model -o build/net
+
+      edgesdk convert model.onnx --board rpi4 -o build/rpi4 --sign release.key
     """
     from edgesdk.conversion import convert
+
+    if sign is not None and not dry_run:
+        from edgesdk.signing import load_private_key
+
+        load_private_key(sign)  # a bad key is refused before converting
 
     opts = {k: v for k, v in {"mean": _floats(mean, "mean"), "std": _floats(std, "std"), "scale": scale,
                               "color": color, "resize": resize}.items() if v is not None}
@@ -91,9 +101,14 @@ def convert_cmd(
                   input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
                   accel_options={k: v for k, v in {"vai_version": vai_version,
                                                    "board_fingerprint": dpu_fingerprint}.items() if v},
-                  prepare=not no_prepare, progress=_progress(json_out))
+                  prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model)
+    signed = None
+    if sign is not None and not res.dry_run:
+        from edgesdk.signing import sign_bundle
+
+        signed = sign_bundle(res.out, sign)
     if json_out:
-        print_json(res.to_dict())
+        print_json({**res.to_dict(), **({"signed": signed.to_dict()} if signed else {})})
         return
     for w in res.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -115,6 +130,8 @@ def convert_cmd(
         console.print(f"  {s.id}  {s.engine:<11} {s.precision}  {s.nodes:>5} nodes  {s.seconds:6.2f} s  "
                       f"{s.bytes / 1024:8.1f} KiB{fb}", highlight=False)
     console.print(f"wrote bundle {res.bundle_id} to {res.out} in {res.seconds:.1f} s")
+    if signed:
+        console.print(f"signed with {signed.fingerprint}, release_version {signed.release_version}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, shapes_from
+from edgesdk.cli.common import safe_text as _s
+from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, TRUST_MODEL_OPTION, shapes_from
 
 HOST_OPT = typer.Option(None, "--host", "-H", metavar="USER@HOST[:PORT]",
                         help="The board (a ~/.ssh/config alias works). Default: the board's local emulated instance.")
@@ -77,12 +79,13 @@ class _Progress:
             self.bar.stop()
             self.bar = None
         if state == "start":
-            extra = f" {e['detail']}" if e.get("detail") else ""
+            extra = f" {_s(e['detail'])}" if e.get("detail") else ""
             err_console.print(f"[bold]{ph}[/]…{extra}", highlight=False)
         elif state == "note":
-            err_console.print(f"[yellow]{e['detail']}[/]", highlight=False)
+            err_console.print(f"[yellow]{_s(e['detail'])}[/]", highlight=False)
         elif state == "done":
-            err_console.print(f"  [green]ok[/] {ph} {e.get('seconds', 0):.1f}s  {e.get('detail') or ''}", highlight=False)
+            err_console.print(f"  [green]ok[/] {ph} {e.get('seconds', 0):.1f}s  {_s(e.get('detail') or '')}",
+                              highlight=False)
         elif state == "failed":
             err_console.print(f"  [red]failed[/] {ph} {e.get('seconds', 0):.1f}s", highlight=False)
 
@@ -91,7 +94,8 @@ def _summary(r: Any) -> None:
     from rich.table import Table
 
     colour = {"success": "green", "rolled-back": "yellow"}.get(r.status, "red")
-    console.print(f"[bold {colour}]{r.status}[/] {r.board} at {r.host}: bundle {r.bundle_id}", highlight=False)
+    console.print(f"[bold {colour}]{r.status}[/] {_s(r.board)} at {_s(r.host)}: bundle {_s(r.bundle_id)}",
+                  highlight=False)
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_row("bytes sent", f"{r.bytes_sent:,} of {r.bytes_total:,} (bundle)"
               + (f" + {r.wheel_bytes_sent:,} (wheels)" if r.wheel_bytes_sent else ""))
@@ -101,26 +105,31 @@ def _summary(r: Any) -> None:
     if r.smoke is not None or r.status == "rolled-back":
         sm = "passed" if r.status == "success" else "FAILED"
         checks = (r.smoke or {}).get("checks") or {}
-        detail = ", ".join(f"{k}: rel err {v.get('max_abs_rel', 0):.2g}" for k, v in checks.items() if "max_abs_rel" in v)
+        detail = ", ".join(f"{_s(k)}: rel err {_num(v.get('max_abs_rel'))}" for k, v in checks.items()
+                           if isinstance(v, Mapping) and "max_abs_rel" in v)
         t.add_row("smoke test", f"{sm} {detail}")
     for n in r.notes:
-        t.add_row("note", n)
+        t.add_row("note", _s(n))
     if r.engines_used:
-        t.add_row("engines", ", ".join(f"{u['segment']}={u['engine']}"
-                                       + (f" (CPU fallback for {u.get('planned')})" if u.get("fallback") else "")
+        t.add_row("engines", ", ".join(f"{_s(u.get('segment'))}={_s(u.get('engine'))}"
+                                       + (f" (CPU fallback for {_s(u.get('planned'))})" if u.get("fallback") else "")
                                        for u in r.engines_used))
     if r.latency_ms is not None:
         t.add_row("one run on the board", f"{r.latency_ms:.2f} ms" + (" (EMULATED: not the board's timing)" if r.emulated else ""))
     if r.previous and r.status != "success":
-        t.add_row("current release", r.previous)
+        t.add_row("current release", _s(r.previous))
     for w in r.warnings:
-        t.add_row("warning", w)
+        t.add_row("warning", _s(w))
     console.print(t)
     if r.error:
-        err_console.print(f"[red]{r.error}[/]", highlight=False)
+        err_console.print(f"[red]{_s(r.error)}[/]", highlight=False)
     if r.status == "rolled-back" and r.log:
         err_console.print("[bold]board log (smoke test):[/]")
-        err_console.print(r.log, highlight=False, markup=False)
+        err_console.print(_s(r.log, markup=False), highlight=False, markup=False)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.2g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else _s(v)
 
 
 @handle_errors
@@ -142,6 +151,9 @@ def flash_cmd(
     force: bool = typer.Option(False, "--force", help="Flash even if the probe says the board differs (recorded)."),
     keep: int = typer.Option(3, "--keep", help="Releases kept on the board."),
     smoke_timeout: float = typer.Option(300.0, "--smoke-timeout", help="Seconds before a hanging smoke test is killed."),
+    stall_timeout: float = typer.Option(60.0, "--stall-timeout", metavar="S",
+                                        help="Seconds without any answer from the board (keepalives go every S/4 s) "
+                                             "before the link counts as stalled and the flash fails, saying where."),
     no_provision: bool = typer.Option(False, "--no-provision", help="Do not install the venv/wheels on the board."),
     python: str | None = typer.Option(None, "--python", metavar="PATH",
                                       help="Interpreter on the board that already has edgesdk.runtime."),
@@ -151,6 +163,13 @@ def flash_cmd(
                                              "accelerator segments' CPU versions, reported as such. Without it such a "
                                              "flash is refused (exit 2)."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
+    trust_model: bool = TRUST_MODEL_OPTION,
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Install a signed bundle older (lower "
+                                         "release_version) than the board's current one; recorded in its history."),
+    allow_root_smoke: bool = typer.Option(False, "--allow-root-smoke", help="Run the smoke test as root when the "
+                                          "board's agent (root) cannot drop it to nobody (nobody cannot run the "
+                                          "board's python). Without it such a flash fails before the switch, with "
+                                          "the fix; with it the result and the board's history say it ran as root."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Convert (if given a model), probe, provision, push, install and smoke-test on the board; roll back on failure.
@@ -161,11 +180,16 @@ def flash_cmd(
 
       edgesdk flash --board rpi4 build/rpi4 --host pi@10.0.0.7 -i ~/.ssh/id_ed25519
 
+      edgesdk flash --board rpi4 build/rpi4 --host pi@10.0.0.7 --stall-timeout 20      (flaky link: fail fast)
+
       edgesdk flash --board rpi4 build/rpi4 --hosts fleet.ini --canary 2 --parallel 16 --max-fail 10% --json
 
       edgesdk flash --board coral-usb build/coral --fallback cpu     (the emulated coral-usb has no Edge TPU)
 
       edgesdk flash --board rpi4 det.onnx --input-shape images=1,3,640,640
+
+      edgesdk flash --board rpi4 build/rpi4 --host root@10.0.0.7 --python /root/venv/bin/python --allow-root-smoke
+      (that python is private to root: the smoke test runs as root, and the result says so)
     """
     from edgesdk.deploy.flash import FlashOptions, flash
     from edgesdk.errors import InputError
@@ -175,9 +199,13 @@ def flash_cmd(
     if keep < 1:
         raise InputError("--keep must be >= 1")
     fallback = "cpu" if check_fallback(fallback, "--fallback") == "cpu" else None
-    opts = FlashOptions(force=force, keep=keep, smoke_timeout=smoke_timeout, provision=not no_provision,
+    if not 0 < stall_timeout <= 86400:
+        raise InputError(f"--stall-timeout must be > 0 seconds (at most a day), got {stall_timeout:g}")
+    opts = FlashOptions(force=force, keep=keep, smoke_timeout=smoke_timeout, stall_timeout=stall_timeout,
+                        provision=not no_provision,
                         python=python, break_lock=break_lock, fallback=fallback,
-                        input_shapes=shapes_from(input_shape) or None)
+                        input_shapes=shapes_from(input_shape) or None, allow_downgrade=allow_downgrade, trust_model=trust_model,
+                        allow_root_smoke=allow_root_smoke)
     if hosts is not None:
         _fleet(model, board, hosts, limit, parallel, canary, max_fail, opts, identity, known_hosts, accept_new,
                fingerprint, remote_dir, json_out)
@@ -224,8 +252,9 @@ def _fleet(model: Path, board: str, hosts: Path, limit: str | None, parallel: in
         else:
             colour = {"success": "green", "rolled-back": "yellow"}.get(r.status, "red")
             lat = f" {r.latency_ms:.1f} ms" if r.latency_ms is not None else ""
-            console.print(f"[{colour}]{r.status:12}[/] {r.host}  {r.bytes_sent:,} B  {sum(r.phases.values()):.1f}s{lat}"
-                          + (f"  {r.error.splitlines()[0]}" if r.error else ""), highlight=False)
+            console.print(f"[{colour}]{r.status:12}[/] {_s(r.host)}  {r.bytes_sent:,} B  {sum(r.phases.values()):.1f}s{lat}"
+                          + (f"  {_s(r.error.splitlines()[0] if r.error.strip() else r.error)}" if r.error else ""),
+                          highlight=False)
 
     t0 = time.perf_counter()
     fr = deploy_fleet(model, board, inv, opts, parallel=parallel, canary=canary, max_fail=parse_max_fail(max_fail),
@@ -234,7 +263,7 @@ def _fleet(model: Path, board: str, hosts: Path, limit: str | None, parallel: in
         if json_out:
             sys.stdout.write(json.dumps({"host": name, "board": board, "status": "skipped", "error": fr.stopped}) + "\n")
         else:
-            console.print(f"[dim]skipped     [/] {name}  ({fr.stopped})", highlight=False)
+            console.print(f"[dim]skipped     [/] {_s(name)}  ({_s(fr.stopped)})", highlight=False)
     if not json_out:
         s = fr.to_dict()
         console.print(f"{s['boards']} boards in {time.perf_counter() - t0:.1f}s: "
@@ -257,17 +286,18 @@ def status_cmd(
     if json_out:
         print_json(st.to_dict())
         return
-    console.print(f"[bold]{st.host}[/] {st.base}: current [green]{st.current or 'none'}[/] ({st.status})",
+    # every value here comes from the board: printed through safe_text (no control characters, no markup)
+    console.print(f"[bold]{_s(st.host)}[/] {_s(st.base)}: current [green]{_s(st.current or 'none')}[/] ({st.status})",
                   highlight=False)
     for r in st.releases:
-        console.print(f"  {'*' if r == st.current else ' '} {r}", highlight=False)
+        console.print(f"  {'*' if r == st.current else ' '} {_s(r)}", highlight=False)
     if st.lock:
-        console.print(f"  [yellow]locked[/] by {st.lock.get('who', '?')}", highlight=False)
+        console.print(f"  [yellow]locked[/] by {_s(st.lock.get('who', '?'))}", highlight=False)
     for ev in st.history[-10:]:
-        extra = " ".join(f"{k}={ev[k]}" for k in ("smoke", "latency_ms", "fallback", "to", "reason", "note")
+        extra = " ".join(f"{k}={_s(ev[k])}" for k in ("smoke", "latency_ms", "fallback", "to", "reason", "note")
                          if ev.get(k))
-        console.print(f"  {ev.get('at')} {ev.get('event'):12} {ev.get('release') or ev.get('wheelset', '')} {extra}",
-                      highlight=False)
+        what = ev.get("release") or ev.get("wheelset") or ""
+        console.print(f"  {_s(ev.get('at'))} {_s(ev.get('event') or '?'):12} {_s(what)} {extra}", highlight=False)
 
 
 @handle_errors
@@ -284,7 +314,7 @@ def rollback_cmd(
     if json_out:
         print_json(r.to_dict())
     else:
-        console.print(f"[yellow]rolled back[/]: {r.previous} -> [green]{r.current}[/]", highlight=False)
+        console.print(f"[yellow]rolled back[/]: {_s(r.previous)} -> [green]{_s(r.current)}[/]", highlight=False)
 
 
 @handle_errors
@@ -295,24 +325,37 @@ def run_cmd(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Outputs land in OUT/<host>/."),
     python: str | None = typer.Option(None, "--python", metavar="PATH", help="Interpreter on the board."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds before the run is killed."),
+    allow_root: bool = typer.Option(False, "--allow-root", help="Run as root when the board's agent (root) cannot "
+                                    "drop the run to nobody (nobody cannot run its python); reported as such."),
     identity: Path | None = IDENTITY_OPT, known_hosts: Path | None = KNOWN_OPT, accept_new: bool = ACCEPT_OPT,
     fingerprint: str | None = FP_OPT, remote_dir: str | None = RDIR_OPT, json_out: bool = JSON_OPTION,
 ) -> None:
-    """Run inference on the board with .npy inputs and bring the outputs back as .npy files."""
+    """Run inference on the board with .npy inputs and bring the outputs back as .npy files.
+
+    The board runs it as nobody; its outputs come back only as regular files of the size the bundle's manifest
+    declares (never through a link).
+
+    Examples:
+
+      edgesdk run --host pi@10.0.0.7 --input x=input.npy --out results
+
+      edgesdk run --board rpi4 --input images=frame.npy --release 3f2a... --json
+    """
     from edgesdk.deploy.flash import run_remote
 
     r = run_remote(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), inputs, out,
-                   release, python, timeout)
+                   release, python, timeout, allow_root=allow_root)
     if json_out:
         print_json(r.to_dict())
         return
-    console.print(f"ran {r.release} on {r.host}: one run {r.latency_ms} ms", highlight=False)
+    console.print(f"ran {_s(r.release)} on {_s(r.host)}: one run {_s(r.latency_ms)} ms"
+                  + (" [bold red]as ROOT[/] (--allow-root)" if r.ran_as == "root" else ""), highlight=False)
     for u in r.engines_used or ():
         if u.get("fallback"):
-            console.print(f"  {u['segment']}: {u['engine']} (CPU fallback for {u.get('planned')}: {u.get('reason')})",
-                          highlight=False)
+            console.print(f"  {_s(u.get('segment'))}: {_s(u.get('engine'))} (CPU fallback for {_s(u.get('planned'))}: "
+                          f"{_s(u.get('reason'))})", highlight=False)
     for name, o in r.outputs.items():
-        console.print(f"  {name}: {o.dtype}{list(o.shape)} -> {o.file}", highlight=False)
+        console.print(f"  {_s(name)}: {_s(o.dtype)}{list(o.shape)} -> {_s(o.file)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

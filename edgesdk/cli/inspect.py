@@ -16,6 +16,11 @@ INPUT_SHAPE_OPTION = typer.Option(
 NO_PREPARE_OPTION = typer.Option(
     False, "--no-prepare",
     help="Skip graph preparation (onnxslim constant/shape folding and fusions, proven on onnxruntime).")
+TRUST_MODEL_OPTION = typer.Option(
+    False, "--trust-model",
+    help="Let a TorchScript file's code run: loading one runs code from the archive. It then runs in a confined "
+         "process (writes only to a temporary folder, reads only library folders). Without it TorchScript is "
+         "refused (exit 2).")
 MIN_ISLAND_OPTION = typer.Option(
     0.01, "--min-island-share", min=0.0, max=1.0,
     help="Accelerator islands below this share of the FLOPs fold into the CPU when that saves two transfers.")
@@ -48,6 +53,7 @@ def inspect_cmd(
     min_island_share: float = MIN_ISLAND_OPTION,
     no_prepare: bool = NO_PREPARE_OPTION,
     html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write a self-contained HTML report."),
+    trust_model: bool = TRUST_MODEL_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show where each op of MODEL runs on a board, and why; the segments; an estimated latency.
@@ -62,7 +68,7 @@ def inspect_cmd(
 
       edgesdk inspect face.tflite --board coral-usb
 
-      edgesdk inspect net.pt --board rpi4 --input-shape input=1,3,224,224
+      edgesdk inspect net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model
     """
     from edgesdk.graph.report import ESTIMATE_LABEL, compare_boards, inspect_model
 
@@ -72,7 +78,7 @@ def inspect_cmd(
             raise InputError("--html needs one --board, not --all-boards")
         info: list = []
         rows = compare_boards(model, shapes, [board] if board else None, min_island_share, not no_prepare,
-                              opened_info=info)
+                              opened_info=info, trust_model=trust_model)
         if json_out:
             print_json([{**r.to_dict(), "prepare": info[0].prepare.to_dict()} for r in rows])
             return
@@ -93,7 +99,7 @@ def inspect_cmd(
         return
     if board is None:
         raise InputError("give --board ID (see `edgesdk boards`) or --all-boards")
-    rep = inspect_model(model, board, shapes, min_island_share, not no_prepare)
+    rep = inspect_model(model, board, shapes, min_island_share, not no_prepare, trust_model=trust_model)
     if html is not None:
         from edgesdk.graph.html import write_html
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, MIN_ISLAND_OPTION, NO_PREPARE_OPTION, shapes_from
+from edgesdk.cli.inspect import (
+    INPUT_SHAPE_OPTION,
+    MIN_ISLAND_OPTION,
+    NO_PREPARE_OPTION,
+    TRUST_MODEL_OPTION,
+    shapes_from,
+)
 
 
 @handle_errors
@@ -19,6 +25,7 @@ def partition_cmd(
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
     min_island_share: float = MIN_ISLAND_OPTION,
     no_prepare: bool = NO_PREPARE_OPTION,
+    trust_model: bool = TRUST_MODEL_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Split MODEL into accelerator and CPU segments for a board and write them with plan.json.
@@ -28,11 +35,13 @@ def partition_cmd(
       edgesdk partition model.onnx --board coral-usb -o build/coral
 
       edgesdk partition det.onnx --board x3 --input-shape x=1,3,640,640 -o build/x3 --force
+
+      edgesdk partition net.pt --board coral-usb --input-shape image=1,3,224,224 --trust-model -o build/net
     """
     from edgesdk.graph.extract import partition_model
 
     res = partition_model(model, board, out, force, shapes_from(input_shape), min_island_share,
-                          prepare=not no_prepare)
+                          prepare=not no_prepare, trust_model=trust_model)
     if json_out:
         print_json({"out_dir": str(res.out_dir), "files": list(res.files), "plan": res.plan.to_dict(),
                     "prepare": res.prepare.to_dict() if res.prepare else None})

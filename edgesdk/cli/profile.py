@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
+from edgesdk.cli.common import safe_text as _s
 from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, shapes_from
 
 HOST_HELP = ("USER@HOST[:PORT] (a ~/.ssh/config alias works), or 'local' for this machine. "
@@ -32,7 +33,7 @@ def _target(host: str | None, identity: Path | None, known_hosts: Path | None, a
 def _event(quiet: bool):
     def emit(e: dict[str, Any]) -> None:
         if not quiet and e.get("state") in ("start", "note") and e.get("phase"):
-            err_console.print(f"[dim]{e['phase']}… {e.get('detail') or ''}[/]", highlight=False)
+            err_console.print(f"[dim]{_s(e['phase'])}… {_s(e.get('detail') or '')}[/]", highlight=False)
 
     return emit
 
@@ -62,6 +63,8 @@ def profile_cmd(
     html: Path = typer.Option(None, "--html", metavar="FILE", help="Write the self-contained HTML report."),
     out: Path = typer.Option(None, "--out", "-o", metavar="FILE.json", help="Write the JSON report."),
     python: str = typer.Option(None, "--python", metavar="PY", help="Interpreter on the board (default: its venv)."),
+    allow_root: bool = typer.Option(False, "--allow-root", help="Run as root when the board's agent (root) cannot "
+                                    "drop the profile to nobody (nobody cannot run its python); reported as such."),
     identity: Path = typer.Option(None, "--identity", "-i", metavar="KEY", help="Private key file."),
     known_hosts: Path = typer.Option(None, "--known-hosts", metavar="FILE", help="known_hosts file."),
     accept_new: bool = typer.Option(False, "--accept-new", help="Trust an unknown host key on first contact."),
@@ -92,7 +95,8 @@ def profile_cmd(
     from edgesdk.profile import profile as run_profile
 
     opts = ProfileOptions(runs=runs, warmup=warmup, threads=threads, per_layer=per_layer, layer_runs=layer_runs,
-                          frames=frames, python=python, input_shapes=shapes_from(input_shape) or None)
+                          frames=frames, python=python, input_shapes=shapes_from(input_shape) or None,
+                          allow_root=allow_root)
     target = _target(host, identity, known_hosts, accept_new, remote_dir)
     emit = _event(json_out)
     if sweep:
@@ -111,7 +115,7 @@ def profile_cmd(
         if json_out:
             print_json(res.to_dict())
         else:
-            console.print(res.format(), highlight=False, markup=False)
+            console.print(_s(res.format(), markup=False), highlight=False, markup=False)
         raise typer.Exit(0 if res.best else 1)
     rep = run_profile(items[0] if items else None, board, target, opts, release=release, model=model,
                       model_name=ref_model, event=emit)
@@ -122,7 +126,7 @@ def profile_cmd(
     if json_out:
         print_json(rep.to_dict())
     else:
-        console.print(rep.format(), highlight=False, markup=False)
+        console.print(_s(rep.format(), markup=False), highlight=False, markup=False)
 
 
 def _diff(files: list[str], json_out: bool) -> None:
@@ -135,7 +139,7 @@ def _diff(files: list[str], json_out: bool) -> None:
     if json_out:
         print_json(d.to_dict())
     else:
-        console.print(d.format(), highlight=False, markup=False)
+        console.print(_s(d.format(), markup=False), highlight=False, markup=False)
 
 
 @handle_errors
@@ -150,6 +154,8 @@ def tune_cmd(
     warmup: int = typer.Option(3, "--warmup"),
     json_out: bool = JSON_OPTION,
     python: str = typer.Option(None, "--python", metavar="PY"),
+    allow_root: bool = typer.Option(False, "--allow-root", help="Run as root when the board's agent (root) cannot "
+                                    "drop the runs to nobody (nobody cannot run its python)."),
     identity: Path = typer.Option(None, "--identity", "-i", metavar="KEY"),
     known_hosts: Path = typer.Option(None, "--known-hosts", metavar="FILE"),
     accept_new: bool = typer.Option(False, "--accept-new"),
@@ -162,15 +168,16 @@ def tune_cmd(
 
     target = _target(host, identity, known_hosts, accept_new, remote_dir)
     emit = _event(json_out)
-    res = run_sweep(model, board, target, sweep, ProfileOptions(runs=runs, warmup=warmup, python=python),
+    res = run_sweep(model, board, target, sweep, ProfileOptions(runs=runs, warmup=warmup, python=python,
+                                                                   allow_root=allow_root),
                     calib=calib, event=emit)
     if not json_out:
-        console.print(res.format(), highlight=False, markup=False)
-    done = tune(res, board, target, python=python, event=emit)
+        console.print(_s(res.format(), markup=False), highlight=False, markup=False)
+    done = tune(res, board, target, python=python, event=emit, allow_root=allow_root)
     if json_out:
         print_json({"sweep": res.to_dict(), "tuned": {k: v for k, v in done.items() if k != "flash"}})
     else:
-        console.print(f"tuned: {done['tuning']} (release {done['release']} is current)", highlight=False)
+        console.print(f"tuned: {_s(done['tuning'])} (release {_s(done['release'])} is current)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ board, the agent run locally) in tests."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -38,7 +39,14 @@ from edgesdk.deploy.results import (  # noqa: F401 - FlashStatus, Outcome: re-ex
     engines_used,
 )
 from edgesdk.deploy.transfer import LocalFile, TransferStats, local_tree, push, upload
-from edgesdk.deploy.transport import ConnectError, HostKeyError, SSHConnection, SSHTarget, Transport
+from edgesdk.deploy.transport import (
+    ConnectError,
+    HostKeyError,
+    LinkStalled,
+    SSHConnection,
+    SSHTarget,
+    Transport,
+)
 from edgesdk.errors import BundleError, EdgeSDKError, InputError, RemoteError
 from edgesdk.paths import home
 from edgesdk.runtime.fallback import (
@@ -49,11 +57,12 @@ from edgesdk.runtime.fallback import (
     engines_needed,
     resolve_fallback,
 )
+from edgesdk.runtime.manifest import MANIFEST, SIGNATURE
 
 Event = Callable[[dict[str, Any]], None]
 #: how to reach a board: SSHConnection (default) or anything with its interface (FakeTransport)
 Connect = Callable[[SSHTarget], Transport]
-PHASES = ("convert", "connect", "probe", "provision", "push", "install", "smoke")
+PHASES = ("convert", "connect", "probe", "provision", "admit", "push", "install", "smoke")
 
 
 @dataclass
@@ -74,11 +83,23 @@ class FlashOptions:
     fallback: str | None = None
     #: fixed shapes for a model's dynamic inputs when flash converts it (`--input-shape NAME=D0,D1,...`)
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    #: install a signed bundle whose release_version is lower than the current release's (`--allow-downgrade`;
+    #: recorded in the board's history). Without it the board refuses it (exit 2).
+    allow_downgrade: bool = False
+    #: when the agent is root and cannot drop the smoke test to nobody (nobody cannot run the board's python),
+    #: run it as root anyway (`--allow-root-smoke`; a warning in the result and the board's history). Without it
+    #: such a flash fails before anything is switched, with the fix.
+    allow_root_smoke: bool = False
+    #: let a TorchScript model's code run (confined) when flash converts it (`--trust-model`; edgesdk.frontends)
+    trust_model: bool = False
+    #: seconds without any answer from the board before the link counts as stalled and the flash fails
+    #: (`--stall-timeout`; None: the target's, 60 s)
+    stall_timeout: float | None = None
 
 
 # -- inputs ------------------------------------------------------------------------------------------
 
-#: optional beside manifest.json: `edgesdk tune`'s recommendation (engines, threads), not in the manifest's files
+#: `edgesdk tune`'s recommendation (engines, threads): listed in the manifest's files like every other file
 TUNING_FILE = "tuning.json"
 
 
@@ -91,8 +112,13 @@ def check_bundle(bundle: Path) -> tuple[Any, dict[str, LocalFile]]:
         raise InputError(f"{bundle}: a bundle must be a directory, not a link")
     files = local_tree(bundle)
     m = load_manifest(bundle, verify=True)
-    optional = {f for f in (SIGNATURE, TUNING_FILE) if f in files}
+    # only the signature may sit beside manifest.json unlisted: every file that changes behaviour (tuning.json
+    # too) is in the manifest's files, so in the bundle id and under a signature
+    optional = {SIGNATURE} & set(files)
     expected = set(m.files) | {MANIFEST} | optional
+    if TUNING_FILE in files and TUNING_FILE not in m.files:
+        raise BundleError(f"{bundle}/{TUNING_FILE} is not listed in manifest.json's files, so neither the bundle id "
+                          "nor a signature covers it: write it with `edgesdk tune` (which lists it) or remove it")
     strays = sorted(set(files) - expected)
     if strays:
         raise BundleError(f"{bundle}: files not listed in the manifest: {strays[:5]}")
@@ -102,9 +128,9 @@ def check_bundle(bundle: Path) -> tuple[Any, dict[str, LocalFile]]:
         from edgesdk.runtime.profiling import load_tuning
 
         tuning = load_tuning(bundle)
-        if tuning and tuning.get("bundle_id") not in (None, m.bundle_id):
+        if tuning and tuning.get("bundle_id") not in (None, m.bundle_id, m.untuned_id()):
             raise BundleError(f"{bundle}/{TUNING_FILE} was made for bundle {tuning['bundle_id']}, not "
-                              f"{m.bundle_id}: re-run `edgesdk tune` or remove it")
+                              f"{m.untuned_id()}: re-run `edgesdk tune` or remove it")
     return m, files
 
 
@@ -155,7 +181,7 @@ def accelerator_routes(manifest: Any, accelerator: bool, fallback: str | None,
 
 
 def resolve_bundle(model_or_bundle: str | Path, board: str, event: Event | None = None,
-                   input_shapes: dict[str, Any] | None = None) -> tuple[Path, float]:
+                   input_shapes: dict[str, Any] | None = None, trust_model: bool = False) -> tuple[Path, float]:
     """A bundle dir as given, or the bundle converted from a model file (cached by the model's hash and the
     input shapes). input_shapes: {name: (d0, d1, ...)} for a model's dynamic inputs (`--input-shape`)."""
     p = Path(model_or_bundle)
@@ -183,7 +209,8 @@ def resolve_bundle(model_or_bundle: str | Path, board: str, event: Event | None 
             event({"phase": "convert", "state": "start", "detail": f"{p.name} for {board}"
                    + (f" (input shapes {shapes})" if shapes else "")})
         out.parent.mkdir(parents=True, exist_ok=True)
-        convert(p, board, out=out, force=True, input_shapes=dict(input_shapes) if input_shapes else None)
+        convert(p, board, out=out, force=True, input_shapes=dict(input_shapes) if input_shapes else None,
+                trust_model=trust_model)
     return out, time.perf_counter() - t0
 
 
@@ -213,7 +240,7 @@ def flash(model_or_bundle: str | Path, board: str | BoardProfile, target: SSHTar
     emit = event or (lambda e: None)
     phases: dict[str, float] = {}
     check_fallback(opts.fallback, "--fallback")
-    bundle, conv_s = resolve_bundle(model_or_bundle, prof.id, emit, opts.input_shapes)
+    bundle, conv_s = resolve_bundle(model_or_bundle, prof.id, emit, opts.input_shapes, opts.trust_model)
     if conv_s:
         phases["convert"] = conv_s
         emit({"phase": "convert", "state": "done", "seconds": conv_s, "detail": str(bundle)})
@@ -234,6 +261,10 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
     switch + smoke test (rolled back by the agent on failure), keep N, unlock. Never raises for what happens on
     the board: the outcome is FlashResult.status."""
     connect = transport or SSHConnection
+    if opts.stall_timeout is not None:
+        import dataclasses
+
+        target = dataclasses.replace(target, stall_timeout=opts.stall_timeout)
     phases = dict(phases or {})
     fallback = "cpu" if check_fallback(opts.fallback, "--fallback") == "cpu" else None
     res: dict[str, Any] = {"host": target.known_hosts_name, "board": prof.id, "status": Outcome.FAILED,
@@ -241,6 +272,7 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                            "target_note": note, "warnings": [], "notes": []}
 
     def phase(name: str) -> _Phase:
+        res["_phase"] = name
         return _Phase(name, phases, emit)
 
     def done(status: Outcome, error: str | None = None, exit_code: int = 0, **extra: Any) -> None:
@@ -266,6 +298,9 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
             res["fallback"] = fallback
             if notes:
                 ph.detail = "; ".join(notes)
+            # signatures and versions, checked here first (refused, exit 2, before anything is locked, provisioned
+            # or pushed); the board checks again itself (admit, install, activate)
+            board_keys = _check_signature(bundle, manifest, pr.facts, opts, res, target.known_hosts_name)
             if opts.break_lock:
                 rb.call("lock", "break", secrets.token_hex(12))
             locked = rb.lock(who=f"{whoami_host()} flash {manifest.bundle_id}", ttl=opts.lock_ttl)
@@ -274,10 +309,21 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
         python = opts.python
         with phase("provision") as ph:
             if python is None and opts.provision:
-                python = _provision(rb, prof, manifest, pr, res, ph, opts, accel)
+                python = _provision(rb, prof, manifest, pr, res, ph, opts, accel, signing=bool(board_keys))
             else:
                 python = python or rb.venv_python
                 ph.detail = "skipped (--python given)" if opts.python else "skipped (--no-provision)"
+        if board_keys:
+            with phase("admit") as ph:
+                # before anything of the bundle is staged: its manifest and signature, checked by the board (a
+                # board with no key has nothing to check here; install and activate check again in any case)
+                sig = bundle / SIGNATURE
+                adm = rb.call("admit", manifest.bundle_id, rb.token, f"--python={python}",
+                              *(["--allow-downgrade"] if opts.allow_downgrade else []),
+                              stdin={"manifest": base64.b64encode((bundle / MANIFEST).read_bytes()).decode(),
+                                     "signature": sig.read_text(encoding="utf-8") if sig.is_file() else None},
+                              timeout=600)
+                ph.detail = f"signature by {adm.get('key')} checked by the board"
         with phase("push") as ph:
             def prog(done: int, total: int) -> None:
                 emit({"phase": "push", "state": "bytes", "done": done, "total": total})
@@ -290,7 +336,7 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                 res["warnings"] += st.details
         with phase("install"):
             rb.fail_point("before_install")
-            rb.call("install", manifest.bundle_id, rb.token, timeout=1800)
+            rb.call("install", manifest.bundle_id, rb.token, f"--python={python}", timeout=1800)
         with phase("smoke") as ph:
             rb.fail_point("before_activate")
             smoke_notes = []
@@ -304,6 +350,8 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                 act = rb.call("activate", manifest.bundle_id, rb.token, f"--python={python}",
                               f"--timeout={opts.smoke_timeout}", f"--keep={opts.keep}",
                               f"--note={' '.join(smoke_notes)}", f"--fallback={fallback or 'error'}",
+                              *(["--allow-downgrade"] if opts.allow_downgrade else []),
+                              *(["--allow-root"] if opts.allow_root_smoke else []),
                               timeout=opts.smoke_timeout + 120)
             except SmokeFailed as exc:
                 d = exc.detail
@@ -311,10 +359,17 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                      previous=d.get("current"))
                 ph.detail = f"failed: {d.get('reason')}; rolled back to {d.get('current') or 'nothing'}"
                 return _result(res, phases)
+            if act.get("downgrade"):
+                dg = act["downgrade"]
+                res["notes"].append(f"downgrade: release_version {dg['to']} replaces {dg['from']} "
+                                    "(--allow-downgrade; recorded in the board's history)")
             smoke = act.get("smoke") or {}
             used = engines_used(smoke.get("engines_used"))
             res.update(smoke=act.get("smoke"), latency_ms=smoke.get("latency_ms"), engines_used=used,
                        log=act.get("log"))
+            if act.get("ran_as") == "root":
+                res["warnings"].append(f"the smoke test ran as ROOT (--allow-root-smoke): "
+                                       f"{act.get('ran_as_root_because') or 'no drop to nobody'}")
             cpu = [u["segment"] for u in used or () if u.get("fallback")]
             lat = res["latency_ms"]
             ph.detail = "passed" + (f", one run {lat:.1f} ms" if lat is not None else "") \
@@ -323,6 +378,11 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
             done(Outcome.SUCCESS)
     except HostKeyError as exc:
         done(Outcome.REFUSED, str(exc), 1)
+    except LinkStalled as exc:
+        where = res.get("_phase") or "connect"
+        after = ("the board finishes the switch or the rollback by itself: `edgesdk status` shows which"
+                 if where == "smoke" else "nothing was switched: the old release is still current; a rerun resumes")
+        done(Outcome.FAILED, f"stalled link during {where}: {exc}; {after}", 1)
     except ConnectError as exc:
         done(Outcome.FAILED if rb.base else Outcome.UNREACHABLE, str(exc), 1)
     except (NoSpaceError, BoardLocked, AgentError, RemoteError) as exc:
@@ -338,7 +398,7 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
 
 
 def _result(res: dict[str, Any], phases: dict[str, float]) -> FlashResult:
-    return FlashResult(phases=dict(phases), **res)
+    return FlashResult(phases=dict(phases), **{k: v for k, v in res.items() if not k.startswith("_")})
 
 
 def _release(rb: RemoteBoard, target: SSHTarget, connect: Connect = SSHConnection) -> None:
@@ -360,13 +420,46 @@ def _release(rb: RemoteBoard, target: SSHTarget, connect: Connect = SSHConnectio
         rb.forget()
 
 
+def _check_signature(bundle: Path, manifest: Any, facts: dict[str, Any], opts: FlashOptions, res: dict[str, Any],
+                     host: str) -> set[str]:
+    """The host's early check against what the probe said (the board's trusted keys, its current release_version):
+    a board with keys gets only bundles signed by one of them, unchanged since; a lower release_version than the
+    current one only with --allow-downgrade. InputError (refused, exit 2) otherwise; warnings for a board with no
+    key. The board's trusted fingerprints."""
+    from edgesdk.signing import signature_of, verify_bundle
+
+    keys = {k for k in facts.get("trust") or () if isinstance(k, str)}
+    sig = signature_of(bundle)
+    if keys:
+        try:
+            fp = verify_bundle(bundle, keys)
+        except BundleError as exc:
+            raise InputError(f"{host} refuses it: {exc}") from None
+        res["notes"].append(f"signed by {fp}, release_version {manifest.release_version}")
+    elif sig is not None:
+        res["warnings"].append(f"{host} trusts no signing key: the signature by {sig['key']} was not checked "
+                               "(enroll it: edgesdk keys enroll --host ... KEY.pub)")
+    else:
+        res["warnings"].append(f"{host} trusts no signing key and accepted an unsigned bundle; enroll one to refuse "
+                               "unsigned bundles (edgesdk keys generate; edgesdk keys enroll --host ... KEY.pub)")
+    cur_v, new_v = facts.get("current_version"), manifest.release_version
+    if isinstance(cur_v, int) and new_v is not None and new_v < cur_v and not opts.allow_downgrade:
+        raise InputError(f"{host} refuses it: release_version {new_v} is older than the current release "
+                         f"{facts.get('current')} (release_version {cur_v}); flash --allow-downgrade to install it "
+                         "anyway (recorded in the board's history), or `edgesdk rollback` to a release still there")
+    return keys
+
+
 def _provision(rb: RemoteBoard, prof: BoardProfile, manifest: Any, pr: ProbeResult, res: dict[str, Any],
-               ph: _Phase, opts: FlashOptions, accel: bool = True) -> str:
-    from edgesdk.deploy.wheelhouse import build_wheelhouse
+               ph: _Phase, opts: FlashOptions, accel: bool = True, signing: bool = False) -> str:
+    from edgesdk.deploy.wheelhouse import SIGNING_PACKAGES, build_wheelhouse
 
     engines = board_engines(manifest, opts.fallback, accel)
     py = ".".join(pr.facts.get("python", prof.os.python).split(".")[:2]) if res.get("forced") else None
-    wh = opts.wheelhouse or build_wheelhouse(prof, engines, python=py)
+    wh = opts.wheelhouse
+    if wh is not None and signing and not set(SIGNING_PACKAGES) <= set(wh.requirements):
+        wh = None  # a board with a trust store checks signatures with cryptography: it needs its own wheel set
+    wh = wh or build_wheelhouse(prof, engines, python=py, signing=signing)
     if pr.facts.get("wheelset") == wh.key and pr.facts.get("venv"):
         res["provisioned"] = "skipped"
         ph.detail = f"skipped: wheel set {wh.key} already installed"
@@ -431,12 +524,22 @@ def rollback(target: SSHTarget, to: str | None = None, reason: str = "edgesdk ro
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 
 
+#: the most bytes one output of `edgesdk run` may have, whatever the board says (the agent bounds each by the size
+#: its manifest declares: shape x dtype + the .npy header)
+MAX_OUTPUT_BYTES = 1 << 30
+
+
 def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, release: str | None = None,
-               python: str | None = None, timeout: float = 300, *, transport: Connect | None = None) -> RunResult:
+               python: str | None = None, timeout: float = 300, *, allow_root: bool = False,
+               transport: Connect | None = None) -> RunResult:
     """Run a release on the board with .npy inputs (NAME=FILE or FILE); outputs come back as .npy into
     out_dir/<host>/ (names checked: nothing is written outside it). The board runs
-    `python -m edgesdk.runtime run` from its venv, as the release was flashed (--fallback cpu is recorded)."""
-    import numpy as np
+    `python -m edgesdk.runtime run` from its venv, as nobody (allow_root: as root when nobody cannot run the
+    python; else that is an error), as the release was flashed (--fallback cpu is recorded).
+
+    The outputs are fetched from the copies the agent made in a dir only it can write (never from the work dir the
+    model's user owns): each a regular file (lstat, no links), of the size and sha256 the agent reported, at most
+    what the manifest declares for it; a file that is not a readable .npy is a RemoteError."""
 
     feeds = []
     for item in inputs:
@@ -459,24 +562,76 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
                 args.append(f"--input={name}=input_{i}.npy")
         try:
             r = rb.call("run", release or "current", f"--python={python or rb.venv_python}", f"--timeout={timeout}",
-                        f"--workdir={work}", *args, timeout=timeout + 60)
+                        f"--workdir={work}", *args, *(["--allow-root"] if allow_root else []), timeout=timeout + 60)
             result = r.get("result") or {}
             safe_host = re.sub(r"[^A-Za-z0-9_.-]", "_", target.known_hosts_name)
             dest = Path(out_dir) / safe_host
             dest.mkdir(parents=True, exist_ok=True)
+            checked = r.get("outputs")
+            if not isinstance(checked, dict) or r.get("out_dir") != f"tmp/{work}.out":
+                raise RemoteError(f"{target.known_hosts_name}: the board's agent did not check the run's outputs "
+                                  "(an older agent?): refused to fetch them")
             outputs = {}
             with conn.sftp("fetch outputs") as sftp:
                 for fn, tensor in (result.get("files") or {}).items():
                     if not _SAFE_NAME.match(fn) or not fn.endswith(".npy") or not isinstance(tensor, str):
                         raise RemoteError(f"the board returned a bad output name {fn!r}: refused")
+                    meta = checked.get(fn)
+                    if not isinstance(meta, dict) or meta.get("tensor") != tensor:
+                        raise RemoteError(f"{target.known_hosts_name}: output {fn} was not checked by the agent")
                     local = dest / (re.sub(r"[^A-Za-z0-9_.-]", "_", tensor)[:80] + ".npy")
-                    sftp.get(f"{rdir}/{fn}", str(local))
-                    arr = np.load(local, allow_pickle=False)
-                    outputs[tensor] = OutputFile(str(local), arr.shape, str(arr.dtype))
+                    _fetch_output(sftp, f"{rb.base}/tmp/{work}.out/{fn}", local, meta, target.known_hosts_name)
+                    outputs[tensor] = _load_output(local, fn, target.known_hosts_name)
             return RunResult(target.known_hosts_name, r["release"], outputs, result.get("latency_ms"),
-                             r.get("fallback"), engines_used(result.get("engines_used")))
+                             r.get("fallback"), engines_used(result.get("engines_used")),
+                             uid=result.get("uid"), ran_as=result.get("ran_as"))
         finally:
             try:
                 rb.call("cleanup", work, timeout=60)
             except EdgeSDKError:
                 pass
+
+
+def _fetch_output(sftp: Any, remote: str, local: Path, meta: dict[str, Any], host: str) -> None:
+    """One output file: lstat'ed a regular file (no link) of the size the agent reported (at most
+    MAX_OUTPUT_BYTES), read at most that many bytes, its sha256 checked; written to a temp name, then renamed."""
+    import stat as st_
+
+    size, digest = meta.get("size"), meta.get("sha256")
+    if not isinstance(size, int) or not 0 <= size <= MAX_OUTPUT_BYTES or not isinstance(digest, str):
+        raise RemoteError(f"{host}: output {remote}: bad size or sha256 from the board ({size!r}): refused")
+    attrs = sftp.lstat(remote)
+    if not st_.S_ISREG(attrs.st_mode or 0):
+        raise RemoteError(f"{host}: output {remote} is not a regular file: refused")
+    if attrs.st_size != size:
+        raise RemoteError(f"{host}: output {remote} is {attrs.st_size} bytes, the agent reported {size}: refused")
+    h = hashlib.sha256()
+    tmp = local.with_name(local.name + ".part")
+    try:
+        with sftp.open(remote, "rb") as src, open(tmp, "wb") as out:
+            left = size
+            while left > 0:
+                chunk = src.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                h.update(chunk)
+                out.write(chunk)
+            if left or src.read(1):
+                raise RemoteError(f"{host}: output {remote} changed size while it was fetched: refused")
+        if h.hexdigest() != digest:
+            raise RemoteError(f"{host}: output {remote}: sha256 differs from what the agent reported: refused")
+        tmp.replace(local)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_output(local: Path, fn: str, host: str) -> OutputFile:
+    import numpy as np
+
+    try:
+        arr = np.load(local, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        local.unlink(missing_ok=True)
+        raise RemoteError(f"{host}: output {fn} is not a readable .npy file ({exc}): removed") from None
+    return OutputFile(str(local), arr.shape, str(arr.dtype))

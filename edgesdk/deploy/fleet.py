@@ -238,7 +238,8 @@ def deploy_fleet(model_or_bundle: str | Path, board: str | BoardProfile, hosts: 
     prof = board if isinstance(board, BoardProfile) else get_board(board)
     opts = options or FlashOptions()
     check_fallback(opts.fallback, "--fallback")
-    bundle, _ = resolve_bundle(model_or_bundle, prof.id, input_shapes=opts.input_shapes)
+    bundle, _ = resolve_bundle(model_or_bundle, prof.id, input_shapes=opts.input_shapes,
+                               trust_model=opts.trust_model)
     manifest, files = check_bundle(bundle)
     if manifest.board != prof.id and not opts.force:
         raise InputError(f"{bundle} was converted for {manifest.board}, not {prof.id}")

@@ -170,9 +170,35 @@ class BoardState:
 
     @classmethod
     def from_agent(cls, host: str, answer: Mapping[str, Any]) -> BoardState:
+        """From the agent's `state` answer. Malformed board state (state.json not an object, a history that is not
+        a list of objects, a lock that is not an object, ...) is a RemoteError naming the field, never a crash
+        later; the values inside stay as the board wrote them (the CLI prints them through safe_text)."""
+        from edgesdk.errors import RemoteError
+
+        def bad(field_: str, v: Any, want: str) -> RemoteError:
+            return RemoteError(f"{host}: the board's state is malformed: {field_} is {type(v).__name__}, not {want} "
+                               "(see state.json in the board's edgesdk dir)")
+
         st = answer.get("state") or {}
+        if not isinstance(st, Mapping):
+            raise bad("state.json", st, "an object")
+        hist = st.get("history")
+        if hist is not None and not isinstance(hist, (list, tuple)):
+            raise bad("history", hist, "a list")
+        for i, ev in enumerate(hist or ()):
+            if not isinstance(ev, Mapping):
+                raise bad(f"history[{i}]", ev, "an object")
+        if st.get("fallback") is not None and not isinstance(st.get("fallback"), Mapping):
+            raise bad("fallback", st["fallback"], "an object")
         lock = answer.get("lock")
+        if lock is not None and not isinstance(lock, Mapping):
+            raise bad("lock", lock, "an object")
+        rel = answer.get("releases")
+        if rel is not None and (not isinstance(rel, (list, tuple)) or not all(isinstance(r, str) for r in rel)):
+            raise bad("releases", rel, "a list of names")
         current = answer.get("current")
+        if current is not None and not isinstance(current, str):
+            raise bad("current", current, "a name")
         status = (BoardStatus.LOCKED if lock else BoardStatus.INTERRUPTED if st.get("pending") else
                   BoardStatus.READY if current else BoardStatus.EMPTY)
         return cls(host, str(answer.get("base") or ""), status, current, tuple(answer.get("releases") or ()), st,
@@ -231,6 +257,9 @@ class RunResult:
     fallback: str | None = None
     engines_used: tuple[Mapping[str, Any], ...] | None = None
     status: Outcome = Outcome.SUCCESS
+    #: who ran it on the board (the runtime's os.getuid()) and as what: "nobody", "root" (--allow-root), "user"
+    uid: int | None = None
+    ran_as: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, status=Outcome(self.status), outputs=MappingProxyType(dict(self.outputs)))
@@ -243,7 +272,8 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "host": self.host, "status": self.status.value, "release": self.release,
                 "outputs": {k: v.to_dict() for k, v in self.outputs.items()}, "latency_ms": self.latency_ms,
-                "fallback": self.fallback, "engines_used": thaw(self.engines_used)}
+                "fallback": self.fallback, "engines_used": thaw(self.engines_used), "uid": self.uid,
+                "ran_as": self.ran_as}
 
 
 def engines_used(raw: Any) -> tuple[dict[str, Any], ...] | None:

@@ -141,19 +141,32 @@ def push(rb: RemoteBoard, area: str, files: dict[str, LocalFile], progress: Call
         if progress:
             progress(0, remaining)
         if todo:
-            with rb.conn.sftp(f"push to {rb.base}/{area}") as sftp:
-                for rel, off in sorted(todo.items()):
-                    rb.fail_point("before_upload", rel=rel)
+            at: dict[str, Any] = {}  # the file being sent, for the error of a cut or stalled link
+            try:
+                with rb.conn.sftp(f"push to {rb.base}/{area}") as sftp:
+                    for rel, off in sorted(todo.items()):
+                        rb.fail_point("before_upload", rel=rel)
+                        at.update(rel=rel, off=off, sent=0)
 
-                    def tick(n: int) -> None:
-                        nonlocal done
-                        done += n
-                        st.bytes_sent += n
-                        if progress:
-                            progress(done, remaining)
+                        def tick(n: int) -> None:
+                            nonlocal done
+                            done += n
+                            at["sent"] += n
+                            st.bytes_sent += n
+                            if progress:
+                                progress(done, remaining)
 
-                    upload(sftp, files[rel].path, f"{rb.base}/{area}/{rel}.part", off, tick)
-                    st.files_sent += 1
+                        upload(sftp, files[rel].path, f"{rb.base}/{area}/{rel}.part", off, tick)
+                        st.files_sent += 1
+                        at.clear()
+            except RemoteError as exc:
+                if at:  # say where: the file and how far it got (a rerun resumes from what the board has)
+                    rel, off = at["rel"], at["off"]
+                    exc.args = (f"{exc.args[0] if exc.args else exc} (while sending {rel}: "
+                                f"{off + at['sent']:,} of {files[rel].size:,} bytes sent"
+                                + (f", resumed at {off:,}" if off else "")
+                                + f"; what arrived stays in {area}/{rel}.part for a rerun)", *exc.args[1:])
+                raise
         rb.fail_point("after_upload", area=area)
         res = rb.call("commit", area, rb.token, stdin={"files": listing}, timeout=1800)
         if res["verified"]:

@@ -20,6 +20,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +40,22 @@ TERRAPIN_DISABLED = {
         "hmac-sha2-512-etm@openssh.com",
         "hmac-sha1-etm@openssh.com",
         "hmac-md5-etm@openssh.com",
+        # only the SHA-2 MACs stay (hmac-sha2-256, hmac-sha2-512): MD5 and SHA-1 (and their -96 truncations)
+        # are refused, so a board that offers nothing else is refused at the key exchange
+        "hmac-sha1",
+        "hmac-sha1-96",
+        "hmac-md5",
+        "hmac-md5-96",
     ],
 }
+
+#: the MACs a connection may agree on (paramiko's list minus TERRAPIN_DISABLED["macs"])
+ALLOWED_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+
+#: the most bytes one command's reply may have on stdout (and, separately, on stderr); past it the command is
+#: abandoned (its channel closed) and the call fails naming the board and the verb. The agent's biggest answers
+#: (a per-layer profile, a smoke log) are well under 1 MiB.
+MAX_REPLY_BYTES = 64 << 20
 
 
 #: AES-GCM first: one pass (no separate HMAC) makes SFTP pushes ~1.3x faster than aes128-ctr +
@@ -65,6 +80,15 @@ class HostKeyError(RemoteError):
 
 class ConnectError(RemoteError):
     """The board could not be reached or refused our key."""
+
+
+class LinkStalled(ConnectError):
+    """The connection stayed open but the board stopped answering (a stalled link, not a cut): no reply to a
+    keepalive for `stall_timeout` seconds. The connection was closed, so that nothing waits on it any longer."""
+
+
+class ReplyTooLarge(RemoteError):
+    """A command's reply passed SSHTarget.max_reply_bytes: the command was abandoned."""
 
 
 class RemoteCommandError(RemoteError):
@@ -98,8 +122,14 @@ class SSHTarget:
     connect_timeout: float = 10.0
     command_timeout: float = 120.0
     keepalive: int = 15
+    #: dead-peer detection (OpenSSH's ServerAliveInterval x ServerAliveCountMax): a keepalive that wants a reply is
+    #: sent every stall_timeout/4 s; with no reply for stall_timeout s the link is stalled and every call on it
+    #: fails (LinkStalled), however long the command it waits for may legitimately run (`flash --stall-timeout`)
+    stall_timeout: float = 60.0
     #: The board's edgesdk dir; None: /opt/edgesdk as root, ~/.edgesdk otherwise.
     remote_dir: str | None = None
+    #: cap on one command's stdout (and on its stderr): see MAX_REPLY_BYTES
+    max_reply_bytes: int = MAX_REPLY_BYTES
 
     def __post_init__(self) -> None:
         if not self.host or any(c in self.host for c in " \n\t;$`'\""):
@@ -111,6 +141,8 @@ class SSHTarget:
             raise InputError(f"--remote-dir must be an absolute path, got {self.remote_dir!r}")
         if self.fingerprint is not None and not self.fingerprint.startswith("SHA256:"):
             raise InputError(f"--fingerprint must look like SHA256:..., got {self.fingerprint!r}")
+        if not (0 < self.stall_timeout <= 86400):
+            raise InputError(f"--stall-timeout must be > 0 seconds (at most a day), got {self.stall_timeout}")
 
     @property
     def known_hosts_name(self) -> str:
@@ -164,6 +196,7 @@ class SSHConnection:
 
     target: SSHTarget
     _client: object | None = field(default=None, init=False, repr=False)
+    _watch: _LinkWatch | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> SSHConnection:
         self.connect()
@@ -223,7 +256,18 @@ class SSHConnection:
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(t.keepalive)
+            self._watch = _LinkWatch(transport, t.stall_timeout, t.known_hosts_name)
+            self._watch.start()
         self._client = client
+
+    def _stall_check(self, what: str, exc: BaseException | None = None) -> None:
+        """Raise LinkStalled if the dead-peer detection closed the connection (the real cause of `exc`)."""
+        w = self._watch
+        if w is not None and w.stalled is not None:
+            raise LinkStalled(
+                f"{what}: the link to {self.target.known_hosts_name} stalled: the connection stayed open but the "
+                f"board answered nothing for {w.stalled:.1f}s (stall timeout {self.target.stall_timeout:g}s); "
+                "closed it") from exc
 
     @property
     def client(self):  # paramiko.SSHClient
@@ -245,17 +289,27 @@ class SSHConnection:
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out, err = _drain(chan, limit)
+            try:
+                out, err = _drain(chan, limit, self.target.max_reply_bytes)
+            except _TooLarge as big:
+                chan.close()
+                raise ReplyTooLarge(
+                    f"{self.target.known_hosts_name}: the reply of {_verb_of(argv)} passed "
+                    f"{self.target.max_reply_bytes:,} bytes on {big.stream}: refused (the command was abandoned; "
+                    "nothing more was read)") from None
             rc = chan.recv_exit_status()
             chan.close()
         except (socket.timeout, TimeoutError) as exc:
+            self._stall_check(_verb_of(argv), exc)
             raise RemoteCommandError(argv, None, f"no answer within {limit:.0f}s") from exc
         except Exception as exc:
             import paramiko
 
+            self._stall_check(_verb_of(argv), exc)
             if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
                 raise ConnectError(f"connection to {self.target.known_hosts_name} lost: {exc}") from exc
             raise
+        self._stall_check(_verb_of(argv))  # the channel was closed under the command: its output is cut short
         res = CommandResult(argv, rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
         if check and rc != 0:
             raise RemoteCommandError(argv, rc, res.stderr or res.stdout)
@@ -296,13 +350,20 @@ class SSHConnection:
         try:
             sftp = self.client.open_sftp()
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._stall_check(what, exc)
             raise RemoteError(
                 f"{self.target.known_hosts_name}: cannot open SFTP ({exc}); the board's sshd needs an sftp "
                 "subsystem (OpenSSH's sftp-server; on Dropbear install openssh-sftp-server)"
             ) from exc
         try:
-            sftp.get_channel().settimeout(self.target.command_timeout)
-            yield sftp
+            try:
+                sftp.get_channel().settimeout(self.target.command_timeout)
+                yield sftp
+            except Exception as exc:
+                self._stall_check(what, exc)
+                raise
+        except LinkStalled:
+            raise
         except FileNotFoundError as exc:
             raise RemoteError(f"{what}: no such file ({exc})") from exc
         except PermissionError as exc:
@@ -318,6 +379,8 @@ class SSHConnection:
                 pass  # the connection is already gone; the error above says why
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         if self._client is not None:
             try:
                 self._client.close()
@@ -325,16 +388,80 @@ class SSHConnection:
                 self._client = None
 
 
-def _drain(chan, limit: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr together until the command exits; socket.timeout on a stall."""
+def _verb_of(argv: list[str]) -> str:
+    """What a command is, for messages: the agent's verb (`agent.py --base DIR VERB ...`), else the program."""
+    if len(argv) > 4 and argv[2] == "--base":
+        return f"agent {argv[4]}"
+    return os.path.basename(argv[0])
+
+
+class _LinkWatch(threading.Thread):
+    """Dead-peer detection for one connection: a keepalive that wants a reply (SSH global request
+    keepalive@openssh.com; any reply, even "unsupported", proves the board is there) every limit/4 s. When the
+    board has answered nothing for `limit` s the link is declared stalled and the transport closed, so that
+    whatever waits on it (an SFTP write blocked on a full socket, a command's output, a reply) fails at once.
+    paramiko's own set_keepalive sends no-reply packets: it keeps NATs open but detects nothing."""
+
+    def __init__(self, transport: Any, limit: float, name: str) -> None:
+        super().__init__(daemon=True, name=f"linkwatch-{name}")
+        self.transport = transport
+        self.limit = limit
+        self.interval = max(0.1, limit / 4)
+        self.last_answer = time.monotonic()
+        #: seconds without an answer when the link was declared stalled; None while it is alive
+        self.stalled: float | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        t = self.transport
+        while not self._stop.is_set() and t.is_active():
+            answered = threading.Event()
+            threading.Thread(target=self._probe, args=(answered,), daemon=True, name=self.name + "-probe").start()
+            while not answered.wait(0.05):
+                quiet = time.monotonic() - self.last_answer
+                if self._stop.is_set() or not t.is_active():
+                    return
+                if quiet > self.limit:
+                    self.stalled = quiet
+                    t.close()  # wakes every call blocked on this connection
+                    return
+            self._stop.wait(self.interval)
+
+    def _probe(self, answered: threading.Event) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+            if self.transport.is_active():
+                self.last_answer = time.monotonic()
+        except Exception:  # noqa: BLE001, S110 - a dead transport: run() sees it inactive
+            pass
+        finally:
+            answered.set()
+
+
+class _TooLarge(Exception):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.stream = stream
+
+
+def _drain(chan, limit: float, cap: int = MAX_REPLY_BYTES) -> tuple[bytes, bytes]:
+    """Read stdout and stderr together until the command exits; socket.timeout on a stall; _TooLarge as soon as
+    either passes `cap` bytes (nothing more is buffered)."""
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + limit
     while True:
         if chan.recv_ready():
             out += chan.recv(1 << 16)
+            if len(out) > cap:
+                raise _TooLarge("stdout")
             continue
         if chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
+            if len(err) > cap:
+                raise _TooLarge("stderr")
             continue
         if chan.exit_status_ready() or chan.eof_received:
             if not chan.recv_ready() and not chan.recv_stderr_ready():
@@ -383,9 +510,34 @@ class _EnrollPolicy:
                 f"{fp} or --accept-new."
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        add_known_host(self.known_hosts, hostname, key)
+
+
+def add_known_host(path: Path, hostname: str, key: Any) -> None:
+    """Add `hostname key` to a known_hosts file as OpenSSH's HashKnownHosts does (|1|salt|hash: the file does not
+    list the hosts), mode 0600, atomically: the old lines and the new one go to a temp file that replaces it."""
+    import paramiko
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    line = f"{paramiko.HostKeys.hash_host(hostname)} {key.get_name()} {key.get_base64()}\n".encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(old + line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Transport(Protocol):
@@ -418,7 +570,7 @@ class FakeLink:
     """The wire shared by the FakeTransports of one test (each reconnect is a new FakeTransport on it).
 
     cut_after_bytes: after that many uploaded bytes the connection is cut (a write stops part-way, then
-    ConnectError), like tests/sshd_fixture.CutProxy; set it to None again to heal the link. unreachable: every
+    ConnectError), like tests/netproxy.LinkProxy(cut_after=); set it to None again to heal the link. unreachable: every
     connect fails. commands: every argv run, in order; bytes_written, cuts: counters."""
 
     cut_after_bytes: int | None = None
@@ -453,7 +605,8 @@ class FakeTransport:
         flash(..., transport=FakeTransport.on(link))
 
     When this process is root the agent demotes the smoke test to `nobody` as on a board: the board dir and the
-    interpreter must then be readable by nobody (a 0755 temp dir, not pytest's 0700 tmp_path)."""
+    interpreter must then be readable by nobody (a 0755 temp dir, not pytest's 0700 tmp_path; an interpreter
+    nobody can run: tests/sshd_fixture.board_python), else the flash fails unless FlashOptions.allow_root_smoke."""
 
     def __init__(self, target: SSHTarget, link: FakeLink | None = None) -> None:
         if not target.remote_dir:
@@ -516,6 +669,10 @@ class FakeTransport:
             raise RemoteCommandError(list(argv), None, f"no answer within {limit:.0f}s") from exc
         except OSError as exc:
             p = subprocess.CompletedProcess(argv, 127, b"", f"{argv[0]}: {exc}".encode())
+        for stream, data in (("stdout", p.stdout), ("stderr", p.stderr)):
+            if len(data) > self.target.max_reply_bytes:
+                raise ReplyTooLarge(f"{self.target.known_hosts_name}: the reply of {_verb_of(list(argv))} passed "
+                                    f"{self.target.max_reply_bytes:,} bytes on {stream}: refused")
         res = CommandResult(list(argv), p.returncode, p.stdout.decode("utf-8", "replace"),
                             p.stderr.decode("utf-8", "replace"))
         if check and p.returncode != 0:
@@ -573,6 +730,10 @@ class _LocalFiles:
     def stat(self, path: str) -> os.stat_result:
         self.t._alive()
         return os.stat(path)  # reading outside the board dir is allowed (e.g. its parents)
+
+    def lstat(self, path: str) -> os.stat_result:
+        self.t._alive()
+        return os.lstat(self._inside(path))
 
     def mkdir(self, path: str, mode: int = 0o777) -> None:
         self.t._alive()
@@ -636,7 +797,9 @@ __all__ = [
     "FakeLink",
     "FakeTransport",
     "HostKeyError",
+    "LinkStalled",
     "RemoteCommandError",
+    "ReplyTooLarge",
     "SSHConnection",
     "SSHTarget",
     "Transport",

@@ -133,13 +133,25 @@ def _platform_args(profile: BoardProfile, python: str | None = None, tags: list[
     return args
 
 
+#: what a board with a trust store needs to check signatures (edgesdk.runtime.trust): cryptography and its cffi
+SIGNING_PACKAGES = ("cryptography>=42", "cffi>=1.12")
+
+
+def local_wheels_dir() -> Path:
+    """Wheels PyPI does not have for a board (e.g. cffi for armv7l, from piwheels): <edgesdk home>/wheelhouse/local."""
+    return home() / "wheelhouse" / "local"
+
+
 def build_wheelhouse(profile: BoardProfile, engines: set[str], *, python: str | None = None,
-                     platform_tags: list[str] | None = None, cache: Path | None = None) -> Wheelhouse:
-    """Download (once, cached) the engines + numpy for the board's tags, and write the board package's wheel."""
+                     platform_tags: list[str] | None = None, cache: Path | None = None,
+                     signing: bool = False) -> Wheelhouse:
+    """Download (once, cached) the engines + numpy for the board's tags, and write the board package's wheel.
+    signing: the board has trusted keys, so it also gets cryptography + cffi to check signatures with."""
     reqs = ["numpy>=1.24", *engine_packages(engines)]
+    sreqs = list(SIGNING_PACKAGES) if signing else []
     tags = platform_tags or list(profile.os.platform_tags)
     py = python or profile.os.python
-    key_src = json.dumps({"reqs": reqs, "tags": tags, "py": py}, sort_keys=True)
+    key_src = json.dumps({"reqs": reqs + sreqs, "tags": tags, "py": py}, sort_keys=True)
     cache = cache or home() / "wheelhouse"
     third = cache / hashlib.sha256(key_src.encode()).hexdigest()[:16]
     if not (third / ".complete").is_file():
@@ -148,6 +160,20 @@ def build_wheelhouse(profile: BoardProfile, engines: set[str], *, python: str | 
         try:
             _pip(["download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(tmp),
                   *_platform_args(profile, py, tags), *reqs], f"downloading {', '.join(reqs)} for {profile.id}")
+            if sreqs:
+                local = local_wheels_dir()
+                links = ["--find-links", str(local)] if local.is_dir() else []
+                try:
+                    _pip(["download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(tmp), *links,
+                          *_platform_args(profile, py, tags), *sreqs], f"downloading {', '.join(sreqs)}")
+                except EnvironmentProblem as exc:
+                    raise EnvironmentProblem(
+                        f"{profile.id} trusts signing keys, so it checks signatures with cryptography, but there is "
+                        f"no wheel of {' or '.join(sreqs)} for Python {py} on {', '.join(tags[:2])} (PyPI has no cffi "
+                        f"wheel for armv7l): {str(exc).splitlines()[0]}",
+                        fix=f"put a cp{py.replace('.', '')} wheel of cffi for that platform (e.g. from piwheels.org) "
+                            f"into {local}, or flash a board with no trusted key (it accepts unsigned bundles, with "
+                            "a warning)") from None
             (tmp / ".complete").write_text(key_src)
             third.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(third, ignore_errors=True)
@@ -158,4 +184,4 @@ def build_wheelhouse(profile: BoardProfile, engines: set[str], *, python: str | 
     wheels = {p.name: LocalFile(p, sha256_file(p), p.stat().st_size) for p in sorted(third.glob("*.whl"))}
     wheels[ours.path.name] = ours
     key = hashlib.sha256("".join(f"{n}:{f.sha256}\n" for n, f in sorted(wheels.items())).encode()).hexdigest()[:20]
-    return Wheelhouse(third, wheels, ours.path.name, key, tuple(reqs))
+    return Wheelhouse(third, wheels, ours.path.name, key, tuple(reqs + sreqs))

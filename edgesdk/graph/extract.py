@@ -206,6 +206,10 @@ def _rebuild_value_info(proto: onnx.ModelProto, segment: Any) -> None:
 
 
 def _first_lines(exc: BaseException, n: int = 3) -> str:
+    if "Failed to allocate memory" in str(exc):  # onnxruntime's allocation failure: which node, how much
+        from edgesdk.runtime.engines.onnxruntime import describe_failure
+
+        return describe_failure(exc)
     lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
     return " ".join(lines[:n]) or type(exc).__name__
 
@@ -391,9 +395,9 @@ class PartitionResult:
 def partition_model(path: Any, board_id: str, out_dir: str | Path, force: bool = False,
                     input_shapes: Mapping[str, Sequence[int]] | None = None,
                     min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
-                    example_inputs: Any = None) -> PartitionResult:
+                    example_inputs: Any = None, trust_model: bool = False) -> PartitionResult:
     """Open (any input convert takes), prepare, partition and write the segments of `path` for `board_id`
-    (the `edgesdk partition` command)."""
+    (the `edgesdk partition` command). trust_model: see edgesdk.frontends (TorchScript is code)."""
     from edgesdk.boards import get_board
     from edgesdk.graph.report import analyze
     from edgesdk.graph.source import opened
@@ -402,7 +406,7 @@ def partition_model(path: Any, board_id: str, out_dir: str | Path, force: bool =
     if out.exists() and not force:  # fail before any work, and write nothing
         raise InputError(f"{out} already exists; choose another -o DIR or pass --force to replace it")
     board = get_board(board_id)
-    with opened(path, input_shapes, prepare, example_inputs) as o:
+    with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         a = analyze(o.model, board, min_island_flops_share=min_island_flops_share)
         d = write_segments(o.model, a.plan, out, force=force)
         files = tuple(sorted(p.name for p in d.iterdir()))

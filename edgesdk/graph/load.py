@@ -18,6 +18,10 @@ from edgesdk.graph.shapes import NodeCost, TensorInfo, infer_shapes, node_cost, 
 PROTOBUF_LIMIT = 2**31 - 1
 #: Op domains edgesdk understands (the ONNX default domain and its aliases).
 KNOWN_DOMAINS = frozenset({"", "ai.onnx"})
+#: The largest tensor (input, weight or activation) a model may have, in bytes: a bigger one is a model error
+#: before any engine allocates it (an Expand to 120 GB). Override with EDGESDK_MAX_TENSOR_BYTES (e.g. 8G).
+DEFAULT_MAX_TENSOR_BYTES = 2 << 30
+MAX_TENSOR_ENV = "EDGESDK_MAX_TENSOR_BYTES"
 
 
 @dataclass(eq=False)
@@ -141,6 +145,119 @@ def check_external_data(proto: onnx.ModelProto, model_dir: Path) -> bool:
     return found
 
 
+# -- tensor sizes ----------------------------------------------------------------------------------
+
+def max_tensor_bytes() -> int:
+    """The per-tensor size limit: EDGESDK_MAX_TENSOR_BYTES (bytes, or with a K/M/G/T suffix), else 2 GiB."""
+    text = os.environ.get(MAX_TENSOR_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_TENSOR_BYTES
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:].upper(), 1)
+    try:
+        n = int(float(text[:-1] if mult > 1 else text) * mult)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise InputError(f"{MAX_TENSOR_ENV}={text!r}: expected a positive size in bytes, e.g. 4G or 4294967296")
+    return n
+
+
+def _gb(n: int) -> str:
+    return (f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB" if n >= 2**20 else
+            f"{n / 2**10:.3g} KiB")
+
+
+def _typed_count(t: onnx.TensorProto) -> int | None:
+    """How many elements an initializer actually holds (None: external data, or a type this does not check)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    from edgesdk.graph.shapes import _DTYPES
+
+    itemsize = _DTYPES.get(t.data_type, ("", 0))[1]
+    if t.HasField("raw_data") or t.raw_data:
+        if not itemsize:
+            return None
+        return len(t.raw_data) // itemsize if len(t.raw_data) % itemsize == 0 else -1
+    if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8,
+                       onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                       onnx.TensorProto.INT32, onnx.TensorProto.BOOL):
+        return len(t.int32_data)
+    field = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
+             onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.UINT32: "uint64_data",
+             onnx.TensorProto.UINT64: "uint64_data", onnx.TensorProto.STRING: "string_data"}.get(t.data_type)
+    return len(getattr(t, field)) if field else None
+
+
+def check_initializers(graph: onnx.GraphProto, limit: int, origin: str = "") -> None:
+    """Every initializer's dims are non-negative, within the size limit, and match the data it holds (a shape
+    that lies reaches engines as an out-of-bounds read or an allocation failure)."""
+    import math
+
+    from edgesdk.graph.shapes import _DTYPES
+
+    valid = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for t in graph.initializer:
+        dims = list(t.dims)
+        where = f"{origin}initializer {t.name!r} (shape {dims})"
+        if t.data_type not in valid:
+            raise ModelError(f"{where} has data type {t.data_type}, which is not an ONNX element type")
+        if any(d < 0 for d in dims):
+            raise ModelError(f"{where} has a negative dimension")
+        n = math.prod(dims)
+        size = n * max(1, _DTYPES.get(t.data_type, ("", 1))[1])
+        if size > limit:
+            raise ModelError(f"{where} would take {_gb(size)}, more than the per-tensor limit of {_gb(limit)} "
+                             f"({MAX_TENSOR_ENV} raises it)")
+        held = _typed_count(t)
+        if held is not None and held != n:
+            what = "a byte count that is not a whole number of elements" if held < 0 else f"{held} element(s)"
+            raise ModelError(f"{where} declares {n} element(s) but holds {what}: the file is damaged or lies "
+                             "about the shape")
+
+
+def check_tensor_sizes(tensors: Mapping[str, object], graph: onnx.GraphProto, limit: int, origin: str = "") -> None:
+    """No tensor of the inferred graph (inputs, weights, every node's outputs) is larger than `limit` bytes:
+    refused here, before onnxruntime or a converter tries to allocate it."""
+    producers = {o: n for n in graph.node for o in n.output if o}
+    inputs = {vi.name for vi in graph.input}
+    for name, t in tensors.items():
+        nbytes = getattr(t, "nbytes", 0)
+        if nbytes <= limit:
+            continue
+        shape = list(t.shape)  # type: ignore[attr-defined]
+        node = producers.get(name)
+        who = (f"output {name!r} of node {node.name!r} ({node.op_type})" if node is not None else
+               f"input {name!r}" if name in inputs else f"tensor {name!r}")
+        raise ModelError(f"{origin}{who} would be {shape} {t.dtype} = {_gb(nbytes)}, more than the per-tensor limit of "  # type: ignore[attr-defined]
+                         f"{_gb(limit)}: no board can hold it (a shape that lies, or a wrong --input-shape); "
+                         f"{MAX_TENSOR_ENV} raises the limit")
+
+
+def check_names(graph: onnx.GraphProto, origin: str = "", where: str = "graph") -> None:
+    """Every name and op type of the graph (and its subgraphs) is text: protobuf hands a string field that is
+    not valid UTF-8 back as bytes, which reaches plan.json and reports as a crash (found by the fuzzer)."""
+    def bad(value: object) -> bool:
+        return not isinstance(value, str)
+
+    for kind, items in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info),
+                        ("initializer", graph.initializer)):
+        for i, vi in enumerate(items):
+            if bad(vi.name):
+                raise ModelError(f"{origin}{where} {kind} {i}: its name {vi.name!r} is not valid UTF-8 text")
+    for i, node in enumerate(graph.node):
+        fields = [("name", node.name), ("op_type", node.op_type), ("domain", node.domain)]
+        fields += [(f"input {k}", x) for k, x in enumerate(node.input)]
+        fields += [(f"output {k}", x) for k, x in enumerate(node.output)]
+        fields += [("attribute name", a.name) for a in node.attribute]
+        for what, value in fields:
+            if bad(value):
+                raise ModelError(f"{origin}{where} node {i} ({node.op_type!r}): its {what} {value!r} is not valid "
+                                 "UTF-8 text")
+        for a in node.attribute:
+            for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                check_names(sg, origin, f"subgraph {a.name!r} of node {i}")
+
+
 # -- input shapes ----------------------------------------------------------------------------------
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -169,7 +286,7 @@ def _metadata_size(proto: onnx.ModelProto) -> tuple[int, int, str] | None:
     import ast
 
     for kv in proto.metadata_props:
-        if kv.key.lower() not in _SIZE_KEYS:
+        if not isinstance(kv.key, str) or not isinstance(kv.value, str) or kv.key.lower() not in _SIZE_KEYS:
             continue
         try:
             v = ast.literal_eval(kv.value.strip())
@@ -374,11 +491,15 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
     """Load an ONNX model safely and return it checked, with static shapes and per-node costs.
 
     Raises ModelError (exit code 2) for a non-ONNX or truncated file, an invalid graph, external data
-    outside the model's folder, an unknown op domain, or an input shape left dynamic.
+    outside the model's folder, an unknown op domain, an input shape left dynamic, an initializer whose data does
+    not match its shape, or a tensor larger than the per-tensor limit (`max_tensor_bytes`).
     """
     p = Path(path)
+    limit = max_tensor_bytes()
     proto = _parse(p)
     has_ext = check_external_data(proto, p.parent)
+    check_names(proto.graph, f"{p}: ")
+    check_initializers(proto.graph, limit, f"{p}: ")
 
     # Structure checks first: they give clearer messages than the checker.
     graph = proto.graph
@@ -416,8 +537,12 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
     for o in graph.output:
         if o.type.HasField("tensor_type"):
             o.type.tensor_type.ClearField("shape")
-    inferred = infer_shapes(proto)
+    try:
+        inferred = infer_shapes(proto)
+    except ModelError as exc:
+        raise ModelError(f"{p}: {exc}") from exc
     tensors = tensor_table(inferred.graph)
+    check_tensor_sizes(tensors, inferred.graph, limit, f"{p}: ")
 
     node_inputs = []
     producer: dict[str, int] = {}
@@ -459,5 +584,6 @@ def load_weights(model: Model) -> onnx.ModelProto:
     return proto
 
 
-__all__ = ["PROTOBUF_LIMIT", "Model", "check_external_data", "load_model", "load_weights", "parse_input_shape",
-           "shapes_from_metadata"]
+__all__ = ["DEFAULT_MAX_TENSOR_BYTES", "MAX_TENSOR_ENV", "PROTOBUF_LIMIT", "Model", "check_external_data",
+           "check_initializers", "check_names", "check_tensor_sizes", "load_model", "load_weights", "max_tensor_bytes",
+           "parse_input_shape", "shapes_from_metadata"]

@@ -271,15 +271,15 @@ def build_report(a: Analysis) -> InspectReport:
 
 def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
-                  example_inputs: Any = None) -> InspectReport:
+                  example_inputs: Any = None, trust_model: bool = False) -> InspectReport:
     """Open `path` (any input convert takes), prepare it, check and partition it for `board_id`, and report
-    (the `edgesdk inspect` command)."""
+    (the `edgesdk inspect` command). trust_model: see edgesdk.frontends (TorchScript is code)."""
     from dataclasses import replace
 
     from edgesdk.graph.source import opened
 
     board = get_board(board_id)
-    with opened(path, input_shapes, prepare, example_inputs) as o:
+    with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share))
         return replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
                        notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
@@ -309,14 +309,15 @@ class BoardSummary:
 def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
                    board_ids: Sequence[str] | None = None,
                    min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
-                   example_inputs: Any = None, opened_info: list[Any] | None = None) -> list[BoardSummary]:
+                   example_inputs: Any = None, opened_info: list[Any] | None = None,
+                   trust_model: bool = False) -> list[BoardSummary]:
     """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`).
 
     `opened_info`, when given, receives the Opened model (its preparation report and notes)."""
     from edgesdk.graph.source import opened
 
     boards = [get_board(b) for b in board_ids] if board_ids else list_boards()
-    with opened(path, input_shapes, prepare, example_inputs) as o:
+    with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         if opened_info is not None:
             opened_info.append(o)
         return _compare(o.model, boards, min_island_flops_share)

@@ -38,7 +38,12 @@ def elem_type(dtype: str) -> int:
 
 
 def dtype_name(elem_type: int) -> str:
-    return _DTYPES.get(elem_type, (onnx.TensorProto.DataType.Name(elem_type).lower(), 0))[0]
+    if elem_type in _DTYPES:
+        return _DTYPES[elem_type][0]
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # not an ONNX element type at all (a damaged file)
+        return f"unknown-type-{elem_type}"
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; a failure is an invalid graph (ModelError)."""
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError,
+            TypeError) as exc:  # ValueError: "Invalid tensor data type 99." (the checker lets it through)
         raise ModelError(f"invalid graph: shape inference failed: {str(exc).strip()}") from exc
 
 

@@ -36,14 +36,17 @@ class Opened:
 
 
 def load_source(model: Any, work: Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                example_inputs: Any = None) -> tuple[Model, Path, str, Path | None, tuple[str, ...]]:
-    """(loaded original, its ONNX path, kind, the user's file, notes) for any accepted input."""
+                example_inputs: Any = None, trust_model: bool = False
+                ) -> tuple[Model, Path, str, Path | None, tuple[str, ...]]:
+    """(loaded original, its ONNX path, kind, the user's file, notes) for any accepted input.
+
+    trust_model: let a TorchScript archive's code run (confined; see edgesdk.frontends); refused otherwise."""
     from edgesdk.frontends import to_onnx
 
     is_tflite = isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".tflite"
     # a .tflite's HardSwish (MobileNetV3 family) exists in ONNX from op set 14; 17 is what every engine reads
     src = to_onnx(model, work, input_shapes=input_shapes, example_inputs=example_inputs,
-                  opset=17 if is_tflite else 13)
+                  opset=17 if is_tflite else 13, trust_model=trust_model)
     shapes = input_shapes if src.kind in ("onnx", "tflite") else None  # an export has its shapes fixed
     m = load_model(src.path, shapes)
     return m, src.path, src.kind, src.original, tuple(src.notes) + m.notes
@@ -51,19 +54,19 @@ def load_source(model: Any, work: Path, input_shapes: Mapping[str, Sequence[int]
 
 def open_model(model: Any, work: Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
                do_prepare: bool = True, example_inputs: Any = None, feed: Mapping[str, Any] | None = None,
-               feed_source: str | None = None) -> Opened:
+               feed_source: str | None = None, trust_model: bool = False) -> Opened:
     """Open any accepted model input for analysis; exports go into `work` (the caller's temporary folder)."""
-    m, path, kind, original, notes = load_source(model, work, input_shapes, example_inputs)
+    m, path, kind, original, notes = load_source(model, work, input_shapes, example_inputs, trust_model)
     p = prepare(m, enabled=do_prepare, feed=feed, input_source=feed_source)
     return Opened(p.model, m, p.report, path, kind, original, notes)
 
 
 @contextmanager
 def opened(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, do_prepare: bool = True,
-           example_inputs: Any = None) -> Iterator[Opened]:
+           example_inputs: Any = None, trust_model: bool = False) -> Iterator[Opened]:
     """`open_model` with its own temporary work folder, removed on exit (inspect, partition)."""
     with tempfile.TemporaryDirectory(prefix="edgesdk-model-") as td:
-        yield open_model(model, Path(td), input_shapes, do_prepare, example_inputs)
+        yield open_model(model, Path(td), input_shapes, do_prepare, example_inputs, trust_model=trust_model)
 
 
 __all__ = ["Opened", "load_source", "open_model", "opened"]

@@ -49,6 +49,9 @@ class ProfileOptions:
     timeout: float = 1800.0
     #: an interpreter on the board with edgesdk.runtime (default: the board's venv from provisioning)
     python: str | None = None
+    #: the board's agent (root) runs the profile as nobody; when nobody cannot run `python`, run it as root instead
+    #: of failing (`--allow-root`; also the smoke test's, when the release is flashed first)
+    allow_root: bool = False
     #: flash options when the release must be flashed first
     flash: Any = None
     extra_args: tuple[str, ...] = field(default=())
@@ -142,6 +145,7 @@ def measure_remote(target: Any, release: str, opts: ProfileOptions, transport: A
         python = opts.python or rb.venv_python
         try:
             r = rb.call("profile", release, f"--python={python}", f"--timeout={opts.timeout}", *opts.argv(),
+                        *(["--allow-root"] if opts.allow_root else []),
                         timeout=opts.timeout + 120)
         except (AgentError, AgentInputError) as exc:
             detail = getattr(exc, "detail", None) or {}
@@ -178,7 +182,7 @@ def ensure_release(bundle: Path, board: BoardProfile, target: Any, opts: Profile
     st = remote_state(target)
     if manifest.bundle_id in st.releases:
         return manifest.bundle_id, None
-    fo = opts.flash or FlashOptions(python=opts.python)
+    fo = opts.flash or FlashOptions(python=opts.python, allow_root_smoke=opts.allow_root)
     res = flash(bundle, board, target, fo, event)
     if not res.ok:
         raise RemoteError(f"{target.known_hosts_name}: flashing {manifest.bundle_id} before profiling failed "

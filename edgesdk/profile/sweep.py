@@ -4,9 +4,8 @@ A bundle has one engine per segment, so each (engine, precision) is its own bund
 (edgesdk.conversion.convert, cached by the model's hash); threads are a runtime option. Each combination is
 profiled on the target; the combinations whose outputs pass the bundle's accuracy tolerance (the smoke test's
 comparison against the reference outputs) are ranked by p50 latency, and the fastest is recommended.
-`tune` records that choice: a tuning.json in the release directory (engines and their options, read by the
-on-board profiler and, with the Session hook proposed in docs/profile.md, by the runtime) and makes that
-release current.
+`tune` records that choice: a tuning.json (engines and their options, read by the on-board profiler and the
+Session) listed in the bundle's manifest, so a new bundle id that covers it, flashed as a new release.
 """
 
 from __future__ import annotations
@@ -195,8 +194,9 @@ def tuning_document(row: SweepRow, manifest: Any, sweep_result: SweepResult | No
 
 
 def tune(result: SweepResult, board: str | BoardProfile, host: Any, *, python: str | None = None,
-         event: Event | None = None) -> dict[str, Any]:
-    """Write the sweep's recommendation into its release (tuning.json) and make that release current."""
+         event: Event | None = None, allow_root: bool = False) -> dict[str, Any]:
+    """Write the sweep's recommendation into its release (tuning.json) and make that release current.
+    allow_root: the smoke test of that flash may run as root (FlashOptions.allow_root_smoke)."""
     from edgesdk.deploy.flash import FlashOptions, check_bundle, flash
 
     if result.best is None or result.best.bundle is None:
@@ -204,14 +204,27 @@ def tune(result: SweepResult, board: str | BoardProfile, host: Any, *, python: s
     prof = board if isinstance(board, BoardProfile) else get_board(board)
     bundle = Path(result.best.bundle)
     manifest, _ = check_bundle(bundle)
+    from edgesdk.bundle import add_tuning
+
     doc = tuning_document(result.best, manifest, result)
+    doc["bundle_id"] = manifest.untuned_id()  # the bundle measured; the tuned one's id covers tuning.json too
     text = json.dumps(doc, indent=1)
     if host == LOCAL:
-        p = bundle / TUNING_FILE
-        tmp = bundle / f".{TUNING_FILE}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(p)
-        return {"host": LOCAL, "release": manifest.bundle_id, "tuning": str(p), "document": doc}
+        m2 = add_tuning(bundle, text)  # listed in the manifest: a new bundle id, covered by a signature
+        return {"host": LOCAL, "release": m2.bundle_id, "tuning": str(bundle / TUNING_FILE), "document": doc}
+    # the board gets a new release (the same files, hard-linked there, plus tuning.json), flashed like any other:
+    # nothing is written into an installed release, and the bundle id and a signature cover the tuning
+    import shutil
+
+    tuned = home() / "bundles" / f"tuned-{manifest.untuned_id()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if not (tuned / "manifest.json").is_file():
+        tmpdir = tuned.with_name(f".{tuned.name}.{secrets.token_hex(4)}")
+        shutil.copytree(bundle, tmpdir, ignore=shutil.ignore_patterns("manifest.sig"))
+        add_tuning(tmpdir, text)
+        shutil.rmtree(tuned, ignore_errors=True)
+        tmpdir.rename(tuned)
+    bundle = tuned
+    manifest, _ = check_bundle(bundle)
     if host is None:
         from edgesdk.deploy.flash import emulator_target
 
@@ -222,23 +235,11 @@ def tune(result: SweepResult, board: str | BoardProfile, host: Any, *, python: s
         target = SSHTarget.parse(host)
     else:
         target = host
-    res = flash(bundle, prof, target, FlashOptions(python=python), event)  # installed already: switch + smoke
+    res = flash(bundle, prof, target, FlashOptions(python=python, allow_root_smoke=allow_root), event)  # only tuning.json + manifest are sent
     if not res.ok:
         raise EdgeSDKError(f"{target.known_hosts_name}: could not make {manifest.bundle_id} current: {res.error}")
-    from edgesdk.deploy.board import RemoteBoard
-    from edgesdk.deploy.transport import SSHConnection
-
-    with SSHConnection(target) as conn:
-        rb = RemoteBoard(conn).open()
-        rel = rb.path("releases", manifest.bundle_id)
-        tmp = f"{rel}/.{TUNING_FILE}.{secrets.token_hex(4)}"
-        with conn.sftp("write tuning.json") as sftp:
-            with sftp.open(tmp, "w") as fh:
-                fh.write(text.encode())
-            sftp.chmod(tmp, 0o644)
-            sftp.posix_rename(tmp, f"{rel}/{TUNING_FILE}")
-    return {"host": target.known_hosts_name, "release": manifest.bundle_id, "tuning": f"{rel}/{TUNING_FILE}",
-            "document": doc, "flash": res.to_dict()}
+    return {"host": target.known_hosts_name, "release": manifest.bundle_id, "bundle": str(bundle),
+            "tuning": f"releases/{manifest.bundle_id}/{TUNING_FILE}", "document": doc, "flash": res.to_dict()}
 
 
 __all__ = ["SweepResult", "SweepRow", "parse_sweep", "sweep", "tune", "tuning_document"]

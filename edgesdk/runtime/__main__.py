@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return code
     if args.result_line:
+        if isinstance(result, dict):
+            result.setdefault("uid", os.getuid())  # who ran it: the agent drops to nobody when it is root
         print(RESULT_MARK + json.dumps(result), flush=True)
     elif args.json:
         print(json.dumps(result, indent=2))

@@ -9,18 +9,25 @@ comes as JSON on stdin. Every verb prints one JSON object on stdout. It never ru
 
 Whatever runs a bundle (activate's smoke test, run, profile) is the board package's own entry point in the
 venv, `PY -I -B -m edgesdk.runtime smoke|run|profile BUNDLE --result-line ...` (run_bundle): as nobody when the
-agent is root, with rlimits, in its own session, killed at its time limit. No program text is sent.
+agent is root (a drop that cannot happen is a failure naming the fix, unless --allow-root: then it runs as root and
+says so), with rlimits, in its own session, killed at its time limit. No program text is sent. `run`'s outputs are
+copied out of nobody's work dir (O_NOFOLLOW, regular files, at most the manifest's declared size) into a dir only
+the agent can write. The board dir is private to the board user (DIR_MODES).
 
     python3 agent.py --base DIR probe                      stdin: {"dev_nodes": [...], "tools": [...]}
     python3 agent.py --base DIR lock acquire|release|break TOKEN [--ttl S] [--who TEXT]
     python3 agent.py --base DIR need AREA TOKEN            stdin: {"files": {rel: {"sha256", "size"}}}
     python3 agent.py --base DIR commit AREA TOKEN          stdin: same; .part -> file after sha256
-    python3 agent.py --base DIR install BUNDLE_ID TOKEN    staging/ID -> releases/ID (verified)
+    python3 agent.py --base DIR admit BUNDLE_ID TOKEN [--python PY] [--allow-downgrade]
+                                                           stdin: {"manifest": b64, "signature": text|null}
+    python3 agent.py --base DIR install BUNDLE_ID TOKEN [--python PY]   staging/ID -> releases/ID (verified)
+    python3 agent.py --base DIR trust add|remove|list [TOKEN] [FINGERPRINT] [--force]   stdin (add): {"pem": ...}
     python3 agent.py --base DIR activate BUNDLE_ID TOKEN --python PY --timeout S --keep N [--note T] [--fallback cpu]
+                                                           [--allow-root]
     python3 agent.py --base DIR rollback TOKEN [--to ID] [--reason TEXT]
     python3 agent.py --base DIR provision TOKEN WHEELSET  stdin: {"wheels": [...], "force": [...]}
-    python3 agent.py --base DIR run RELEASE_ID --python PY --timeout S --workdir REL [--input NAME=FILE]...
-    python3 agent.py --base DIR profile RELEASE_ID --python PY --timeout S [--runs N ...] [--fallback cpu]
+    python3 agent.py --base DIR run RELEASE_ID --python PY --timeout S --workdir REL [--input NAME=FILE]... [--allow-root]
+    python3 agent.py --base DIR profile RELEASE_ID --python PY --timeout S [--runs N ...] [--fallback cpu] [--allow-root]
     python3 agent.py --base DIR state
 
 AREA is "staging/<bundle-id>" or "wheels". Layout under DIR (see docs/deploy.md):
@@ -38,6 +45,7 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -48,13 +56,48 @@ LOCK_TTL = 1800.0
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_FILES = 10000
-#: optional files beside manifest.json that its files table does not list
-OPTIONAL_FILES = ("manifest.sig", "tuning.json")
+#: optional files beside manifest.json that its files table does not list: only the signature (tuning.json and
+#: every other file that changes behaviour are listed, so the bundle id and the signature cover them)
+OPTIONAL_FILES = ("manifest.sig",)
+#: the trust store: <board dir>/trust/<32 hex>.pub, one Ed25519 public key (PEM) each (edgesdk.runtime.trust)
+TRUST_DIR, SIGNATURE = "trust", "manifest.sig"
+#: DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 raw key bytes follow
+SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+FP_RE = re.compile(r"^(?:ed25519:)?([0-9a-f]{32})$")
 #: a fallback setting is passed on as one word; the board runtime decides what it means (edgesdk.runtime.fallback)
 FALLBACK_RE = re.compile(r"^[a-z]{1,16}$")
 SMOKE_LOG_LINES = 60
 #: the board runtime's entry point (`python -m edgesdk.runtime VERB ...`, in the board's venv) and what it prints
 RUNTIME, RUNTIME_VERBS, RESULT_MARK = "edgesdk.runtime", ("smoke", "run", "profile"), "EDGESDK-RESULT "
+#: modes of the board dir, private to the board user: the base and tmp/ only traversable by others (nobody reaches
+#: the venv and its own work dirs), releases/ 0750 with nobody's group when the agent is root (release_group:
+#: the smoke test reads the release as nobody), else 0700; state.json, logs 0600; release files 0440/0400
+DIR_MODES = {"": 0o711, "releases": 0o700, "staging": 0o700, "logs": 0o700, "tmp": 0o711, "wheels": 0o700}
+FILE_MODE, RELEASE_FILE_MODE = 0o600, 0o400
+#: an output file may exceed its tensor's bytes by this much (the .npy header)
+NPY_SLACK = 4096
+#: the cap for an output whose size the manifest does not fix (a dynamic dimension)
+MAX_OUTPUT_BYTES = 1 << 30
+
+
+def nobody_ids() -> tuple | None:
+    """(uid, gid) of nobody, or None when there is no such user (or no pwd module)."""
+    try:
+        import pwd
+
+        pw = pwd.getpwnam("nobody")
+    except (ImportError, KeyError):
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def release_group() -> int | None:
+    """The group releases are readable by: nobody's, when the agent is root (the smoke test runs as nobody with
+    only that group); None otherwise (releases are the board user's alone)."""
+    if os.getuid() != 0:
+        return None
+    ids = nobody_ids()
+    return ids[1] if ids else None
 
 
 class Fail(Exception):
@@ -144,8 +187,10 @@ def fsync_dir(path: str) -> None:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
+    """Write to a temp file (mode 0600: state is the board user's), fsync, rename into place."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -179,20 +224,37 @@ class Board:
         return self.p("staging", check_id(bid, "bundle id"))
 
     def ensure(self) -> None:
-        for d in ("", "releases", "staging", "logs", "tmp", "wheels"):
-            os.makedirs(self.p(d), mode=0o755, exist_ok=True)
+        """The board dir's layout, private to the board user (DIR_MODES): others may only traverse the base
+        (to the venv), releases (as nobody's group, for the smoke test) and tmp (to nobody's work dirs)."""
+        group = release_group()
+        for d, mode in DIR_MODES.items():
+            path = self.p(d) if d else self.base
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if d == "releases" and group is not None:
+                mode = 0o750
+                if os.stat(path).st_gid != group:
+                    os.chown(path, -1, group)
+            if stat.S_IMODE(os.stat(path).st_mode) != mode:
+                os.chmod(path, mode)
 
     # -- state -------------------------------------------------------------------------------------
     def state(self) -> dict:
+        """state.json; what is malformed in it (not an object, a history that is not a list of objects, a
+        fallback table that is not an object) is dropped here, so that no verb trips over it."""
         try:
             with open(self.p("state.json"), encoding="utf-8") as fh:
                 st = json.load(fh)
-            if isinstance(st, dict):
-                st.setdefault("history", [])
-                return st
         except (OSError, ValueError):
-            pass
-        return {"history": []}
+            st = None
+        if not isinstance(st, dict):
+            return {"history": []}
+        hist = st.get("history")
+        st["history"] = [e for e in hist if isinstance(e, dict)] if isinstance(hist, list) else []
+        if "fallback" in st and not isinstance(st["fallback"], dict):
+            st["fallback"] = {}
+        if "pending" in st and not isinstance(st["pending"], (dict, type(None))):
+            st["pending"] = None
+        return st
 
     def save_state(self, st: dict) -> None:
         st["history"] = st.get("history", [])[-200:]
@@ -224,18 +286,170 @@ class Board:
 
     # -- lock --------------------------------------------------------------------------------------
     def read_lock(self) -> dict | None:
+        """The lock record. One that cannot be read (empty, cut short, not JSON) is held by an unknown holder
+        since the file's mtime: stale only after the TTL, never at once (a lock written half-way is not free)."""
+        path = self.p("lock")
         try:
-            with open(self.p("lock"), encoding="utf-8") as fh:
-                return json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                lk = json.load(fh)
+            if isinstance(lk, dict):
+                try:
+                    lk["since"] = float(lk.get("since", 0))
+                except (TypeError, ValueError):
+                    lk["since"] = os.stat(path).st_mtime
+                return lk
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            return {"token": "?", "since": 0}
+            pass
+        try:
+            since = os.stat(path).st_mtime
+        except OSError:
+            return None
+        return {"token": "?", "since": since, "who": "(unreadable lock file)"}
+
+    def lock_guard(self):
+        """An exclusive flock on DIR/lock.guard for the lock verb's check-then-act (acquire, release, break):
+        two agents never decide on the same lock at once. The record itself is written to a temp file and
+        link()ed into place, so a reader never sees it empty."""
+        import fcntl
+
+        fd = os.open(self.p("lock.guard"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def require_lock(self, token: str) -> None:
         lk = self.read_lock()
         if not lk or lk.get("token") != token:
             raise Fail("this flash does not hold the board's lock (another flash took it?)", EXIT_LOCKED)
+
+
+# -- signatures and versions (edgesdk.runtime.trust does the Ed25519 check, in the venv) -------------
+
+def trusted_keys(b: Board) -> dict:
+    """fingerprint -> path of each trusted key; empty: the board accepts unsigned bundles."""
+    out = {}
+    try:
+        names = sorted(os.listdir(b.p(TRUST_DIR)))
+    except OSError:
+        return out
+    for n in names:
+        m = re.match(r"^([0-9a-f]{32})\.pub$", n)
+        if m and os.path.isfile(b.p(TRUST_DIR, n)):
+            out["ed25519:" + m.group(1)] = b.p(TRUST_DIR, n)
+    return out
+
+
+def key_fingerprint(raw: bytes) -> str:
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def pem_raw(text: object) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key in PEM (SubjectPublicKeyInfo); Fail (bad input) otherwise."""
+    import base64
+    import binascii
+
+    m = re.search(r"-----BEGIN PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PUBLIC KEY-----",
+                  text if isinstance(text, str) and len(text) < 4096 else "")
+    try:
+        der = base64.b64decode("".join(m.group(1).split()), validate=True) if m else b""
+    except (binascii.Error, ValueError):
+        der = b""
+    if len(der) != len(SPKI_PREFIX) + 32 or not der.startswith(SPKI_PREFIX):
+        raise Fail("not an Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----)", EXIT_INPUT)
+    return der[len(SPKI_PREFIX):]
+
+
+def sig_fingerprint(sig_text: str) -> str:
+    """The signer named in manifest.sig (read with the stdlib; the signature itself is checked by the verifier)."""
+    try:
+        doc = json.loads(sig_text)
+        m = FP_RE.match(str(doc.get("key", "")).lower()) if isinstance(doc, dict) else None
+    except ValueError:
+        m = None
+    if not m:
+        raise Fail("refused: manifest.sig is malformed (no signer key)", EXIT_INPUT, refused="bad-signature")
+    return "ed25519:" + m.group(1)
+
+
+def manifest_version(data: object) -> int | None:
+    v = data.get("release_version") if isinstance(data, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def release_info(b: Board, rid: str | None) -> tuple:
+    """(release_version, signer fingerprint) of an installed release, from its manifest.json and manifest.sig."""
+    if not rid:
+        return None, None
+    try:
+        with open(b.p("releases", rid, "manifest.json"), encoding="utf-8") as fh:
+            ver = manifest_version(json.load(fh))
+    except (OSError, ValueError):
+        ver = None
+    try:
+        with open(b.p("releases", rid, SIGNATURE), encoding="utf-8") as fh:
+            signer = sig_fingerprint(fh.read(8192))
+    except (OSError, Fail):
+        signer = None
+    return ver, signer
+
+
+def check_signed(b: Board, manifest: bytes, sig_text, python: str | None, what: str) -> dict:
+    """Once the board trusts a key: the bundle must be signed by a trusted key and the signature must match the
+    exact manifest bytes (checked by `PY -I -m edgesdk.runtime.trust verify`, with cryptography). Fail (bad input,
+    `refused`: unsigned, untrusted, bad-signature, no-crypto) otherwise. A board with no key accepts anything."""
+    keys = trusted_keys(b)
+    if not keys:
+        return {"signed": sig_text is not None, "checked": False, "key": None}
+    listed = ", ".join(sorted(keys))
+    if sig_text is None:
+        raise Fail(f"refused {what}: it is unsigned, and this board accepts only bundles signed by {listed}; "
+                   "sign it (`edgesdk sign BUNDLE --key KEY`); nothing was staged", EXIT_INPUT, refused="unsigned")
+    if not isinstance(sig_text, str) or len(sig_text) > 4096:
+        raise Fail(f"refused {what}: manifest.sig is malformed", EXIT_INPUT, refused="bad-signature")
+    fp = sig_fingerprint(sig_text)
+    if fp not in keys:
+        raise Fail(f"refused {what}: it is signed by {fp}, which this board does not trust (trusted: {listed}); "
+                   "nothing was staged", EXIT_INPUT, refused="untrusted", key=fp)
+    py = python or b.p("venv", "bin", "python")
+    if not os.path.isabs(py) or not os.path.isfile(py):
+        raise Fail(f"refused {what}: this board trusts signing keys but has no interpreter at {py} to check "
+                   "signatures; provision it (flash without --no-provision)", EXIT_INPUT, refused="no-crypto")
+    import base64
+
+    data = json.dumps({"manifest": base64.b64encode(manifest).decode(), "signature": sig_text}).encode()
+    try:
+        r = subprocess.run([py, "-I", "-B", "-m", "edgesdk.runtime.trust", "verify", f"--trust={b.p(TRUST_DIR)}"],
+                           input=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, cwd="/",
+                           check=False)
+        text = r.stdout.decode("utf-8", "replace")
+        res = json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise Fail(f"refused {what}: {py} could not check the signature (an edgesdk-runtime without "
+                   "edgesdk.runtime.trust? provision again): " + (locals().get("text") or "")[-300:],
+                   EXIT_INPUT, refused="no-crypto") from None
+    if not res.get("ok"):
+        raise Fail(f"refused {what}: {res.get('error')}; nothing was staged", EXIT_INPUT,
+                   refused=res.get("kind", "bad-signature"), key=fp)
+    return {"signed": True, "checked": True, "key": fp}
+
+
+def check_version(b: Board, new: int | None, allow_downgrade: bool, what: str) -> dict | None:
+    """A release_version lower than the current release's is refused unless allow_downgrade (then reported)."""
+    cur = b.current()
+    cur_v, _ = release_info(b, cur)
+    if new is None or cur_v is None or new >= cur_v:
+        return None
+    if not allow_downgrade:
+        raise Fail(f"refused {what}: its release_version {new} is older than the current release {cur} "
+                   f"(release_version {cur_v}); flash --allow-downgrade to install it anyway (recorded in the "
+                   "history), or `edgesdk rollback` to a release still on the board", EXIT_INPUT,
+                   refused="downgrade", current_version=cur_v, release_version=new)
+    return {"from": cur_v, "to": new, "from_release": cur, "allowed": True}
 
 
 # -- verbs -----------------------------------------------------------------------------------------
@@ -302,6 +516,8 @@ def verb_probe(b: Board, args: argparse.Namespace) -> dict:
     except OSError:
         res["wheelset"] = None
     res["current"] = b.current()
+    res["trust"] = sorted(trusted_keys(b))
+    res["current_version"] = release_info(b, res["current"])[0]
     return res
 
 
@@ -333,41 +549,105 @@ def verb_lock(b: Board, args: argparse.Namespace) -> dict:
     if not TOKEN_RE.match(args.token):
         raise Fail("bad lock token", EXIT_INPUT)
     path = b.p("lock")
-    if args.action == "acquire":
-        info = {"token": args.token, "since": time.time(), "who": args.who[:200], "pid": os.getpid()}
+    guard = b.lock_guard()
+    try:
+        if args.action == "acquire":
+            if not _take_lock(b, path, args):
+                raise Fail("could not take the lock", EXIT_LOCKED)
+        elif args.action == "release":
+            held = b.read_lock()
+            if held and held.get("token") == args.token:
+                os.unlink(path)
+            return {"locked": False}
+        else:
+            if os.path.lexists(path):
+                os.unlink(path)
+            return {"locked": False, "broken": True}
+    finally:
+        os.close(guard)
+    return {"locked": True, "recovered": recover(b)}
+
+
+def _take_lock(b: Board, path: str, args: argparse.Namespace) -> bool:
+    """Under the lock guard: create the lock record atomically (temp file, then link(): never replaces, never
+    seen empty), or find who holds it. Raises Fail(EXIT_LOCKED) when another live flash holds it."""
+    info = {"token": args.token, "since": time.time(), "who": args.who[:200], "pid": os.getpid()}
+    tmp = f"{path}.{args.token}.{os.getpid()}.tmp"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         for _ in range(2):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.link(tmp, path)
+                return True
             except FileExistsError:
-                held = b.read_lock() or {}
-                if args.takeover and held.get("token") == args.takeover:
-                    os.unlink(path)  # our own lock, left by a flash from this host that died
-                    continue
-                if held.get("token") == args.token:
-                    return {"locked": True, "recovered": recover(b)}
-                age = time.time() - float(held.get("since", 0))
-                if age > args.ttl:
-                    os.unlink(path)  # stale: its holder died long ago
-                    continue
-                raise Fail(f"board is locked by another flash ({held.get('who', '?')}, {age:.0f}s ago); "
-                           "it is released when that flash ends, or after its TTL", EXIT_LOCKED, holder=held)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh)
-            return {"locked": True, "recovered": recover(b)}
-        raise Fail("could not take the lock", EXIT_LOCKED)
-    if args.action == "release":
-        held = b.read_lock()
-        if held and held.get("token") == args.token:
-            os.unlink(path)
-        return {"locked": False}
-    if os.path.exists(path):
-        os.unlink(path)
-    return {"locked": False, "broken": True}
+                pass
+            held = b.read_lock() or {}
+            if args.takeover and held.get("token") == args.takeover:
+                os.unlink(path)  # our own lock, left by a flash from this host that died
+                continue
+            if held.get("token") == args.token:
+                return True
+            age = time.time() - float(held.get("since", 0))
+            if age > args.ttl:
+                os.unlink(path)  # stale: its holder died long ago
+                continue
+            raise Fail(f"board is locked by another flash ({str(held.get('who', '?'))[:200]}, "
+                       f"{max(age, 0):.0f}s ago); it is released when that flash ends, or after its TTL",
+                       EXIT_LOCKED, holder=held)
+        return False
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+#: how long a lock acquire waits for an activation that is still running (its host went away: a stalled link)
+ACTIVATION_WAIT = 60.0
+
+
+def activation_guard(b: Board, wait: float = 0.0) -> int | None:
+    """An exclusive flock on DIR/activate.guard, held by `activate` for its whole run: the kernel drops it when
+    that process ends, however (exit, SIGKILL, power cut). The fd (held), or None when another process still
+    holds it after `wait` seconds."""
+    import fcntl
+
+    fd = os.open(b.p("activate.guard"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
 
 
 def recover(b: Board) -> str | None:
-    """A switch that never reported its smoke result (power cut, agent killed): roll it back."""
-    st = b.state()
+    """A switch that never reported its smoke result (power cut, agent killed): roll it back. A `pending` whose
+    agent is still running (its host lost the link, the agent goes on by itself) is not interrupted: wait for
+    its verdict (ACTIVATION_WAIT), else refuse (locked) rather than switch under it."""
+    if not b.state().get("pending"):
+        return None
+    guard = activation_guard(b, ACTIVATION_WAIT)
+    if guard is None:
+        pend = b.state().get("pending") or {}
+        raise Fail(f"the switch to {pend.get('release')} (since {pend.get('since')}) is still being smoke-tested on "
+                   "the board by an agent whose host went away; retry when it ends (within its smoke timeout)",
+                   EXIT_LOCKED)
+    try:
+        return _recover(b)
+    finally:
+        os.close(guard)
+
+
+def _recover(b: Board) -> str | None:
+    st = b.state()  # read again under the guard: the activation we waited for may have just given its verdict
     pend = st.get("pending")
     if not pend:
         return None
@@ -494,8 +774,9 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
         return {"installed": True, "already": True}
     stage = b.p("staging", bid)
     try:
-        with open(os.path.join(stage, "manifest.json"), encoding="utf-8") as fh:
-            manifest = json.load(fh)
+        with open(os.path.join(stage, "manifest.json"), "rb") as fh:
+            mbytes = fh.read(64 << 20)
+        manifest = json.loads(mbytes.decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise Fail(f"staged bundle has no readable manifest.json: {exc}", EXIT_INPUT) from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -508,7 +789,7 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
     optional = {f for f in OPTIONAL_FILES if os.path.isfile(os.path.join(stage, f))}
     expected = set(files) | {"manifest.json"} | optional
     _check_tree(stage, expected)
-    if "tuning.json" in optional:
+    if "tuning.json" in files:
         try:
             with open(os.path.join(stage, "tuning.json"), encoding="utf-8") as fh:
                 tuning = json.load(fh)
@@ -525,51 +806,90 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
             os.unlink(p)
             raise Fail(f"{rel}: sha256 {got[:12]} does not match the manifest ({digest[:12]}); deleted before "
                        "activation", EXIT_FAILED, bad=rel)
+    # the staged manifest again (the files match it, above): signed by a trusted key, unchanged since signing
+    sig = None
+    if SIGNATURE in optional:
+        with open(os.path.join(stage, SIGNATURE), "rb") as fh:
+            sig = fh.read(8192).decode("utf-8", "replace")
+    try:
+        signed = check_signed(b, mbytes, sig, args.python, f"staged bundle {bid}")
+    except Fail as exc:
+        shutil.rmtree(stage, ignore_errors=True)  # never installed; the next flash sends it again
+        exc.args = (str(exc).replace("nothing was staged", "the staged files were deleted"),)
+        raise
+    group = release_group()  # root: nobody's group may read (the smoke test), no one else; else the user alone
+    dmode, fmode = (0o750, 0o440) if group is not None else (0o700, RELEASE_FILE_MODE)
     for dirpath, dirnames, filenames in os.walk(stage):
-        os.chmod(dirpath, 0o755)
+        for path, mode in [(dirpath, dmode)] + [(os.path.join(dirpath, f), fmode) for f in filenames]:
+            if group is not None:
+                os.lchown(path, -1, group)
+            os.chmod(path, mode)
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o444)
             fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    os.makedirs(b.p("releases"), exist_ok=True)
+    b.ensure()
     os.rename(stage, rel_dir)
     fsync_dir(b.p("releases"))
     st = b.state()
-    st["history"].append({"at": now(), "event": "installed", "release": bid})
+    ev = {"at": now(), "event": "installed", "release": bid}
+    if signed["checked"]:
+        ev["signed_by"] = signed["key"]
+    if manifest_version(manifest) is not None:
+        ev["release_version"] = manifest_version(manifest)
+    st["history"].append(ev)
     b.save_state(st)
-    return {"installed": True, "already": False}
+    return {"installed": True, "already": False, "signed": signed["signed"], "key": signed["key"]}
 
 
 def _demote(python: str | None = None, limit: float = 30.0):
-    """Run the bundle as nobody when we are root: a model file is untrusted input. None (stay) when
-    not root, when there is no nobody, or when nobody cannot run `python` (its dirs are private)."""
+    """Run the bundle as nobody when we are root: a model file is untrusted input. Returns (ids, why): ids (uid,
+    gid) to drop to; (None, None) when not root (nothing to drop); (None, why) when root and the drop cannot
+    happen (no user nobody, or nobody cannot run `python`: its dirs are private). The caller decides
+    (demotion(): a failure, unless root was allowed)."""
     if os.getuid() != 0:
-        return None
-    try:
-        import pwd
-
-        pw = pwd.getpwnam("nobody")
-    except (ImportError, KeyError):
-        return None
-    ids = pw.pw_uid, pw.pw_gid
+        return None, None
+    ids = nobody_ids()
+    if ids is None:
+        return None, "there is no user nobody on the board"
     if python is not None:
         def pre() -> None:
             os.setgroups([])
             os.setgid(ids[1])
             os.setuid(ids[0])
+        def start(as_nobody: bool) -> subprocess.CompletedProcess:
+            return subprocess.run([python, "-S", "-c", "pass"], preexec_fn=pre if as_nobody else None, check=False,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  timeout=min(30.0, limit), cwd="/")
         try:
-            r = subprocess.run([python, "-S", "-c", "pass"], preexec_fn=pre, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=min(30.0, limit), cwd="/")
-            if r.returncode != 0:
-                return None
+            r = start(True)
+            if r.returncode != 0 and start(False).returncode == 0:  # as root it starts: nobody is the problem
+                err = r.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+                return None, f"nobody cannot run {python} ({err[0][:200]})"
+            # (it fails as root too: not a question of who runs it; the run itself reports that failure)
         except subprocess.TimeoutExpired:
-            return ids  # it ran (and hangs): nobody can run it; the smoke test's own limit deals with the hang
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return ids
+            return ids, None  # it ran (and hangs): nobody can run it; the smoke test's own limit deals with the hang
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"nobody cannot run {python} ({type(exc).__name__}: {exc})"
+    return ids, None
+
+
+def demotion(b: Board, python: str, allow_root: bool, what: str, flag: str, limit: float = 30.0) -> tuple:
+    """(ids, why) as _demote says; a drop to nobody that cannot happen is a failure naming the fix, unless the
+    operator allowed root (`flag`): then (None, why) and the caller reports loudly that it ran as root."""
+    ids, why = _demote(python, limit)
+    if why is not None and not allow_root:
+        raise Fail(f"{what} must run as nobody (the agent is root and a model is untrusted input), but {why}. "
+                   "Fix: make the interpreter and every directory above it readable and executable by nobody "
+                   f"(chmod o+rx on each; the board's own venv under {b.base}/venv is), or pass {flag} to run "
+                   "it as root (reported as such)", EXIT_FAILED, demote="failed", why=why)
+    return ids, why
+
+
+def ran_as(ids: tuple | None) -> str:
+    return "nobody" if ids is not None else "root" if os.getuid() == 0 else "user"
 
 
 def check_fallback_word(value: str | None) -> str:
@@ -582,11 +902,14 @@ def check_fallback_word(value: str | None) -> str:
 
 
 def run_bundle(b: Board, verb: str, bundle: str, python: str, timeout: float, extra: list,
-               fallback: str = "error", workdir: str | None = None) -> tuple:
+               fallback: str = "error", workdir: str | None = None, allow_root: bool = False,
+               flag: str = "--allow-root") -> tuple:
     """Run the board runtime's own entry point, `python -I -B -m edgesdk.runtime VERB BUNDLE --result-line
     --fallback=F EXTRA...`, in a child: as nobody when we are root, in its own session, with RLIMIT_CORE=0,
     RLIMIT_CPU and RLIMIT_FSIZE, killed (its whole process group) at `timeout`. workdir: its cwd, HOME and
-    TMPDIR (made nobody's); default tmp/.
+    TMPDIR (made nobody's); default tmp/. When the drop to nobody cannot happen it is a Fail naming the fix, unless
+    allow_root (`flag` on the host): then it runs as root, the log's first line says so, and result["ran_as"] is
+    "root" (else "nobody", or "user" when the agent is not root).
 
     Returns (result or None, log text, reason or None, seconds): reason says why it failed (timed out, an
     error the runtime reported, a smoke test beyond the tolerance, a crash, no result)."""
@@ -595,7 +918,7 @@ def run_bundle(b: Board, verb: str, bundle: str, python: str, timeout: float, ex
     fallback = check_fallback_word(fallback)
     if not os.path.isabs(python) or not os.path.isfile(python):
         raise Fail(f"no python at {python!r} on the board (provision first)", EXIT_INPUT)
-    ids = _demote(python, timeout)
+    ids, why = demotion(b, python, allow_root, f"the {verb} run", flag, timeout)
     home = workdir or b.p("tmp")
     if workdir and ids is not None:
         os.chown(workdir, ids[0], ids[1])
@@ -661,8 +984,12 @@ def run_bundle(b: Board, verb: str, bundle: str, python: str, timeout: float, ex
     if reason is None and not isinstance(result, dict):
         reason = "printed no result"
     log = "\n".join(lines[-SMOKE_LOG_LINES:])
-    if ids is None and os.getuid() == 0:
-        log = "(ran as root: no user nobody, or nobody cannot run " + python + ")\n" + log
+    if isinstance(result, dict):
+        result["ran_as"] = ran_as(ids)
+    if why is not None:
+        log = f"WARNING: ran as ROOT ({flag}): {why}\n" + log
+        if isinstance(result, dict):
+            result["ran_as_root_because"] = why
     return result, log, reason, round(time.monotonic() - t0, 3)
 
 
@@ -702,12 +1029,35 @@ def verb_activate(b: Board, args: argparse.Namespace) -> dict:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     b.require_lock(args.token)
+    guard = activation_guard(b, ACTIVATION_WAIT)  # held for the whole verb; the kernel drops it if we are killed
+    if guard is None:
+        raise Fail("another activation is still running on the board; nothing was switched", EXIT_LOCKED)
+    try:
+        return _activate(b, args)
+    finally:
+        os.close(guard)
+
+
+def _activate(b: Board, args: argparse.Namespace) -> dict:
     bid = check_id(args.bundle_id, "bundle id")
     args.fallback = check_fallback_word(args.fallback)
     if not os.path.isdir(b.p("releases", bid)):
         raise Fail(f"release {bid} is not installed", EXIT_INPUT)
     if not os.path.isabs(args.python) or not os.path.isfile(args.python):
         raise Fail(f"no python at {args.python!r} on the board (provision first); nothing was switched", EXIT_INPUT)
+    # signed by a key the board still trusts (the signature itself was checked at install), and not older than
+    # the current release unless --allow-downgrade
+    version, signer = release_info(b, bid)
+    keys = trusted_keys(b)
+    if keys and signer not in keys:
+        raise Fail(f"refused release {bid}: " + ("it is unsigned" if signer is None else
+                   f"it is signed by {signer}, which this board no longer trusts") +
+                   f" (trusted: {', '.join(sorted(keys))}); nothing was switched", EXIT_INPUT,
+                   refused="unsigned" if signer is None else "untrusted")
+    downgrade = check_version(b, version, args.allow_downgrade, f"release {bid}")
+    # before anything is switched: the smoke test runs as nobody, or the operator allowed root (--allow-root-smoke)
+    demote_ids, root_why = demotion(b, args.python, args.allow_root, "the smoke test", "--allow-root-smoke",
+                                    args.timeout)
     st = b.state()
     prev = b.current()
     if prev == bid:
@@ -717,19 +1067,31 @@ def verb_activate(b: Board, args: argparse.Namespace) -> dict:
     b.switch(bid)
     try:
         result, log, reason, secs = run_bundle(b, "smoke", b.p("current") + "/", args.python, args.timeout, [],
-                                               fallback=args.fallback)
+                                               fallback=args.fallback, allow_root=args.allow_root,
+                                               flag="--allow-root-smoke")
     except Exception as exc:  # noqa: BLE001 - whatever broke, the switch must be undone
         result, log, reason, secs = None, "", f"could not run the smoke test: {type(exc).__name__}: {exc}", 0.0
     logname = f"smoke-{bid}-{int(time.time())}.log"
-    with open(b.p("logs", logname), "w", encoding="utf-8") as fh:
+    b.ensure()
+    with open(os.open(b.p("logs", logname), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w",
+              encoding="utf-8") as fh:
         fh.write(log)
     st = b.state()
     st["pending"] = None
     ev = {"at": now(), "release": bid, "smoke_seconds": secs, "log": f"logs/{logname}"}
+    if version is not None:
+        ev["release_version"] = version
+    if signer is not None:
+        ev["signed_by"] = signer
+    if downgrade:
+        ev["downgrade"] = downgrade  # --allow-downgrade: from which version to which
     if args.note:
         ev["note"] = args.note[:500]
     if args.fallback != "error":
         ev["fallback"] = args.fallback
+    ev["ran_as"] = ran_as(demote_ids)
+    if root_why is not None:
+        ev["ran_as_root_because"] = root_why
     if reason is None:
         st["previous"] = prev
         st["current"] = bid
@@ -744,7 +1106,8 @@ def verb_activate(b: Board, args: argparse.Namespace) -> dict:
         b.save_state(st)
         removed = gc(b, args.keep)
         return {"status": "success", "release": bid, "previous": prev, "smoke": result, "log": log,
-                "smoke_seconds": secs, "removed": removed, "fallback": args.fallback}
+                "smoke_seconds": secs, "removed": removed, "fallback": args.fallback, "release_version": version,
+                "signed_by": signer, "downgrade": downgrade, "ran_as": ev["ran_as"], "ran_as_root_because": root_why}
     if prev and os.path.isdir(b.p("releases", prev)):
         b.switch(prev)
     else:
@@ -768,10 +1131,16 @@ def verb_rollback(b: Board, args: argparse.Namespace) -> dict:
         raise Fail(f"no release to roll back to (previous: {to or 'none'}; installed: {b.releases()})", EXIT_INPUT)
     b.switch(to)
     st["previous"], st["current"], st["pending"] = cur, to, None
-    st["history"].append({"at": now(), "event": "rolled-back", "release": cur, "to": to,
-                          "reason": args.reason[:300] or "requested"})
+    ev = {"at": now(), "event": "rolled-back", "release": cur, "to": to, "reason": args.reason[:300] or "requested"}
+    # the operator's choice, allowed to an older release still on the board: recorded with both versions
+    (cur_v, _), (to_v, _) = release_info(b, cur), release_info(b, to)
+    if cur_v is not None or to_v is not None:
+        ev.update(from_version=cur_v, release_version=to_v)
+        if cur_v is not None and to_v is not None and to_v < cur_v:
+            ev["downgrade"] = {"from": cur_v, "to": to_v, "by": "rollback"}
+    st["history"].append(ev)
     b.save_state(st)
-    return {"status": "rolled-back", "from": cur, "current": to}
+    return {"status": "rolled-back", "from": cur, "current": to, "downgrade": ev.get("downgrade")}
 
 
 #: what `python -m venv` itself puts in a venv
@@ -880,8 +1249,9 @@ def verb_run(b: Board, args: argparse.Namespace) -> dict:
     (`python -m edgesdk.runtime run RELEASE --tensors --out-dir WORKDIR --input NAME=FILE ... --bench=1`)."""
     rid = _release_dir(b, args.release_id)
     wd = b.p("tmp", check_id(args.workdir, "work dir"))
-    if not os.path.isdir(wd):
+    if not os.path.isdir(wd) or os.path.islink(wd):
         raise Fail("work dir missing", EXIT_INPUT)
+    limits = output_limits(b.p("releases", rid))
     extra = ["--tensors", f"--out-dir={wd}", "--bench=1"]
     for item in args.inputs:
         name, _, fn = item.partition("=")
@@ -889,15 +1259,95 @@ def verb_run(b: Board, args: argparse.Namespace) -> dict:
         if name and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,200}$", name):
             raise Fail(f"bad input name {name!r}", EXIT_INPUT)
         extra.append(f"--input={name}={os.path.join(wd, fn)}" if name else f"--input={os.path.join(wd, fn)}")
-    ids = _demote(args.python)
+    ids, _ = demotion(b, args.python, args.allow_root, "the run", "--allow-root")
     if ids is not None:
         os.chown(wd, ids[0], ids[1])
     fb = args.fallback or (b.state().get("fallback") or {}).get(rid) or "error"  # as the release was flashed
     result, log, reason, secs = run_bundle(b, "run", b.p("releases", rid), args.python, args.timeout, extra,
-                                           fallback=fb)
+                                           fallback=fb, allow_root=args.allow_root, flag="--allow-root")
     if reason is not None:
         raise Fail(f"run on {rid} failed: {reason}", EXIT_INPUT if _input_error(result) else EXIT_FAILED, log=log)
-    return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb}
+    # the work dir is nobody's (the model's user): its outputs are copied, checked, into a dir only we can write,
+    # and the host fetches them from there (never through a link, never more than the manifest declares)
+    files = result.get("files") if isinstance(result, dict) else None
+    outs = collect_outputs(wd, files if isinstance(files, dict) else {}, limits, wd + ".out")
+    return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb, "outputs": outs,
+            "out_dir": os.path.relpath(wd + ".out", b.base)}
+
+
+#: bytes per element of the manifest's dtypes
+ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "bool": 1}
+OUTPUT_FILE_RE = re.compile(r"^output_[0-9]{1,4}\.npy$")
+
+
+def npy_limit(shape: object, dtype: object) -> int:
+    """The most bytes the .npy of one declared output may have: its elements times the dtype's size (at least 4:
+    a quantized output comes back as float32) plus the header; MAX_OUTPUT_BYTES when the shape is not static."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                              for d in shape):
+        return MAX_OUTPUT_BYTES
+    n = 1
+    for d in shape:
+        n *= d
+    return min(n * max(ITEMSIZE.get(str(dtype), 8), 4) + NPY_SLACK, MAX_OUTPUT_BYTES)
+
+
+def output_limits(release: str) -> dict:
+    """{output name: the most bytes its .npy may have} from the release's manifest.json."""
+    try:
+        with open(os.path.join(release, "manifest.json"), encoding="utf-8") as fh:
+            outs = json.load(fh).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        raise Fail("the release's manifest.json is not readable", EXIT_FAILED) from None
+    if not isinstance(outs, list):
+        raise Fail("the release's manifest.json has no outputs list", EXIT_FAILED)
+    return {o["name"]: npy_limit(o.get("shape"), o.get("dtype")) for o in outs
+            if isinstance(o, dict) and isinstance(o.get("name"), str)}
+
+
+def collect_outputs(wd: str, files: dict, limits: dict, dest: str) -> dict:
+    """Copy each output the runtime reported ({file name: tensor name}) from the work dir `wd` (writable by the
+    model's user) into `dest` (0700, ours): opened with O_NOFOLLOW, only a regular file, at most the size its
+    tensor declares (limits). Returns {file: {"tensor", "size", "sha256"}} of the copies."""
+    shutil.rmtree(dest, ignore_errors=True)
+    os.mkdir(dest, 0o700)
+    os.chmod(dest, 0o700)
+    res = {}
+    for fn, tensor in files.items():
+        if not isinstance(fn, str) or not OUTPUT_FILE_RE.match(fn):
+            raise Fail(f"the run reported a bad output file name {fn!r}: refused", EXIT_FAILED)
+        if tensor not in limits:
+            raise Fail(f"{fn}: {str(tensor)[:100]!r} is not an output of the release's manifest: refused", EXIT_FAILED)
+        limit = limits[tensor]
+        try:
+            fd = os.open(os.path.join(wd, fn), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise Fail(f"{fn}: the run reported it but did not write it", EXIT_FAILED) from None
+        except OSError as exc:  # ELOOP: a symlink
+            raise Fail(f"{fn}: not a regular file ({exc.strerror}): refused", EXIT_FAILED) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Fail(f"{fn}: not a regular file: refused", EXIT_FAILED)
+            if st.st_size > limit:
+                raise Fail(f"{fn}: {st.st_size} bytes, larger than the {limit} bytes output {tensor!r} can take "
+                           "(its shape and dtype in the manifest): refused", EXIT_FAILED)
+            h, size = hashlib.sha256(), 0
+            with open(os.open(os.path.join(dest, fn), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as out:
+                while True:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise Fail(f"{fn}: grew past the {limit} bytes output {tensor!r} can take: refused",
+                                   EXIT_FAILED)
+                    h.update(chunk)
+                    out.write(chunk)
+        finally:
+            os.close(fd)
+        res[fn] = {"tensor": tensor, "size": size, "sha256": h.hexdigest()}
+    return res
 
 
 #: the board runtime's errors that mean bad input (its exit code 2)
@@ -930,13 +1380,91 @@ def verb_profile(b: Board, args: argparse.Namespace) -> dict:
     os.makedirs(wd, mode=0o700)
     try:
         result, log, reason, secs = run_bundle(b, "profile", b.p("releases", rid), args.python, args.timeout, extra,
-                                               fallback=fb, workdir=wd)
+                                               fallback=fb, workdir=wd, allow_root=args.allow_root,
+                                               flag="--allow-root")
     finally:
         shutil.rmtree(wd, ignore_errors=True)
     if reason is not None:
         raise Fail(f"profile of {rid} failed: {reason}", EXIT_INPUT if _input_error(result) else EXIT_FAILED,
                    log=log, result=result)
     return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb}
+
+
+def verb_trust(b: Board, args: argparse.Namespace) -> dict:
+    """The trust store: `add` (stdin {"pem": PUBLIC KEY}), `remove FINGERPRINT`, `list`; add/remove under the lock."""
+    if args.action == "list":
+        return {"keys": sorted(trusted_keys(b))}
+    b.require_lock(args.token)
+    b.ensure()
+    d = b.p(TRUST_DIR)
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    keys = trusted_keys(b)
+    st = b.state()
+    if args.action == "add":
+        raw = pem_raw(read_stdin().get("pem"))
+        fp = key_fingerprint(raw)
+        import base64
+
+        pem = "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(SPKI_PREFIX + raw).decode() + "\n-----END PUBLIC KEY-----\n"
+        path = os.path.join(d, fp.split(":", 1)[1] + ".pub")
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        fsync_dir(d)
+        st["history"].append({"at": now(), "event": "key-enrolled", "key": fp, "already": fp in keys})
+        b.save_state(st)
+        return {"key": fp, "already": fp in keys, "keys": sorted(trusted_keys(b))}
+    m = FP_RE.match((args.key or "").strip().lower())
+    if not m:
+        raise Fail(f"bad key fingerprint {args.key!r}: expected ed25519:<32 hex digits>", EXIT_INPUT)
+    fp = "ed25519:" + m.group(1)
+    if fp not in keys:
+        raise Fail(f"key {fp} is not trusted by this board (trusted: {', '.join(sorted(keys)) or 'none'})",
+                   EXIT_INPUT)
+    if len(keys) == 1 and not args.force:
+        raise Fail(f"{fp} is the board's last trusted key: without it the board accepts unsigned bundles again. "
+                   "Rotate by enrolling the new key first (enroll new, flash signed with it, revoke old), or pass "
+                   "--force", EXIT_INPUT)
+    _, cur_signer = release_info(b, b.current())
+    os.unlink(keys[fp])
+    fsync_dir(d)
+    st["history"].append({"at": now(), "event": "key-revoked", "key": fp})
+    b.save_state(st)
+    res = {"key": fp, "removed": True, "keys": sorted(trusted_keys(b))}
+    if cur_signer == fp:
+        res["warning"] = (f"the current release {b.current()} is signed by the revoked key; it keeps running, but it "
+                          "cannot be activated again")
+    return res
+
+
+def verb_admit(b: Board, args: argparse.Namespace) -> dict:
+    """Before anything of a bundle is staged: its manifest.json (exact bytes) and manifest.sig, on stdin, checked
+    against the trust store (edgesdk.runtime.trust) and the current release's version. Writes nothing."""
+    b.require_lock(args.token)
+    bid = check_id(args.bundle_id, "bundle id")
+    import base64
+    import binascii
+
+    data = read_stdin()
+    try:
+        raw = base64.b64decode(str(data.get("manifest") or ""), validate=True)
+        manifest = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise Fail("admit: stdin needs {'manifest': base64 of manifest.json, 'signature': text or null}",
+                   EXIT_INPUT) from None
+    if not isinstance(manifest, dict) or manifest.get("bundle_id") != bid:
+        raise Fail(f"admit: the manifest is not that of bundle {bid}", EXIT_INPUT)
+    sig = data.get("signature")
+    what = f"bundle {bid}"
+    res = check_signed(b, raw, sig, args.python, what)
+    version = manifest_version(manifest)
+    res.update(admitted=True, release_version=version, trusted_keys=len(trusted_keys(b)),
+               downgrade=check_version(b, version, args.allow_downgrade, what))
+    return res
 
 
 def verb_state(b: Board, args: argparse.Namespace) -> dict:
@@ -948,6 +1476,7 @@ def verb_state(b: Board, args: argparse.Namespace) -> dict:
 def verb_cleanup(b: Board, args: argparse.Namespace) -> dict:
     wd = b.p("tmp", check_id(args.workdir, "work dir"))
     shutil.rmtree(wd, ignore_errors=True)
+    shutil.rmtree(wd + ".out", ignore_errors=True)
     return {"removed": True}
 
 
@@ -969,6 +1498,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("install")
     s.add_argument("bundle_id")
     s.add_argument("token")
+    s.add_argument("--python", default=None, help="the interpreter that checks signatures (default: venv's)")
     s = sub.add_parser("activate")
     s.add_argument("bundle_id")
     s.add_argument("token")
@@ -977,6 +1507,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", type=int, default=3)
     s.add_argument("--note", default="")
     s.add_argument("--fallback", default="error")
+    s.add_argument("--allow-downgrade", action="store_true")
+    s.add_argument("--allow-root", action="store_true", help="run the smoke test as root if nobody cannot run it")
     s = sub.add_parser("rollback")
     s.add_argument("token")
     s.add_argument("--to", default=None)
@@ -992,6 +1524,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", required=True)
     s.add_argument("--input", dest="inputs", action="append", default=[])
     s.add_argument("--fallback", default=None, help="default: as recorded at the flash")
+    s.add_argument("--allow-root", action="store_true", help="run as root if nobody cannot run the python")
     s = sub.add_parser("profile")
     s.add_argument("release_id")
     s.add_argument("--python", required=True)
@@ -1005,16 +1538,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", action="append", default=[])
     s.add_argument("--no-tuning", action="store_true")
     s.add_argument("--fallback", default=None, help="default: as recorded at the flash")
+    s.add_argument("--allow-root", action="store_true", help="run as root if nobody cannot run the python")
     s = sub.add_parser("cleanup")
     s.add_argument("workdir")
     sub.add_parser("state")
+    s = sub.add_parser("trust")
+    s.add_argument("action", choices=("add", "remove", "list"))
+    s.add_argument("token", nargs="?", default="")
+    s.add_argument("key", nargs="?", default="")
+    s.add_argument("--force", action="store_true")
+    s = sub.add_parser("admit")
+    s.add_argument("bundle_id")
+    s.add_argument("token")
+    s.add_argument("--python", default=None, help="the interpreter that checks signatures (default: venv's)")
+    s.add_argument("--allow-downgrade", action="store_true")
     return p
 
 
 VERBS = {"probe": verb_probe, "lock": verb_lock, "need": verb_need, "commit": verb_commit,
          "install": verb_install, "activate": verb_activate, "rollback": verb_rollback,
          "provision": verb_provision, "run": verb_run, "profile": verb_profile, "state": verb_state,
-         "cleanup": verb_cleanup}
+         "cleanup": verb_cleanup, "trust": verb_trust, "admit": verb_admit}
 
 
 def main(argv: list | None = None) -> int:

@@ -9,16 +9,20 @@ A bundle is a directory:
     <segment files>        engine artifacts, paths relative to the bundle root
     reference/*.npy        reference inputs and outputs for the smoke test
 
-`files` maps every file except manifest.json (and manifest.sig) to its sha256.
+`files` maps every file except manifest.json and manifest.sig to its sha256: every file that changes
+behaviour, `edgesdk tune`'s tuning.json included, so that the id and a signature cover it.
 `bundle_id` is "b" + the first 16 hex digits of the sha256 of the canonical JSON of
 the manifest without `bundle_id` and `created_at`, so the id is a content hash.
+`release_version` is the signer's monotonic release number (`edgesdk sign`), in the id too: each signed
+release is its own release dir on the board (unchanged files are hard-linked, not sent again). manifest.sig
+signs the exact bytes of manifest.json.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,6 +31,8 @@ from edgesdk.runtime.errors import BundleError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+#: `edgesdk tune`'s choice of engines and options: listed in `files` like every other file
+TUNING = "tuning.json"
 
 ENGINES = ("ncnn", "mnn", "tflite", "onnxruntime", "edgetpu", "vart", "bpu", "nnie")
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -317,6 +323,8 @@ class Manifest:
     created_at: str = ""
     bundle_id: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: the signer's monotonic release number (edgesdk sign); boards refuse a lower one than current's
+    release_version: int | None = None
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -367,6 +375,7 @@ class Manifest:
             created_at=r.get("created_at", str, ""),
             bundle_id=r.get("bundle_id", str, ""),
             schema_version=ver,
+            release_version=_release_version(r),
         )
         m._check_graph(where)
         return m
@@ -395,6 +404,19 @@ class Manifest:
         d.pop("bundle_id", None)
         d.pop("created_at", None)
         return "b" + hashlib.sha256(canonical_json(d)).hexdigest()[:16]
+
+    def untuned_id(self) -> str:
+        """The content id of this bundle without its tuning.json and release_version: the bundle `edgesdk tune`
+        measured (the `bundle_id` a tuning.json records), whether the tuning is listed yet and however signed."""
+        return replace(self, files={k: v for k, v in self.files.items() if k != TUNING},
+                       release_version=None).content_id()
+
+
+def _release_version(r: _Reader) -> int | None:
+    v = r.get("release_version", int, None)
+    if v is not None and not 0 <= v < 1 << 63:
+        raise r.fail("release_version", f"must be an integer from 0 to 2**63-1, got {v}")
+    return v
 
 
 def canonical_json(data: Any) -> bytes:
@@ -447,6 +469,8 @@ def verify_files(root: Path, m: Manifest) -> None:
 __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
+    "SIGNATURE",
+    "TUNING",
     "CpuVersion",
     "Manifest",
     "Postprocess",

@@ -156,7 +156,8 @@ class Session:
             from edgesdk.runtime import profiling
 
             t = profiling.load_tuning(self.bundle_dir)
-            if t is not None and t.get("bundle_id") in (None, "", m.bundle_id):  # a stale file is not applied
+            # a stale file is not applied; one listed in the manifest records the id of the bundle it measured
+            if t is not None and t.get("bundle_id") in (None, "", m.bundle_id, m.untuned_id()):
                 self._allowed = normalize_engines(profiling.tuned_engines(self.bundle_dir))
                 self.tuning = t
         self._in_specs = {t.name: t for t in m.inputs}

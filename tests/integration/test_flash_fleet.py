@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sshd_fixture import free_port, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd  # noqa: E402
+from sshd_fixture import (  # noqa: E402
+    board_python, free_port, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd,
+)
 
 from edgesdk.deploy.flash import FlashOptions  # noqa: E402
 from edgesdk.deploy.fleet import InventoryHost, deploy_fleet  # noqa: E402
+
+PY, ROOT_OK = board_python()  # nobody can run PY (the smoke test's user), or ROOT_OK: as root, said so
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +52,7 @@ def _hosts(boards, extra_unreachable: bool = False) -> list[InventoryHost]:
 
 def test_one_unreachable_board_others_succeed(fleet):
     boards, kh, bundle, _ = fleet
-    opts = FlashOptions(python=sys.executable)
+    opts = FlashOptions(python=PY, allow_root_smoke=ROOT_OK)
     fr = deploy_fleet(bundle, local_profile(), _hosts(boards, True), opts, parallel=4, max_fail=1.0, retries=1,
                       target_defaults={"known_hosts": kh, "connect_timeout": 3})
     st = {r.host.split(" ")[0]: r.status for r in fr.results}
@@ -61,7 +65,7 @@ def test_one_unreachable_board_others_succeed(fleet):
 
 def test_canary_failure_stops_later_waves(fleet):
     boards, kh, _, bad = fleet
-    opts = FlashOptions(python=sys.executable)
+    opts = FlashOptions(python=PY, allow_root_smoke=ROOT_OK)
     before = [os.readlink(b.base / "current") if (b.base / "current").is_symlink() else None for b in boards]
     fr = deploy_fleet(bad, local_profile(), _hosts(boards), opts, parallel=4, canary=1, max_fail=0.0,
                       target_defaults={"known_hosts": kh})
@@ -88,7 +92,7 @@ def test_fleet_cli_json_lines_and_ini_inventory(fleet, tmp_path):
     env = {"EDGESDK_HOME": str(tmp_path / "home")}
     res = CliRunner().invoke(app, ["flash", "--board", "rpi4", str(bundle), "--hosts", str(ini), "--limit", "pis",
                                    "--identity", str(boards[0].key), "--known-hosts", str(kh), "--python",
-                                   sys.executable, "--force", "--parallel", "4", "--canary", "1", "--json"], env=env)
+                                   PY, *(["--allow-root-smoke"] if ROOT_OK else []), "--force", "--parallel", "4", "--canary", "1", "--json"], env=env)
     out = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert len(out) == 4, res.stdout + (res.stderr if res.stderr_bytes else "")
     assert {o["status"] for o in out} == {"success"} and all(o["forced"] for o in out)

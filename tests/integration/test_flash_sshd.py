@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from netproxy import LinkProxy  # noqa: E402
 from sshd_fixture import (  # noqa: E402
-    CutProxy, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd,
+    board_python, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd,
 )
 
 from edgesdk.deploy.flash import FlashOptions, flash, rollback, run_remote, status  # noqa: E402
 
 pytestmark = pytest.mark.integration
-PY = sys.executable  # the board is this machine: its python has edgesdk.runtime + onnxruntime
+# the board is this machine: its python has edgesdk.runtime + onnxruntime, runnable by nobody (the smoke test's
+# user); ROOT_OK: that was not possible here, the smoke test runs as root (--allow-root-smoke)
+PY, ROOT_OK = board_python()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +57,7 @@ def bundles():
 
 
 def opts(**kw) -> FlashOptions:
-    return FlashOptions(python=PY, smoke_timeout=kw.pop("smoke_timeout", 120), **kw)
+    return FlashOptions(python=PY, smoke_timeout=kw.pop("smoke_timeout", 120), allow_root_smoke=ROOT_OK, **kw)
 
 
 def bid(bundle: Path) -> str:
@@ -90,7 +93,8 @@ def test_flash_reflash_status_rollback_run(board, bundles, tmp_path):
     rb = rollback(board.target())
     assert rb.current == bid(bundles["a"]) and current(board) == bid(bundles["a"])
     assert rb.status == "rolled-back" and rb.to_dict()["from"] == bid(bundles["b"])
-    out = run_remote(board.target(), [f"x={bundles['a']}/reference/input_0.npy"], tmp_path / "res", python=PY)
+    out = run_remote(board.target(), [f"x={bundles['a']}/reference/input_0.npy"], tmp_path / "res", python=PY,
+                     allow_root=ROOT_OK)
     import numpy as np
 
     got = np.load(out.outputs["logits"].file)
@@ -116,7 +120,7 @@ def test_connection_dropped_mid_upload_then_resume(board, bundles):
     """Fault 1: the proxy cuts the SSH connection after ~6 MB of a 12 MB push."""
     prof = local_profile()
     assert flash(bundles["a"], prof, board.target(), opts()).status == "success"
-    proxy = CutProxy(board.port, limit=6 << 20)
+    proxy = LinkProxy(board.port, cut_after=6 << 20)
     try:
         via = board.target(port=proxy.port, known_hosts=_known_for(board, proxy.port))
         r = flash(bundles["b"], prof, via, opts())

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sshd_fixture import local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd
+from sshd_fixture import board_python, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd
 
 from edgesdk.deploy.flash import FlashOptions
 from edgesdk.profile import ProfileOptions, load_report, profile, sweep, tune
 
 pytestmark = pytest.mark.integration
-PY = sys.executable
+PY, ROOT_OK = board_python()  # nobody can run PY (the agent's drop to nobody), or ROOT_OK: as root, said so
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,7 +113,8 @@ def bundles():
 
 
 def opts(**kw) -> ProfileOptions:
-    return ProfileOptions(python=PY, flash=FlashOptions(python=PY, smoke_timeout=120), **kw)
+    return ProfileOptions(python=PY, allow_root=ROOT_OK,
+                          flash=FlashOptions(python=PY, smoke_timeout=120, allow_root_smoke=ROOT_OK), **kw)
 
 
 def test_remote_profile_flashes_first_and_finds_the_slow_segment(board, bundles, tmp_path):
@@ -159,8 +160,11 @@ def test_remote_sweep_and_tune(board, bundles):
     # a bundle whose outputs miss its reference: the smoke test refuses it on the board, nothing is recommended
     bad = sweep(bundles["bad"], prof, board.target(), "threads=1", opts(runs=3, warmup=1, frames=0))
     assert bad.best is None and bad.rows[0].status != "ok"
-    done = tune(res, prof, board.target(), python=PY)
+    done = tune(res, prof, board.target(), python=PY, allow_root=ROOT_OK)
     t = json.loads((board.base / "releases" / done["release"] / "tuning.json").read_text())
     assert t["threads"] == res.best.threads and os.readlink(board.base / "current").endswith(done["release"])
     rep = profile(None, prof, board.target(), opts(runs=3, warmup=1, frames=0), release=done["release"])
-    assert rep.data["settings"]["tuning"]["bundle_id"] == done["release"]
+    # tuning.json is listed in the release's manifest (in its id); the tuning names the bundle that was measured
+    rel_manifest = json.loads((board.base / "releases" / done["release"] / "manifest.json").read_text())
+    assert "tuning.json" in rel_manifest["files"] and rel_manifest["bundle_id"] == done["release"]
+    assert rep.data["settings"]["tuning"]["bundle_id"] == t["bundle_id"] != done["release"]

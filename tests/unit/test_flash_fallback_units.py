@@ -65,30 +65,39 @@ def test_board_engines_with_the_cpu_fallback(tmp_path):
 
 
 def test_check_bundle_accepts_tuning_json(tmp_path):
+    from edgesdk.bundle import add_tuning
+
     b = rbundles.make_bundle(tmp_path / "b", [("onnxruntime", "all")])
     m, files = check_bundle(b)
     assert "tuning.json" not in files
     tuning = {"schema": "edgesdk.tuning/1", "bundle_id": m.bundle_id, "engines": [{"name": "onnxruntime",
                                                                                    "options": {"threads": 2}}]}
     (b / "tuning.json").write_text(json.dumps(tuning))
-    _, files = check_bundle(b)
-    assert "tuning.json" in files  # pushed with the bundle
-    (b / "tuning.json").write_text(json.dumps(dict(tuning, bundle_id="bother")))
-    with pytest.raises(BundleError, match="made for bundle bother"):
-        check_bundle(b)
-    (b / "tuning.json").write_text("{not json")
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="not listed in manifest.json's files"):  # outside the id: refused
         check_bundle(b)
     (b / "tuning.json").unlink()
+    m2 = add_tuning(b, json.dumps(tuning))
+    m3, files = check_bundle(b)
+    assert "tuning.json" in files and "tuning.json" in m3.files and m3.bundle_id == m2.bundle_id != m.bundle_id
+    b = rbundles.make_bundle(tmp_path / "other", [("onnxruntime", "all")])
+    add_tuning(b, json.dumps(dict(tuning, bundle_id="bother")))
+    with pytest.raises(BundleError, match="made for bundle bother"):
+        check_bundle(b)
+    b = rbundles.make_bundle(tmp_path / "c", [("onnxruntime", "all")])
+    add_tuning(b, "{not json")
+    with pytest.raises(BundleError):
+        check_bundle(b)
+    b = rbundles.make_bundle(tmp_path / "d", [("onnxruntime", "all")])
     (b / "stray.txt").write_text("x")
     with pytest.raises(BundleError, match="not listed"):
         check_bundle(b)
 
 
 def test_agent_installs_a_bundle_with_tuning_json(tmp_path, monkeypatch, capsys):
+    from edgesdk.bundle import add_tuning
+
     src = rbundles.make_bundle(tmp_path / "src", [("onnxruntime", "all")])
-    m, _ = check_bundle(src)
-    (src / "tuning.json").write_text(json.dumps({"schema": "edgesdk.tuning/1", "engines": []}))
+    m = add_tuning(src, json.dumps({"schema": "edgesdk.tuning/1", "engines": []}))  # listed in the manifest
     base = tmp_path / "board"
     assert run_agent(base, "lock", "acquire", TOKEN, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     shutil.copytree(src, base / "staging" / m.bundle_id)
@@ -101,7 +110,7 @@ def test_agent_records_the_fallback_and_run_honours_it(tmp_path, monkeypatch, ca
     base = tmp_path / "board"
     seen: list[str] = []
 
-    def fake_run_bundle(b, mode, bundle, python, timeout, extra, fallback="error"):
+    def fake_run_bundle(b, mode, bundle, python, timeout, extra, fallback="error", **kw):
         seen.append(fallback)
         used = [{"segment": "s0", "engine": "onnxruntime", "planned": "edgetpu", "fallback": fallback == "cpu",
                  "reason": "edgetpu unavailable"}]
@@ -111,21 +120,25 @@ def test_agent_records_the_fallback_and_run_honours_it(tmp_path, monkeypatch, ca
     monkeypatch.setattr(agent, "run_bundle", fake_run_bundle)
     assert run_agent(base, "lock", "acquire", TOKEN, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     (base / "releases" / "bone").mkdir(parents=True)
-    rc, r = run_agent(base, "activate", "bone", TOKEN, f"--python={sys.executable}", "--fallback=cpu",
+    (base / "releases" / "bone" / "manifest.json").write_text('{"outputs": []}')  # `run` bounds outputs by it
+    # --allow-root: this python may be one nobody cannot run (the drop to nobody: tests/unit/test_probe_findings.py)
+    rc, r = run_agent(base, "activate", "bone", TOKEN, f"--python={sys.executable}", "--fallback=cpu", "--allow-root",
                       monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0 and r["fallback"] == "cpu" and seen[-1] == "cpu"
     st = agent.Board(str(base)).state()
     assert st["fallback"] == {"bone": "cpu"} and st["history"][-1]["fallback"] == "cpu"
     (base / "tmp" / "w1").mkdir(parents=True)
-    rc, r = run_agent(base, "run", "current", f"--python={sys.executable}", "--workdir=w1",
+    rc, r = run_agent(base, "run", "current", f"--python={sys.executable}", "--workdir=w1", "--allow-root",
                       monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0 and r["fallback"] == "cpu" and seen[-1] == "cpu"  # as recorded at the flash
     # a release flashed without it runs without it
     (base / "releases" / "btwo").mkdir(parents=True)
-    rc, r = run_agent(base, "activate", "btwo", TOKEN, f"--python={sys.executable}", monkeypatch=monkeypatch,
+    (base / "releases" / "btwo" / "manifest.json").write_text('{"outputs": []}')
+    rc, r = run_agent(base, "activate", "btwo", TOKEN, f"--python={sys.executable}", "--allow-root",
+                      monkeypatch=monkeypatch,
                       capsys=capsys)
     assert rc == 0 and seen[-1] == "error" and "btwo" not in agent.Board(str(base)).state()["fallback"]
-    rc, r = run_agent(base, "run", "btwo", f"--python={sys.executable}", "--workdir=w1",
+    rc, r = run_agent(base, "run", "btwo", f"--python={sys.executable}", "--workdir=w1", "--allow-root",
                       monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0 and r["fallback"] == "error"
 

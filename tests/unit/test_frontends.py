@@ -68,7 +68,7 @@ def test_module_imports_without_torch_and_onnx(tmp_path: Path) -> None:
         "import zipfile\n"
         "with zipfile.ZipFile(p, 'w') as z: z.writestr('m/code/__torch__.py', '')\n"
         "try:\n"
-        "    f.to_onnx(p, p.parent, {'x': (1, 3, 8, 8)})\n"
+        "    f.to_onnx(p, p.parent, {'x': (1, 3, 8, 8)}, trust_model=True)\n"
         "except EnvironmentProblem as e:\n"
         "    print('needs torch' if 'needs torch' in str(e) else e)\n"
     )
@@ -154,7 +154,8 @@ def torchscript(tmp_path: Path) -> Path:
 def test_torchscript_from_shapes_only_matches_torch(torchscript: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     # keys in another order than forward's: put in forward's order, ONNX inputs named after them
-    src = to_onnx(torchscript, tmp_path / "w", input_shapes={"scale": [1, 1], "image": (1, 3, 16, 16)})
+    src = to_onnx(torchscript, tmp_path / "w", input_shapes={"scale": [1, 1], "image": (1, 3, 16, 16)},
+                  trust_model=True)
     assert src.kind == "torchscript" and src.original == torchscript
     assert src.path == tmp_path / "w" / "net.onnx" and src.path.is_file()
     assert _input_names(src.path) == ["image", "scale"]
@@ -170,27 +171,27 @@ def test_torchscript_from_shapes_only_matches_torch(torchscript: Path, tmp_path:
 
 
 def test_torchscript_keys_that_do_not_name_the_arguments_are_positional(torchscript: Path, tmp_path: Path) -> None:
-    src = to_onnx(torchscript, tmp_path, input_shapes={"x": (1, 3, 8, 8), "k": (1, 1)})
+    src = to_onnx(torchscript, tmp_path, input_shapes={"x": (1, 3, 8, 8), "k": (1, 1)}, trust_model=True)
     assert _input_names(src.path) == ["x", "k"]
     assert any("x -> image, k -> scale" in n for n in src.notes)
 
 
 def test_torchscript_without_shapes_says_how(torchscript: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError) as ei:
-        to_onnx(torchscript, tmp_path)
+        to_onnx(torchscript, tmp_path, trust_model=True)
     msg = str(ei.value)
     assert "--input-shape NAME=1,3,H,W" in msg and "image, scale" in msg and str(torchscript) in msg
 
 
 def test_torchscript_with_the_wrong_number_of_shapes(torchscript: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"forward\(image, scale\) takes 2 input"):
-        to_onnx(torchscript, tmp_path, input_shapes={"image": (1, 3, 8, 8)})
+        to_onnx(torchscript, tmp_path, input_shapes={"image": (1, 3, 8, 8)}, trust_model=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 0, 8), (1, -1), ("a", 2)])
 def test_bad_shapes(torchscript: Path, tmp_path: Path, shape) -> None:
     with pytest.raises(InputError, match="input shape of 'image'"):
-        to_onnx(torchscript, tmp_path, input_shapes={"image": shape, "scale": (1, 1)})
+        to_onnx(torchscript, tmp_path, input_shapes={"image": shape, "scale": (1, 1)}, trust_model=True)
 
 
 def test_nn_module_with_example_inputs_and_with_shapes(tmp_path: Path) -> None:

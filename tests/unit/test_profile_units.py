@@ -18,6 +18,7 @@ from edgesdk.profile import build_report, diff, load_report, parse_sweep
 from edgesdk.profile.expect import expectations, reference_match
 from edgesdk.profile.html import render_html, timeline_items
 from edgesdk.runtime import profiling
+from edgesdk.runtime.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,10 @@ def test_sweep_picks_fastest_that_passes(monkeypatch, measure, tmp_path):
     done = sweep_mod.tune(res, "rpi4", "local")
     t = json.loads((bundle / "tuning.json").read_text())
     assert t["schema"] == "edgesdk.tuning/1" and t["engines"] == [{"name": "onnxruntime", "options": {"threads": 2}}]
-    assert profiling.tuned_engines(bundle) == [("onnxruntime", {"threads": 2})] and done["release"] == t["bundle_id"]
+    assert profiling.tuned_engines(bundle) == [("onnxruntime", {"threads": 2})]
+    # tuning.json is listed in the manifest: the tuned bundle has a new id; the tuning names the bundle measured
+    m = load_manifest(bundle)
+    assert "tuning.json" in m.files and done["release"] == m.bundle_id and t["bundle_id"] == m.untuned_id()
     assert run_mod.LOCAL == "local"
 
 

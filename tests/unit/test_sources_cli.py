@@ -43,16 +43,16 @@ def torchscript(tmp_path: Path) -> Path:
 
 
 def test_torchscript_through_inspect_partition_convert(torchscript: Path, tmp_path: Path) -> None:
-    r = _cli("inspect", torchscript.name, "--board", "rpi4", "--input-shape", "image=1,3,16,16", "--json",
+    r = _cli("inspect", torchscript.name, "--trust-model", "--board", "rpi4", "--input-shape", "image=1,3,16,16", "--json",
              cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["model"] == "net" and doc["inputs"][0]["shape"] == [1, 3, 16, 16]
-    r = _cli("partition", torchscript.name, "--board", "coral-usb", "--input-shape", "image=1,3,16,16", "-o", "p",
+    r = _cli("partition", torchscript.name, "--trust-model", "--board", "coral-usb", "--input-shape", "image=1,3,16,16", "-o", "p",
              "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p" / "plan.json").is_file()
-    r = _cli("convert", torchscript.name, "--board", "rpi4", "--input-shape", "image=1,3,16,16", "-o", "b",
+    r = _cli("convert", torchscript.name, "--trust-model", "--board", "rpi4", "--input-shape", "image=1,3,16,16", "-o", "b",
              "--engine", "onnxruntime", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
@@ -60,7 +60,7 @@ def test_torchscript_through_inspect_partition_convert(torchscript: Path, tmp_pa
     assert (tmp_path / "b" / "reference" / "model.onnx").is_file()
     r = _cli("verify", "b", "--json", cwd=tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["ok"]
-    r = _cli("convert", torchscript.name, "--board", "rpi4", "-o", "c", cwd=tmp_path)  # no shapes: says how
+    r = _cli("convert", torchscript.name, "--trust-model", "--board", "rpi4", "-o", "c", cwd=tmp_path)  # no shapes: says how
     assert r.returncode == 2 and "--input-shape" in r.stderr
 
 

@@ -1,0 +1,328 @@
+"""Signed bundles, key rotation and downgrade protection against real OpenSSH servers (tests/sshd_fixture.py).
+
+Each test asserts what the board holds afterwards: `current`, releases/, staging/ and the history."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sshd_fixture import (
+    local_profile,
+    make_test_bundle,
+    public_dir,
+    sshd_skip_reason,
+    start_sshd,
+)
+
+from edgesdk.deploy import flash as flash_mod
+from edgesdk.deploy.flash import FlashOptions, flash, rollback, status
+from edgesdk.signing import enroll_key, generate_keys, list_keys, revoke_key, sign_bundle
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_sshd():
+    reason = sshd_skip_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_HOME", str(tmp_path / "home"))
+
+
+def _board_python() -> tuple[str, bool]:
+    try:
+        from sshd_fixture import board_python
+    except ImportError:
+        return sys.executable, False
+    return board_python()
+
+
+PY, ROOT_SMOKE = _board_python()
+
+
+def opts(**kw) -> FlashOptions:
+    if "allow_root_smoke" in {f.name for f in dataclasses.fields(FlashOptions)}:
+        kw.setdefault("allow_root_smoke", ROOT_SMOKE)
+    return FlashOptions(python=PY, smoke_timeout=120, **kw)
+
+
+@pytest.fixture
+def board():
+    b = start_sshd("sign")
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def src():
+    d = public_dir("edgesdk-sign-bundles-")
+    yield {s: make_test_bundle(d / f"s{s}", seed=s) for s in (0, 1, 2, 3)}
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return {n: generate_keys(tmp_path / "keys", n) for n in ("old", "new", "other")}
+
+
+def copy(src_dir: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src_dir, dest)
+    os.chmod(dest, 0o755)
+    return dest
+
+
+def bid(bundle: Path) -> str:
+    return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
+
+
+def current(b) -> str | None:
+    link = b.base / "current"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+def releases(b) -> list[str]:
+    d = b.base / "releases"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def staged(b) -> list[str]:
+    d = b.base / "staging"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def history(b) -> list[dict]:
+    return json.loads((b.base / "state.json").read_text())["history"]
+
+
+def assert_untouched(b, cur: str | None, rels: list[str]) -> None:
+    assert current(b) == cur and releases(b) == rels and staged(b) == []
+
+
+def test_keyless_board_accepts_unsigned_with_a_warning(board, src, keys, tmp_path):
+    prof = local_profile()
+    r = flash(src[0], prof, board.target(), opts())
+    assert r.status == "success", r.error
+    assert any("trusts no signing key and accepted an unsigned bundle" in w for w in r.warnings), r.warnings
+    signed = copy(src[1], tmp_path / "b1")
+    sign_bundle(signed, keys["old"].private)
+    r = flash(signed, prof, board.target(), opts())
+    assert r.status == "success" and any("was not checked" in w for w in r.warnings), r.warnings
+    assert list_keys(board.target())["keys"] == []
+
+
+def test_enrolled_board_refuses_unsigned_other_key_and_altered(board, src, keys, tmp_path, monkeypatch):
+    prof = local_profile()
+    t = board.target()
+    assert enroll_key(t, keys["old"].public)["keys"] == [keys["old"].fingerprint]
+    good = copy(src[0], tmp_path / "good")
+    sign_bundle(good, keys["old"].private)
+    r = flash(good, prof, t, opts())
+    assert r.status == "success", r.error
+    assert any(keys["old"].fingerprint in n for n in r.notes) and r.warnings == ()
+    cur, rels = current(board), releases(board)
+    assert cur == bid(good)
+
+    unsigned = copy(src[1], tmp_path / "unsigned")
+    other = copy(src[1], tmp_path / "other")
+    sign_bundle(other, keys["other"].private)
+    altered = copy(src[1], tmp_path / "altered")
+    sign_bundle(altered, keys["old"].private)
+    m = json.loads((altered / "manifest.json").read_text())
+    m["created_at"] = "2020-01-01T00:00:00Z"  # outside the content id: only the signature notices
+    (altered / "manifest.json").write_text(json.dumps(m, indent=2))
+    cases = [(unsigned, "unsigned"), (other, "does not trust"), (altered, "changed after signing")]
+    # the host refuses first, from what the probe says (nothing locked, provisioned or pushed)
+    for bundle, why in cases:
+        r = flash(bundle, prof, t, opts())
+        assert r.status == "refused" and r.exit_code == 2 and why in r.error, (why, r.error)
+        assert "push" not in r.phases and "admit" not in r.phases
+        assert_untouched(board, cur, rels)
+    # a host whose own check passes anything: the board refuses at admit itself, before anything is staged
+    import edgesdk.signing
+
+    monkeypatch.setattr(edgesdk.signing, "verify_bundle", lambda bundle, trusted=None: "ed25519:" + "0" * 32)
+    for bundle, why in [(unsigned, "it is unsigned"), (other, "which this board does not trust"),
+                        (altered, "altered after signing")]:
+        r = flash(bundle, prof, t, opts())
+        assert r.status == "refused" and r.exit_code == 2 and why in r.error and "nothing was staged" in r.error, r.error
+        assert "admit" in r.phases and "push" not in r.phases
+        assert_untouched(board, cur, rels)
+    assert status(t).current == cur
+
+
+def test_staged_files_altered_after_signing(board, src, keys, tmp_path):
+    """The board re-checks at install: a staged manifest whose signature no longer matches, a staged file whose
+    sha256 no longer matches the signed manifest. Nothing is installed, current unchanged."""
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    first = copy(src[0], tmp_path / "first")
+    sign_bundle(first, keys["old"].private)
+    assert flash(first, prof, t, opts()).status == "success"
+    cur, rels = current(board), releases(board)
+    nxt = copy(src[1], tmp_path / "next")
+    sign_bundle(nxt, keys["old"].private)
+
+    def edit_manifest(rb, **info):
+        p = Path(rb.base) / "staging" / bid(nxt) / "manifest.json"
+        m = json.loads(p.read_text())
+        m["release_version"] = 1000
+        p.write_text(json.dumps(m, indent=2))
+
+    r = flash(nxt, prof, t, opts(fail_points={"before_install": edit_manifest}))
+    assert r.status == "refused" and r.exit_code == 2 and "altered after signing" in r.error, r.error
+    assert "staged files were deleted" in r.error
+    assert_untouched(board, cur, rels)
+
+    def edit_model(rb, **info):
+        p = Path(rb.base) / "staging" / bid(nxt) / "model.onnx"
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+
+    r = flash(nxt, prof, t, opts(fail_points={"before_install": edit_model}))
+    assert r.status == "failed" and "does not match the manifest" in r.error, r.error
+    assert current(board) == cur and releases(board) == rels
+    # unharmed, it goes through
+    r = flash(nxt, prof, t, opts())
+    assert r.status == "success", r.error
+    assert current(board) == bid(nxt)
+
+
+def test_key_rotation(board, src, keys, tmp_path):
+    """Enroll the new key, flash signed with it, revoke the old one: then the old key's bundles are refused."""
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    a = copy(src[0], tmp_path / "a")
+    sign_bundle(a, keys["old"].private)
+    assert flash(a, prof, t, opts()).status == "success"
+    assert enroll_key(t, keys["new"].public)["keys"] == sorted([keys["old"].fingerprint, keys["new"].fingerprint])
+    b = copy(src[1], tmp_path / "b")
+    sign_bundle(b, keys["new"].private)
+    r = flash(b, prof, t, opts())
+    assert r.status == "success" and current(board) == bid(b), r.error
+    rv = revoke_key(t, keys["old"].public)  # by its .pub file; a fingerprint works too
+    assert rv["keys"] == [keys["new"].fingerprint] and rv["warning"] is None
+    c = copy(src[2], tmp_path / "c")
+    sign_bundle(c, keys["old"].private)
+    r = flash(c, prof, t, opts())
+    assert r.status == "refused" and r.exit_code == 2 and "does not trust" in r.error
+    assert current(board) == bid(b) and bid(c) not in releases(board) and staged(board) == []
+    # a release signed by the revoked key, still on the board, is not activated again by a flash
+    r = flash(a, prof, t, opts())
+    assert r.status == "refused" and current(board) == bid(b)
+    # the last key stays unless forced
+    from edgesdk.errors import InputError
+
+    with pytest.raises(InputError, match="last trusted key"):
+        revoke_key(t, keys["new"].fingerprint)
+    ev = [e["event"] for e in history(board) if e["event"].startswith("key-")]
+    assert ev == ["key-enrolled", "key-enrolled", "key-revoked"]
+
+
+def test_downgrade_refused_allowed_recorded_and_rollback(board, src, keys, tmp_path, monkeypatch):
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    v1 = copy(src[0], tmp_path / "v1")
+    sign_bundle(v1, keys["old"].private, version=1)
+    v2 = copy(src[1], tmp_path / "v2")
+    sign_bundle(v2, keys["old"].private, version=2)
+    assert flash(v1, prof, t, opts()).status == "success"
+    assert flash(v2, prof, t, opts()).status == "success"
+    assert current(board) == bid(v2)
+    old = copy(src[2], tmp_path / "old")
+    sign_bundle(old, keys["old"].private, version=1)
+    r = flash(old, prof, t, opts())
+    assert r.status == "refused" and r.exit_code == 2 and "older than the current release" in r.error
+    assert "--allow-downgrade" in r.error and current(board) == bid(v2) and bid(old) not in releases(board)
+    # the board refuses it itself too, before anything is staged
+    real = flash_mod._check_signature
+    monkeypatch.setattr(flash_mod, "_check_signature",
+                        lambda bundle, manifest, facts, o, res, host: real(bundle, manifest,
+                                                                         {**facts, "current_version": None}, o, res,
+                                                                         host))
+    r = flash(old, prof, t, opts())
+    assert r.status == "refused" and "release_version 1 is older" in r.error and staged(board) == []
+    monkeypatch.undo()
+    r = flash(old, prof, t, opts(allow_downgrade=True))
+    assert r.status == "success" and current(board) == bid(old), r.error
+    assert any("downgrade: release_version 1 replaces 2" in n for n in r.notes), r.notes
+    act = [e for e in history(board) if e["event"] == "activated"][-1]
+    assert act["release"] == bid(old) and act["downgrade"]["from"] == 2 and act["downgrade"]["to"] == 1
+    assert act["release_version"] == 1 and act["signed_by"] == keys["old"].fingerprint
+    # rollback to a release still on the board: allowed, recorded with both versions
+    rb = rollback(t, to=bid(v2))
+    assert rb.current == bid(v2) == current(board)
+    rb = rollback(t, to=bid(v1))
+    assert rb.current == bid(v1) == current(board)
+    ev = history(board)[-1]
+    assert ev["event"] == "rolled-back" and ev["downgrade"] == {"from": 2, "to": 1, "by": "rollback"}
+
+
+def test_cli_user_path_keys_convert_sign_flash(board, tmp_path):
+    """As a user: `edgesdk keys generate`, `keys enroll`, `convert --sign`, `flash`; an unsigned bundle is refused
+    with exit 2; `sign` makes it flashable."""
+    import runtime_bundles as rbundles
+
+    exe = str(Path(sys.executable).parent / "edgesdk")
+    env = dict(os.environ, EDGESDK_HOME=str(tmp_path / "home"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+
+    hostargs = ["--host", board.spec, "-i", str(board.key), "--known-hosts", str(board.known_hosts),
+                "--remote-dir", str(board.base)]
+    r = cli("keys", "generate", "--out", str(tmp_path / "k"), "--name", "rel", "--json")
+    assert r.returncode == 0, r.stderr
+    kp = json.loads(r.stdout)
+    assert oct(os.stat(kp["private_key"]).st_mode & 0o777) == "0o600"
+    r = cli("keys", "enroll", kp["public_key"], *hostargs)
+    assert r.returncode == 0 and kp["fingerprint"] in r.stdout, r.stdout + r.stderr
+    model = tmp_path / "tiny.onnx"
+    rbundles.onnx_model("all", rbundles.weights(0), model)
+    r = cli("convert", str(model), "--board", "rpi4", "--engine", "onnxruntime", "-o", str(tmp_path / "signed"),
+            "--sign", kp["private_key"], "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    conv = json.loads(r.stdout)
+    assert conv["signed"]["release_version"] == 1 and (tmp_path / "signed" / "manifest.sig").is_file()
+    os.chmod(tmp_path / "signed", 0o755)
+    flash_args = ["--board", "rpi4", "--force", "--python", PY, *hostargs, "--json"]
+    if ROOT_SMOKE:
+        flash_args.append("--allow-root-smoke")
+    r = cli("flash", str(tmp_path / "signed"), *flash_args)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    signed_id = conv["signed"]["bundle_id"]
+    assert res["status"] == "success" and current(board) == signed_id == bid(tmp_path / "signed")
+    model2 = tmp_path / "tiny2.onnx"
+    rbundles.onnx_model("all", rbundles.weights(1), model2)
+    r = cli("convert", str(model2), "--board", "rpi4", "--engine", "onnxruntime", "-o", str(tmp_path / "unsigned"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    os.chmod(tmp_path / "unsigned", 0o755)
+    r = cli("flash", str(tmp_path / "unsigned"), *flash_args)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 2 and res["status"] == "refused" and "unsigned" in res["error"]
+    assert current(board) == signed_id and "Traceback" not in r.stderr
+    r = cli("sign", str(tmp_path / "unsigned"), "--key", kp["private_key"], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["release_version"] == 2
+    r = cli("flash", str(tmp_path / "unsigned"), *flash_args)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert current(board) == bid(tmp_path / "unsigned") != signed_id

@@ -1,0 +1,206 @@
+"""Fault 3 of reliability.md: a stalled link (the connection stays open, nothing gets through), against a real
+sshd through a loopback proxy (tests/netproxy.py).
+
+The flash must fail within its stall timeout (the dead-peer detection of edgesdk.deploy.transport: a keepalive that
+wants a reply), say where it stalled, leave the board consistent, and a rerun over a healthy link must finish the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sshd_fixture
+from netproxy import LinkProxy
+from sshd_fixture import local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd
+
+from edgesdk.deploy.flash import FlashOptions, flash, status
+
+pytestmark = pytest.mark.integration
+#: an interpreter `nobody` can run when the fixture provides one (the smoke test drops to nobody)
+PY, ROOT_OK = sshd_fixture.board_python() if hasattr(sshd_fixture, "board_python") else (sys.executable, True)
+STALL = 2.0  # --stall-timeout of these tests
+MARGIN = 2.5  # the detection's own granularity and the unlock attempt, with a loaded 2-core CI machine
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_sshd():
+    reason = sshd_skip_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def board():
+    b = start_sshd("stall")
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def bundles():
+    d = public_dir("edgesdk-stall-bundles-")
+    yield {"a": make_test_bundle(d / "a", seed=40), "b": make_test_bundle(d / "b", seed=41, pad_bytes=4 << 20),
+           "dir": d}
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def opts(**kw) -> FlashOptions:
+    kw.setdefault("python", PY)
+    kw.setdefault("smoke_timeout", 60)
+    if "allow_root_smoke" in FlashOptions.__dataclass_fields__:
+        kw.setdefault("allow_root_smoke", ROOT_OK)
+    return FlashOptions(**kw)
+
+
+def bid(bundle: Path) -> str:
+    return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
+
+
+def current(b) -> str | None:
+    link = b.base / "current"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+def releases(b) -> list[str]:
+    d = b.base / "releases"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def via(board, proxy: LinkProxy):
+    """The board's target through the proxy (its host key under the proxy's port), short connect timeouts."""
+    line = board.known_hosts.read_text().split(" ", 1)[1]
+    kh = board.root / f"known_{proxy.port}"
+    kh.write_text(f"[127.0.0.1]:{proxy.port} {line}")
+    return board.target(port=proxy.port, known_hosts=kh, connect_timeout=3.0)
+
+
+@pytest.mark.parametrize("mode", ["hold", "drop"])
+def test_stall_mid_push_fails_within_the_timeout_then_resumes(board, bundles, mode):
+    """The proxy stops forwarding after 2 MB of a 4 MB push, closing nothing. "hold": it stops reading, so the
+    host's writes block on a full socket (a black-holed route); "drop": it reads and discards (toxiproxy timeout=0)."""
+    prof = local_profile()
+    assert flash(bundles["a"], prof, board.target(), opts()).status == "success"
+    with LinkProxy(board.port, stall_after=2 << 20, mode=mode) as proxy:
+        t0 = time.monotonic()
+        r = flash(bundles["b"], prof, via(board, proxy), opts(stall_timeout=STALL))
+        t_end = time.monotonic()
+        assert proxy.stalls == 1 and proxy.stalled_at is not None
+        assert r.status == "failed", r
+        assert t_end - proxy.stalled_at < STALL + MARGIN, (t_end - proxy.stalled_at, r.error)
+        # where: the phase, the file and how far it got
+        assert "stalled link during push" in r.error and "blob.bin" in r.error and "bytes sent" in r.error, r.error
+        assert f"{STALL:g}s" in r.error
+        # the old release is current, the new one is not installed, its prefix waits in staging
+        assert current(board) == bid(bundles["a"])
+        assert bid(bundles["b"]) not in releases(board)
+        part = board.base / "staging" / bid(bundles["b"]) / "blob.bin.part"
+        assert part.is_file() and 0 < part.stat().st_size < 4 << 20
+        # the rerun over the healed link resumes from the board's .part. The stall timeout is about the link, not
+        # the command: here the smoke test takes 2x the stall timeout, and passes ("hold"; "drop" runs the plain one)
+        proxy.heal()
+        slow = _slow_python(board, 2 * STALL) if mode == "hold" else PY
+        r2 = flash(bundles["b"], prof, via(board, proxy), opts(stall_timeout=STALL, python=str(slow)))
+        assert r2.status == "success", r2.error
+        if mode == "hold":
+            assert r2.phases["smoke"] > 2 * STALL
+        assert r2.transfer["resumed_bytes"] > 0
+        assert r2.bytes_sent < r2.bytes_total - (1 << 20)
+        assert current(board) == bid(bundles["b"])
+        assert t_end - t0 < 30
+
+
+def _slow_python(board, seconds: float) -> Path:
+    """PY, but its smoke test starts `seconds` late (the agent's own checks of the interpreter are not delayed)."""
+    slow = board.root / "slow-python"
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *" smoke "*) sleep {seconds};; esac\nexec "{PY}" "$@"\n')
+    slow.chmod(0o755)
+    return slow
+
+
+def _stall_when_switched(board, proxy: LinkProxy, release: str) -> threading.Thread:
+    """Stall the proxy as soon as the board's agent has switched to `release` (its smoke test is running)."""
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                pend = json.loads((board.base / "state.json").read_text()).get("pending") or {}
+            except (OSError, ValueError):
+                pend = {}
+            if pend.get("release") == release and current(board) == release:
+                proxy.stall()
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_stall_during_smoke_reply_agent_finishes_by_itself(board, bundles):
+    """The link stalls while the board runs the smoke test: the host fails within the stall timeout; the agent
+    (which ignores SIGHUP and needs no host) still commits the switch; an immediate rerun over the healed link waits
+    for that activation instead of "recovering" it from under the running agent; status agrees with the disk."""
+    prof = local_profile()
+    a, b = bid(bundles["a"]), bid(bundles["b"])
+    assert flash(bundles["a"], prof, board.target(), opts()).status == "success"
+    slow = _slow_python(board, 3 * STALL)
+    with LinkProxy(board.port) as proxy:
+        started = {}
+
+        def arm(rb):
+            started["t"] = time.monotonic()
+            started["watch"] = _stall_when_switched(board, proxy, b)
+
+        r = flash(bundles["b"], prof, via(board, proxy),
+                  opts(python=str(slow), stall_timeout=STALL, fail_points={"before_activate": arm}))
+        t_end = time.monotonic()
+        assert proxy.stalled_at is not None, "the board never switched (the smoke test did not start)"
+        assert r.status == "failed", r
+        assert t_end - proxy.stalled_at < STALL + MARGIN, (t_end - proxy.stalled_at, r.error)
+        assert "stalled link during smoke" in r.error and "agent activate" in r.error, r.error
+        assert "edgesdk status" in r.error
+        # the agent is still smoke-testing b on the board: the rerun (over the healed link) must not undo it
+        assert json.loads((board.base / "state.json").read_text()).get("pending", {}).get("release") == b
+        proxy.heal()
+        r2 = flash(bundles["b"], prof, via(board, proxy), opts())
+        assert r2.status == "success", r2.error
+        assert not any("interrupted switch" in w for w in r2.warnings), r2.warnings
+    assert current(board) == b
+    st = status(board.target())
+    assert st.current == b and not st.state.get("pending") and st.status == "ready", st.to_dict()
+    events = [(e.get("event"), e.get("release")) for e in st.history]
+    assert ("rolled-back", b) not in events, events  # b was never rolled back: its smoke test passed both times
+    assert events[-2:] == [("activated", b), ("activated", b)], events
+    assert st.state.get("current") == b and st.state.get("previous") == a
+    assert set(releases(board)) == {a, b}
+    assert not (board.base / "lock").exists()
+
+
+def test_bad_stall_timeout_is_a_clear_input_error(tmp_path):
+    """`--stall-timeout 0` (or negative): exit 2 naming the option, no traceback; SSHTarget refuses it too."""
+    import subprocess
+
+    from edgesdk.deploy.transport import SSHTarget
+    from edgesdk.errors import InputError
+
+    exe = Path(sys.executable).with_name("edgesdk")
+    for bad in ("0", "-5"):
+        p = subprocess.run([str(exe), "flash", str(tmp_path / "m.onnx"), "--board", "rpi4", "--host",
+                            "root@127.0.0.1:1", f"--stall-timeout={bad}"], capture_output=True, text=True, timeout=120,
+                           check=False)
+        assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+        assert "--stall-timeout" in p.stderr and "Traceback" not in p.stderr + p.stdout, p.stderr
+    with pytest.raises(InputError, match="stall-timeout"):
+        SSHTarget(host="127.0.0.1", stall_timeout=0)
