@@ -729,7 +729,7 @@ def worker(args: argparse.Namespace) -> int:
     """Read case indices on stdin, answer one JSON line each on the real stdout."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever native code prints goes to stderr
-    base = Path(tempfile.mkdtemp(prefix="edgesdk-fuzz-"))
+    base = Path(tempfile.mkdtemp(prefix="edgesdk-fuzz-", dir=args.base))
     bundles = base_bundles(base / "bundles")
     os.environ["EDGESDK_HOME"] = str(base / "home")  # the prepare cache of thousands of mutants stays here
     seed_models = seeds(base, args.zoo)
@@ -749,10 +749,12 @@ class Supervisor:
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
         self.info: dict[str, Any] = {}
+        #: every worker's folder lives in here, removed at the end (a killed worker cannot clean up after itself)
+        self.base = Path(tempfile.mkdtemp(prefix="edgesdk-fuzz-"))
 
     def start(self) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seed", str(self.args.seed),
-               "--timeout", str(self.args.timeout), *(["--zoo"] if self.args.zoo else [])]
+               "--timeout", str(self.args.timeout), "--base", str(self.base), *(["--zoo"] if self.args.zoo else [])]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, bufsize=1, start_new_session=True)
         line = self._read(600)
@@ -768,8 +770,14 @@ class Supervisor:
         line = self.proc.stdout.readline()
         return line or None
 
-    def stop(self) -> None:
+    def stop(self, clean: bool = False) -> None:
         if self.proc is not None:
+            if clean and self.proc.stdin is not None:  # EOF: the worker removes its temporary folder and exits
+                self.proc.stdin.close()
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -844,7 +852,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             if args.progress and n % args.progress == 0:
                 print(f"{n} cases, {dict(kinds)}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     finally:
-        sup.stop()
+        sup.stop(clean=True)
+        shutil.rmtree(sup.base, ignore_errors=True)
     seconds = time.perf_counter() - t0
     return {"cases": n, "seed": args.seed, "start": args.start, "seconds": round(seconds, 1),
             "cases_per_second": round(n / seconds, 2) if seconds else None,
@@ -867,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", type=int, default=0, metavar="N", help="a progress line on stderr every N cases")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cases < 1 or args.timeout <= 0:
         ap.error("--cases and --timeout must be positive")
