@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgesdk.errors import InputError
+from edgesdk.paths import write_atomic
 from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, Manifest, load_manifest, sha256_file
 
 
@@ -118,11 +119,7 @@ def add_tuning(bundle: str | Path, text: str) -> Manifest:
     for name, payload in ((TUNING, data), (MANIFEST, (json.dumps(m2.to_dict(), indent=2) + "\n").encode())):
         if name == MANIFEST:
             (b / SIGNATURE).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=b)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, b / name)
+        write_atomic(b / name, payload, 0o644)
     return load_manifest(b, verify=True)
 
 

@@ -6,26 +6,29 @@
 
 manifest.json lists every other file's sha256, so a signature over its exact bytes covers the whole bundle
 (edgesdk.runtime.trust describes manifest.sig and how the board checks it). The signed manifest carries a
-monotonic `release_version`: by default the last version this host signed with that key + 1 (recorded in
-<edgesdk home>/keys/versions.json), and never lower than the bundle's own previous release_version + 1;
-`--version V` sets it (then recorded too). release_version is part of the bundle id, so signing gives the
-bundle its new id (and each signed release its own dir on the board); boards refuse a signed bundle with a
-lower version than their current one unless `flash --allow-downgrade`.
+monotonic `release_version`: by default the current UTC time in seconds, and never lower than the highest
+version this host ever signed (with any key: a key rotation does not start again at 1; recorded in
+<edgesdk home>/keys/versions.json) + 1 nor than the bundle's own previous release_version + 1; so releases signed
+on several hosts (with clocks in step) and with a new key still go up. `--version V` sets it (then recorded
+too). release_version is part of the bundle id, so signing gives the bundle its new id (and each signed release
+its own dir on the board); boards refuse a signed bundle with a lower version than the highest they ever
+activated unless `flash --allow-downgrade`.
+
+The board's trust store (enroll, revoke, list) is edgesdk.deploy.trust.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
-import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import BundleError, InputError
-from edgesdk.paths import home
+from edgesdk.paths import home, write_atomic
 from edgesdk.runtime import trust
 from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, load_manifest
 
@@ -49,28 +52,37 @@ class Signed:
     release_version: int
     fingerprint: str
     signature: Path
+    expires_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "bundle_id": self.bundle_id, "release_version": self.release_version,
-                "key": self.fingerprint, "signature": str(self.signature)}
+                "key": self.fingerprint, "signature": str(self.signature), "expires_at": self.expires_at}
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write data to path with this mode from the start (a temp file beside it, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+def parse_expires(value: str, now: float | None = None) -> str:
+    """`--expires`: a duration from now (90m, 12h, 30d, 8w) or a UTC date/time (2027-01-31, 2027-01-31T12:00:00Z,
+    or with an offset); the expiry as YYYY-MM-DDTHH:MM:SSZ, in the future. InputError otherwise."""
+    import datetime as dt
+    import re
+
+    text = str(value).strip()
+    t0 = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+    m = re.match(r"^([0-9]{1,6})([mhdw])$", text)
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        when = t0 + dt.timedelta(**{unit: int(m.group(1))})
+    else:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"--expires {value!r}: expected a duration (90m, 12h, 30d, 8w) or a date "
+                             "(2027-01-31 or 2027-01-31T12:00:00Z)") from None
+        when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    if when <= t0:
+        raise InputError(f"--expires {value!r}: {when:%Y-%m-%dT%H:%M:%SZ} is not in the future")
+    if when.year > 9999 - 1:
+        raise InputError(f"--expires {value!r}: too far ahead")
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _crypto() -> Any:
@@ -104,8 +116,8 @@ def generate_keys(out_dir: str | Path = ".", name: str = "edgesdk-signing", forc
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    _write_atomic(priv_p, priv, 0o600)
-    _write_atomic(pub_p, trust.pem_from_raw(raw).encode(), 0o644)
+    write_atomic(priv_p, priv, 0o600)
+    write_atomic(pub_p, trust.pem_from_raw(raw).encode(), 0o644)
     return KeyPair(priv_p, pub_p, trust.fingerprint(raw))
 
 
@@ -148,6 +160,7 @@ def _versions_file() -> Path:
 
 
 def _last_versions() -> dict[str, int]:
+    """{key fingerprint: the highest release_version this host signed with it}."""
     try:
         data = json.loads(_versions_file().read_text(encoding="utf-8"))
         return {k: int(v) for k, v in data.items()} if isinstance(data, dict) else {}
@@ -160,39 +173,48 @@ def _record_version(fp: str, version: int) -> None:
     data[fp] = max(version, data.get(fp, 0))
     p = _versions_file()
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(p, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+    write_atomic(p, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
-def sign_bundle(bundle: str | Path, key: str | Path, version: int | None = None) -> Signed:
-    """Set the manifest's release_version and write manifest.sig over its exact bytes. The bundle is checked
-    first (every sha256, no strays: only manifest.sig may sit beside manifest.json unlisted)."""
+def sign_bundle(bundle: str | Path, key: str | Path, version: int | None = None,
+                expires: str | None = None) -> Signed:
+    """Set the manifest's release_version and write manifest.sig over its exact bytes (and, with `expires`
+    (parse_expires), a signed expires_at: boards refuse to admit, install or activate it after that). The bundle
+    is checked first (every sha256, no strays: only manifest.sig may sit beside manifest.json unlisted)."""
     from edgesdk.deploy.flash import check_bundle
 
     b = Path(bundle)
     if not b.is_dir():
         raise InputError(f"{b}: not a bundle directory")
+    expires_at = parse_expires(expires) if expires is not None else None
     sk = load_private_key(key)
     serialization, _ = _crypto()
     raw = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     fp = trust.fingerprint(raw)
     m, _files = check_bundle(b)
     if version is None:
-        version = max(_last_versions().get(fp, 0), m.release_version or 0) + 1
+        # one sequence for all keys on this host (a new key goes on from the old one's), time-based so that hosts
+        # signing for the same boards go up together
+        version = max(int(time.time()), max(_last_versions().values(), default=0) + 1, (m.release_version or 0) + 1)
     elif isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 1 << 63:
         raise InputError(f"--version {version!r}: expected an integer from 0 to 2**63-1")
     m2 = replace(m, release_version=version, bundle_id="")
     m2 = replace(m2, bundle_id=m2.content_id())
     text = (json.dumps(m2.to_dict(), indent=2, sort_keys=False) + "\n").encode()
+    attrs = {"expires_at": expires_at} if expires_at else None
     doc = {"schema": trust.SIG_SCHEMA, "algorithm": trust.ALGORITHM, "key": fp,
-           "public_key": base64.b64encode(raw).decode(), "signature": base64.b64encode(sk.sign(text)).decode(),
-           "release_version": version, "bundle_id": m2.bundle_id}
+           "public_key": base64.b64encode(raw).decode(),
+           "signature": base64.b64encode(sk.sign(trust.signed_message(text, attrs))).decode()}
+    if attrs:
+        doc["attributes"] = attrs  # signed with the manifest (trust.signed_message)
+    # (release_version and bundle_id are in the signed manifest only: nothing outside the signed bytes)
     # the old signature goes first: a crash in between leaves an unsigned bundle, never a mismatched pair
     (b / SIGNATURE).unlink(missing_ok=True)
-    _write_atomic(b / MANIFEST, text, 0o644)
-    _write_atomic(b / SIGNATURE, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
+    write_atomic(b / MANIFEST, text, 0o644)
+    write_atomic(b / SIGNATURE, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
     load_manifest(b, verify=False)
     _record_version(fp, version)
-    return Signed(b, m2.bundle_id, version, fp, b / SIGNATURE)
+    return Signed(b, m2.bundle_id, version, fp, b / SIGNATURE, expires_at)
 
 
 def signature_of(bundle: str | Path) -> dict[str, Any] | None:
@@ -225,61 +247,16 @@ def verify_bundle(bundle: str | Path, trusted: set[str] | None = None) -> str:
                           f"{', '.join(sorted(trusted)) or 'none'}); sign it with one of those keys, or enroll this "
                           "one first (`edgesdk keys enroll`)")
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(doc["_pub"]).verify(doc["_sig"], (b / MANIFEST).read_bytes())
+        ed25519.Ed25519PublicKey.from_public_bytes(doc["_pub"]).verify(
+            doc["_sig"], trust.signed_message((b / MANIFEST).read_bytes(), doc.get("attributes")))
     except InvalidSignature:
         raise BundleError(f"{b}: manifest.sig by {fp} does not match manifest.json: the bundle was changed after "
                           "signing; sign it again") from None
+    exp = (doc.get("attributes") or {}).get("expires_at")
+    if exp and exp <= trust.utc_now():
+        raise BundleError(f"{b}: its signature expired at {exp}; sign it again (`edgesdk sign {b} --key KEY`)")
     return fp
 
 
-__all__ = ["TUNING", "KeyPair", "Signed", "generate_keys", "load_private_key", "read_public_key", "sign_bundle",
-           "signature_of", "verify_bundle"]
-
-
-# -- the board's trust store (agent verb `trust`, under the board's lock) -----------------------------------------
-
-def _trust_call(target: Any, action: str, *args: str, stdin: dict | None = None, transport: Any = None,
-                lock: bool = True) -> dict[str, Any]:
-    from edgesdk.deploy.board import whoami_host
-    from edgesdk.deploy.flash import _open
-
-    conn, rb = _open(target, transport)
-    with conn:
-        if not lock:
-            return rb.call("trust", action, stdin=stdin)
-        rb.lock(who=f"{whoami_host()} keys {action}")
-        try:
-            return rb.call("trust", action, rb.token, *args, stdin=stdin)
-        finally:
-            rb.unlock()
-
-
-def enroll_key(target: Any, public_key: str | Path, *, transport: Any = None) -> dict[str, Any]:
-    """Add a public key to the board's trust store: from then on it accepts only bundles signed by a trusted key."""
-    pem, _ = read_public_key(public_key)
-    r = _trust_call(target, "add", stdin={"pem": pem}, transport=transport)
-    return {"host": target.known_hosts_name, "key": r["key"], "already": r.get("already", False), "keys": r["keys"]}
-
-
-def revoke_key(target: Any, key: str | Path, *, force: bool = False, transport: Any = None) -> dict[str, Any]:
-    """Remove a key (its fingerprint, or its .pub file) from the board's trust store. The last key goes only
-    with force (without any key the board accepts unsigned bundles again)."""
-    p = Path(str(key))
-    if p.is_file():
-        _, fp = read_public_key(p)
-    else:
-        try:
-            fp = "ed25519:" + trust.fp_hex(str(key))
-        except trust.TrustError as exc:
-            raise InputError(f"{key}: neither a public key file nor a fingerprint ({exc})") from None
-    r = _trust_call(target, "remove", fp, *(["--force"] if force else []), transport=transport)
-    return {"host": target.known_hosts_name, "key": r["key"], "removed": True, "keys": r["keys"],
-            "warning": r.get("warning")}
-
-
-def list_keys(target: Any, *, transport: Any = None) -> dict[str, Any]:
-    r = _trust_call(target, "list", transport=transport, lock=False)
-    return {"host": target.known_hosts_name, "keys": r["keys"]}
-
-
-__all__ += ["enroll_key", "list_keys", "revoke_key"]
+__all__ = ["TUNING", "KeyPair", "Signed", "generate_keys", "load_private_key", "parse_expires", "read_public_key",
+           "sign_bundle", "signature_of", "verify_bundle"]

@@ -14,11 +14,15 @@ Faults (one per round, seeded; drawn from a shuffled deck of all kinds, so each 
   disk-full       the board dir (a tmpfs) is filled: before the flash, or during the upload
   bad-smoke       a bundle whose reference output is wrong (the smoke test fails: rolled back)
 
+The board trusts a signing key (enrolled before the first flash) and every release is signed with it, so the
+board's admit, the signature checks at install and activate and the version floor run under every fault.
+
 Invariant (after the faulty flash, once the board's agent is done, and after the clean rerun):
   - exactly one complete, verified release is current: `current` -> releases/<id>, every file re-hashed against
     its manifest, no link, no stray; every other kept release verifies too;
   - the history agrees with the disk: state.json's current and its last activated/rolled-back entry name the
     release `current` points to; no `pending` except right after a killed agent;
+  - every release activated since the key was enrolled was signed by it (its history entry's signed_by);
   - after the clean rerun: it succeeded, the new release is current, no staging/*, no lock, no current.tmp.
 
 Exit 0 when no invariant was violated, 1 otherwise, 2 on bad input (not root, no sshd). Needs root (the sshd fixture
@@ -36,7 +40,6 @@ import argparse
 import collections
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -64,11 +67,9 @@ TMPFS = "48m"
 
 
 def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while b := fh.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
+    from edgesdk.runtime.manifest import sha256_file  # the one host-side sha256 helper
+
+    return sha256_file(p)
 
 
 # -- the invariant -------------------------------------------------------------------------------------------
@@ -106,9 +107,10 @@ def board_current(base: Path) -> str | None:
         return None
 
 
-def check_board(base: Path, *, clean: bool, pending_ok: bool = False) -> list[str]:
+def check_board(base: Path, *, clean: bool, pending_ok: bool = False, key: str | None = None) -> list[str]:
     """The invariant's violations on the board dir `base` (empty: holds). clean: after a clean rerun (no staging,
-    lock or pending left); pending_ok: a `pending` switch is allowed (an agent was killed mid-activate)."""
+    lock or pending left); pending_ok: a `pending` switch is allowed (an agent was killed mid-activate); key: the
+    fingerprint every release activated since its enrollment must be signed by."""
     out = []
     link = base / "current"
     cur = board_current(base)
@@ -141,6 +143,16 @@ def check_board(base: Path, *, clean: bool, pending_ok: bool = False) -> list[st
         after = None if last is None else last.get("release") if last["event"] == "activated" else last.get("to")
         if after != cur:
             out.append(f"the history's last switch ({last and last.get('event')} -> {after}) is not current {cur}")
+    if key is not None:
+        hist = [e for e in st.get("history") or [] if isinstance(e, dict)]
+        since = next((i for i, e in enumerate(hist) if e.get("event") == "key-enrolled" and e.get("key") == key), None)
+        if since is None and len(hist) < 200:
+            out.append(f"the board's history has no enrollment of {key}")
+        for e in hist[(since or 0):]:
+            if e.get("event") == "activated" and e.get("signed_by") != key:
+                out.append(f"release {e.get('release')} was activated signed by {e.get('signed_by')}, not {key}")
+        if not (base / "releases" / cur / "manifest.sig").is_file():
+            out.append(f"the current release {cur} has no manifest.sig")
     if clean:
         staged = sorted(os.listdir(base / "staging")) if (base / "staging").is_dir() else []
         if staged:
@@ -268,6 +280,8 @@ class Soak:
         self.violations: list[dict] = []
         self.stall_detect: list[float] = []
         self.notes: collections.Counter = collections.Counter()
+        self.key: str | None = None
+        self.signed = 0
 
     def violation(self, rnd: int, fault: str, what: str) -> None:
         self.violations.append({"round": rnd, "fault": fault, "violation": what})
@@ -279,7 +293,10 @@ class Soak:
         from sshd_fixture import local_profile, make_test_bundle, public_dir, start_sshd
 
         import edgesdk.deploy.probe as probe_mod
-        from edgesdk.deploy.flash import FlashOptions, flash
+        from edgesdk.deploy.flash import FlashOptions
+        from edgesdk.deploy.flash import flash as _flash
+        from edgesdk.deploy.trust import enroll_key
+        from edgesdk.signing import generate_keys, sign_bundle
 
         probe_mod.MIN_FREE_BYTES = 0  # the board dir is a small tmpfs: the agent's own space check decides
         py, root_ok = sshd_fixture.board_python() if hasattr(sshd_fixture, "board_python") else (sys.executable, True)
@@ -311,6 +328,17 @@ class Soak:
             kh = work / "known_hosts_proxy"
             kh.write_text(f"[127.0.0.1]:{proxy.port} {line}")
             via = board.target(port=proxy.port, known_hosts=kh, connect_timeout=3.0)
+            # the board trusts one key from the start: every release below is signed with it
+            kp = generate_keys(work / "keys", "soak")
+            enroll_key(board.target(), kp.public)
+            self.key = kp.fingerprint
+
+            def flash(bundle, *a, **kw):
+                if not (bundle / "manifest.sig").is_file():
+                    sign_bundle(bundle, kp.private)  # once per release: its rerun is the same signed release
+                    self.signed += 1
+                return _flash(bundle, *a, **kw)
+
             first = release_of(bases[1], work / "r-init", seed=10_000 + self.seed)
             r = flash(first, prof, via, opts())
             if r.status != "success":
@@ -323,6 +351,8 @@ class Soak:
                 fault = deck.pop()
                 self.count[fault] += 1
                 target = release_of(bases[i % 2], work / f"r{i % 4}", seed=self.seed * 100_000 + i)
+                sign_bundle(target, kp.private)  # before its id is taken: signing gives it its release id
+                self.signed += 1
                 t0 = time.monotonic()
                 status, note = self.one_round(i, fault, target, bad, base, prof, slow, opts, proxy, via, flash,
                                               work)
@@ -336,7 +366,8 @@ class Soak:
                 "outcomes": {k: dict(v) for k, v in sorted(self.outcomes.items())},
                 "violations": len(self.violations), "violation_list": self.violations,
                 "stall_detected_s_max": round(max(self.stall_detect), 2) if self.stall_detect else None,
-                "stall_timeout_s": STALL_TIMEOUT, "notes": dict(self.notes), "seconds": round(secs, 1)}
+                "stall_timeout_s": STALL_TIMEOUT, "notes": dict(self.notes), "seconds": round(secs, 1),
+                "signing": {"key": self.key, "releases_signed": self.signed}}
 
     def one_round(self, i, fault, target, bad, base, prof, slow, opts, proxy, via, flash, work):
         rng = self.rng
@@ -413,10 +444,10 @@ class Soak:
             self.violation(i, fault, f"a failed flash switched current from {before} to {board_current(base)}")
         if not agent_done(base):
             self.violation(i, fault, "an agent still activates 60 s after the flash ended")
-        for v in check_board(base, clean=False, pending_ok=fault == "kill-activate"):
+        for v in check_board(base, clean=False, pending_ok=fault == "kill-activate", key=self.key):
             self.violation(i, fault, f"after the fault: {v}")
         if status == "success" and fault != "bad-smoke":  # the flash itself was clean: it must leave nothing
-            for v in check_board(base, clean=True):
+            for v in check_board(base, clean=True, key=self.key):
                 self.violation(i, fault, f"after a successful flash: {v}")
             if board_current(base) != tid:
                 self.violation(i, fault, f"the flash succeeded but current is {board_current(base)}, not {tid}")
@@ -429,7 +460,7 @@ class Soak:
             self.violation(i, fault, f"the clean rerun succeeded but current is {board_current(base)}, not {tid}")
         if fault == "kill-activate" and "killed" in info and not any("interrupted switch" in w for w in r2.warnings):
             self.violation(i, fault, "the rerun after a killed activation did not recover the pending switch")
-        for v in check_board(base, clean=True):
+        for v in check_board(base, clean=True, key=self.key):
             self.violation(i, fault, f"after the clean rerun: {v}")
         if fault in ("cut", "stall") and r2.transfer and r2.transfer.get("resumed_bytes"):
             self.notes[f"{fault}: rerun resumed"] += 1

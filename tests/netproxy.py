@@ -1,6 +1,8 @@
 """A loopback TCP proxy between the host and a test sshd, for link faults: a cut or a stall.
 
     proxy = LinkProxy(board.port, cut_after=6 << 20)     # cuts every connection after 6 MB host -> board
+    proxy = LinkProxy(board.port, cut_after=2 << 20, heal_after_cut=True)  # one cut (a blip), then a good link
+    proxy = LinkProxy(board.port, rate=1 << 20)          # a slow link: at most 1 MB/s each way, per connection
     proxy = LinkProxy(board.port, stall_after=2 << 20)   # stops forwarding after 2 MB, closes nothing
     proxy.stall() / proxy.heal()                         # at once, e.g. from a fail point
 
@@ -10,6 +12,8 @@ nothing more, in either direction, on the open connections and on new ones, unti
   route: iptables DROP, a dead Wi-Fi link);
 - mode "drop": the proxy keeps reading and throws the bytes away (toxiproxy's `timeout` toxic with timeout=0).
 Byte counts are client -> server bytes over all connections since the proxy started. Listens on 127.0.0.1 only.
+A rate limit paces each direction of each connection (a token bucket of 64 KiB): the sender's socket buffers fill
+and its writes block, as on a slow radio link, while the bytes keep flowing.
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ import time
 from typing import Self
 
 MODES = ("hold", "drop")
+#: the rate limit's burst: bytes a paced connection may send at once after a pause
+BURST = 64 << 10
 
 
 class LinkProxy:
     def __init__(self, dest_port: int, *, cut_after: int | None = None, stall_after: int | None = None,
-                 mode: str = "hold") -> None:
+                 mode: str = "hold", heal_after_cut: bool = False, rate: float | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
         self.dest_port = dest_port
+        self.heal_after_cut = heal_after_cut
+        self.rate = rate
         self.cut_after = cut_after
         self.stall_after = stall_after
         self.mode = mode
@@ -117,7 +127,23 @@ class LinkProxy:
                 return False
         return not self._closed
 
+    def _paced(self, b: socket.socket, data: bytes, bucket: list[float]) -> None:
+        """Send data at self.rate bytes/s: bucket = [tokens, time of the last refill], at most BURST tokens."""
+        view = memoryview(data)
+        while view:
+            now = time.monotonic()
+            bucket[0] = min(BURST, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+            if bucket[0] < 1:
+                time.sleep(min(0.05, (1 - bucket[0]) / self.rate + 0.001))
+                continue
+            n = min(len(view), int(bucket[0]))
+            b.sendall(view[:n])
+            bucket[0] -= n
+            view = view[n:]
+
     def _pump(self, a: socket.socket, b: socket.socket, upstream: bool) -> None:
+        bucket = [0.0, time.monotonic()]
         try:
             while True:
                 if self.mode == "hold" and not self._wait_flowing():
@@ -139,7 +165,10 @@ class LinkProxy:
                         self.sent += n
                     if room_cut is not None and room_cut < len(data):
                         b.sendall(data[:n])
-                        self.cuts += 1
+                        with self._lock:
+                            self.cuts += 1
+                            if self.heal_after_cut:
+                                self.cut_after = None  # this connection dies; the next one gets through
                         break
                     if room_stall is not None and room_stall < len(data):
                         b.sendall(data[:n])
@@ -152,7 +181,10 @@ class LinkProxy:
                             break
                 if self.mode == "hold" and not self._wait_flowing():
                     break
-                b.sendall(data)
+                if self.rate is not None:
+                    self._paced(b, data, bucket)
+                else:
+                    b.sendall(data)
         except OSError:
             pass
         finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
+from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json, safe_text
 from edgesdk.cli.deploy import (
     ACCEPT_OPT,
     BOARD_OPT,
@@ -70,14 +70,16 @@ def enroll_cmd(
 
       edgesdk keys enroll --board rpi4 release-2026.pub        (the local emulated rpi4)
     """
-    from edgesdk.signing import enroll_key
+    from edgesdk.deploy.trust import enroll_key
 
     r = enroll_key(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), public_key)
     if json_out:
         print_json(r)
         return
-    console.print(f"{r['host']}: {'already trusts' if r['already'] else 'now trusts'} {r['key']} "
-                  f"({len(r['keys'])} trusted key{'s' if len(r['keys']) != 1 else ''})", highlight=False)
+    # what the board says is printed as text, never as markup or terminal control (safe_text)
+    console.print(f"{safe_text(r['host'], False)}: {'already trusts' if r['already'] else 'now trusts'} "
+                  f"{safe_text(r['key'], False)} ({len(r['keys'])} trusted key{'s' if len(r['keys']) != 1 else ''})",
+                  highlight=False, markup=False)
 
 
 @handle_errors
@@ -104,15 +106,16 @@ def revoke_cmd(
 
       edgesdk keys revoke --host pi@10.0.0.7 old.pub
     """
-    from edgesdk.signing import revoke_key
+    from edgesdk.deploy.trust import revoke_key
 
     r = revoke_key(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), key, force=force)
     if json_out:
         print_json(r)
         return
-    console.print(f"{r['host']}: revoked {r['key']}; trusted now: {', '.join(r['keys']) or 'none'}", highlight=False)
+    console.print(f"{safe_text(r['host'], False)}: revoked {safe_text(r['key'], False)}; trusted now: "
+                  f"{safe_text(', '.join(map(str, r['keys'])), False) or 'none'}", highlight=False, markup=False)
     if r.get("warning"):
-        err_console.print(f"[yellow]warning:[/] {r['warning']}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {safe_text(r['warning'])}", highlight=False)
 
 
 @handle_errors
@@ -132,43 +135,49 @@ def list_cmd(
 
       edgesdk keys list --host pi@10.0.0.7
     """
-    from edgesdk.signing import list_keys
+    from edgesdk.deploy.trust import list_keys
 
     r = list_keys(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir))
     if json_out:
         print_json(r)
         return
     if not r["keys"]:
-        console.print(f"{r['host']}: no trusted key (unsigned bundles are accepted, with a warning)", highlight=False)
+        console.print(f"{safe_text(r['host'], False)}: no trusted key (unsigned bundles are accepted, with a warning)",
+                      highlight=False, markup=False)
     for k in r["keys"]:
-        console.print(k, highlight=False)
+        console.print(safe_text(k, False), highlight=False, markup=False)
 
 
 @handle_errors
 def sign_cmd(
     bundle: Path = typer.Argument(..., metavar="BUNDLE", help="The bundle directory."),
     key: Path = typer.Option(..., "--key", "-k", metavar="KEY", help="Private key (edgesdk keys generate)."),
-    version: int | None = typer.Option(None, "--version", metavar="N", help="release_version (default: the last "
-                                       "one this host signed with KEY, + 1)."),
+    version: int | None = typer.Option(None, "--version", metavar="N", help="release_version (default: the UTC "
+                                       "time in seconds, and above every version this host signed before)."),
+    expires: str | None = typer.Option(None, "--expires", metavar="DURATION|DATE",
+                                       help="Boards refuse to install or activate it after this: 30d, 12h, 8w, "
+                                            "2027-01-31 or 2027-01-31T12:00:00Z (UTC). Signed with the manifest."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Sign BUNDLE: set its release_version and write manifest.sig over manifest.json (which lists every file's
-    sha256). Boards that trust the key refuse a lower release_version than their current one.
+    sha256). Boards that trust the key refuse a lower release_version than the highest they ever activated.
 
     Examples:
 
       edgesdk sign build/rpi4 --key release-2026.key
 
       edgesdk sign build/rpi4 --key release-2026.key --version 42 --json
+
+      edgesdk sign build/rpi4 --key release-2026.key --expires 30d
     """
     from edgesdk.signing import sign_bundle
 
-    r = sign_bundle(bundle, key, version)
+    r = sign_bundle(bundle, key, version, expires=expires)
     if json_out:
         print_json(r.to_dict())
         return
-    console.print(f"signed {r.bundle} (bundle {r.bundle_id}, release_version {r.release_version}) with {r.fingerprint}",
-                  highlight=False)
+    console.print(f"signed {r.bundle} (bundle {r.bundle_id}, release_version {r.release_version}) with {r.fingerprint}"
+                  + (f", expires {r.expires_at}" if r.expires_at else ""), highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

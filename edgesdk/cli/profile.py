@@ -65,6 +65,8 @@ def profile_cmd(
     python: str = typer.Option(None, "--python", metavar="PY", help="Interpreter on the board (default: its venv)."),
     allow_root: bool = typer.Option(False, "--allow-root", help="Run as root when the board's agent (root) cannot "
                                     "drop the profile to nobody (nobody cannot run its python); reported as such."),
+    sign: Path = typer.Option(None, "--sign", metavar="KEY", help="Sign what is flashed first with this private key "
+                              "(a signed copy; a board with a trusted key refuses unsigned bundles)."),
     identity: Path = typer.Option(None, "--identity", "-i", metavar="KEY", help="Private key file."),
     known_hosts: Path = typer.Option(None, "--known-hosts", metavar="FILE", help="known_hosts file."),
     accept_new: bool = typer.Option(False, "--accept-new", help="Trust an unknown host key on first contact."),
@@ -80,6 +82,8 @@ def profile_cmd(
 
       edgesdk profile model.onnx --board rpi4 --host local --sweep threads=1,2,4 engine=ncnn,mnn
 
+      edgesdk profile model.onnx --board rpi4 --host pi@raspberrypi --sign release.key
+
       edgesdk profile diff before.json after.json
     """
     from edgesdk.errors import InputError
@@ -94,9 +98,13 @@ def profile_cmd(
     from edgesdk.profile import ProfileOptions
     from edgesdk.profile import profile as run_profile
 
+    if sign is not None:
+        from edgesdk.signing import load_private_key
+
+        load_private_key(sign)  # a bad key is refused before anything is converted or measured (exit 2)
     opts = ProfileOptions(runs=runs, warmup=warmup, threads=threads, per_layer=per_layer, layer_runs=layer_runs,
                           frames=frames, python=python, input_shapes=shapes_from(input_shape) or None,
-                          allow_root=allow_root)
+                          allow_root=allow_root, sign_key=sign)
     target = _target(host, identity, known_hosts, accept_new, remote_dir)
     emit = _event(json_out)
     if sweep:
@@ -156,24 +164,38 @@ def tune_cmd(
     python: str = typer.Option(None, "--python", metavar="PY"),
     allow_root: bool = typer.Option(False, "--allow-root", help="Run as root when the board's agent (root) cannot "
                                     "drop the runs to nobody (nobody cannot run its python)."),
+    sign: Path = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundles flashed (the sweep's and the "
+                              "tuned one) with this private key: a board with a trusted key refuses them unsigned."),
     identity: Path = typer.Option(None, "--identity", "-i", metavar="KEY"),
     known_hosts: Path = typer.Option(None, "--known-hosts", metavar="FILE"),
     accept_new: bool = typer.Option(False, "--accept-new"),
     remote_dir: str = typer.Option(None, "--remote-dir", metavar="DIR"),
 ) -> None:
     """Sweep on the board, then write the fastest configuration that passes accuracy into its release
-    (tuning.json) and make that release current."""
+    (tuning.json) and make that release current.
+
+    Examples:
+
+      edgesdk tune model.onnx --board rpi4 --host pi@raspberrypi
+
+      edgesdk tune build/rpi4 --board rpi4 --host pi@raspberrypi --sign release.key --json
+    """
     from edgesdk.profile import ProfileOptions, tune
     from edgesdk.profile import sweep as run_sweep
+
+    if sign is not None:
+        from edgesdk.signing import load_private_key
+
+        load_private_key(sign)  # a bad key is refused before the sweep (exit 2)
 
     target = _target(host, identity, known_hosts, accept_new, remote_dir)
     emit = _event(json_out)
     res = run_sweep(model, board, target, sweep, ProfileOptions(runs=runs, warmup=warmup, python=python,
-                                                                   allow_root=allow_root),
+                                                                   allow_root=allow_root, sign_key=sign),
                     calib=calib, event=emit)
     if not json_out:
         console.print(_s(res.format(), markup=False), highlight=False, markup=False)
-    done = tune(res, board, target, python=python, event=emit, allow_root=allow_root)
+    done = tune(res, board, target, python=python, event=emit, allow_root=allow_root, sign_key=sign)
     if json_out:
         print_json({"sweep": res.to_dict(), "tuned": {k: v for k, v in done.items() if k != "flash"}})
     else:

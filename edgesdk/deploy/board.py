@@ -16,19 +16,28 @@ from edgesdk._proc import pid_alive
 from edgesdk.deploy.transport import RemoteCommandError, Transport
 from edgesdk.errors import InputError, RemoteError
 from edgesdk.paths import home
+from edgesdk.runtime.agent import AGENT_VERSION
 
 #: the agent's file, from the board package (edgesdk-runtime) installed beside this host package
 AGENT_PATH = Path(importlib.util.find_spec("edgesdk.runtime.agent").origin)  # type: ignore[union-attr,arg-type]
 ROOT_DIR, USER_DIR = "/opt/edgesdk", ".edgesdk"
 
-# What the board's python3 runs first: who am I, where is home, is the agent already there.
+# What the board's python3 runs first: who am I, where is home, is the agent already there (which version), and
+# the lowest agent version its trust store allows (trust/agent_min_version).
 _WHOAMI = (
-    "import hashlib,json,os,sys\n"
+    "import hashlib,json,os,re,sys\n"
     "b=sys.argv[1]\n"
     "base=b if b!='-' else ('/opt/edgesdk' if os.getuid()==0 else os.path.join(os.path.expanduser('~'),'.edgesdk'))\n"
     "a=os.path.join(base,'agent.py')\n"
-    "h=hashlib.sha256(open(a,'rb').read()).hexdigest() if os.path.isfile(a) else None\n"
-    "print(json.dumps({'uid':os.getuid(),'base':base,'agent_sha256':h}))\n"
+    "d=open(a,'rb').read() if os.path.isfile(a) else None\n"
+    "h=hashlib.sha256(d).hexdigest() if d is not None else None\n"
+    "m=re.search(rb'^AGENT_VERSION = ([0-9]{1,9})$',d or b'',re.M)\n"
+    "v=int(m.group(1)) if m else None\n"
+    "try:\n"
+    " mv=int(open(os.path.join(base,'trust','agent_min_version')).read(32).strip() or 0)\n"
+    "except (OSError,ValueError):\n"
+    " mv=0\n"
+    "print(json.dumps({'uid':os.getuid(),'base':base,'agent_sha256':h,'agent_version':v,'min_version':mv}))\n"
 )
 
 
@@ -46,6 +55,10 @@ class SmokeFailed(RemoteError):
     def __init__(self, message: str, detail: dict[str, Any]) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+class AgentTooNew(InputError):
+    """The board's agent (or its trust store) is newer than this host's edgesdk: it is not replaced."""
 
 
 class AgentError(RemoteError):
@@ -88,6 +101,16 @@ class RemoteBoard:
             raise RemoteError(f"the board's python3 gave no answer: {res.stdout[-300:]} {res.stderr[-300:]}") from exc
         self.base, self.uid = info["base"], info["uid"]
         want = hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()
+        theirs, floor = info.get("agent_version"), info.get("min_version") or 0
+        if info.get("agent_sha256") != want and (
+                (isinstance(theirs, int) and theirs > AGENT_VERSION) or (isinstance(floor, int) and floor > AGENT_VERSION)):
+            # an older edgesdk must not replace a newer agent: the board would stop checking what it checks now
+            raise AgentTooNew(
+                f"{self.conn.target.known_hosts_name}: the board runs edgesdk agent version "
+                f"{theirs if isinstance(theirs, int) else '?'}"
+                + (f" and its trust store needs at least version {floor}" if floor and floor > AGENT_VERSION else "")
+                + f"; this host's edgesdk has agent version {AGENT_VERSION}, older: it does not replace a newer agent. "
+                "Upgrade edgesdk on this host (python -m pip install -U edgesdk)")
         if info.get("agent_sha256") != want:
             with self.conn.sftp(f"push agent to {self.base}") as sftp:
                 _mkdirs(sftp, self.base)
@@ -153,14 +176,21 @@ class RemoteBoard:
         tmp.replace(rec)
         return res
 
-    def unlock(self) -> None:
-        if self.token:
-            try:
-                self.call("lock", "release", self.token, timeout=30)
-                self._lock_record().unlink(missing_ok=True)
-            except (RemoteError, OSError, socket.timeout):
-                pass  # a rerun from this host takes it over; others wait for its TTL
-            self.forget()
+    def unlock(self) -> bool:
+        """Release the board's lock; True when the board released it (or there was none to release). A failure
+        (a cut or stalled connection) is not raised: False, and the caller may retry over a new connection
+        (flash._release) with the token it had; a rerun from this host takes it over in any case."""
+        if not self.token:
+            return True
+        token = self.token
+        try:
+            self.call("lock", "release", token, timeout=30)
+            self._lock_record().unlink(missing_ok=True)
+            ok = True
+        except (RemoteError, OSError, socket.timeout):
+            ok = False
+        self.forget()
+        return ok
 
     def forget(self) -> None:
         """This flash is over, released or not."""
@@ -192,11 +222,15 @@ def whoami_host() -> str:
 
 
 def _mkdirs(sftp: Any, path: str) -> None:
+    """Make `path` (the board dir) and its missing parents: the parents 0755, the board dir itself, when it is made
+    here, 0711 (the agent's mode for it; a dir that was there keeps its owner's mode)."""
     parts = [p for p in path.split("/") if p]
     cur = ""
-    for p in parts:
+    for i, p in enumerate(parts):
         cur += "/" + p
         try:
             sftp.stat(cur)
         except FileNotFoundError:
-            sftp.mkdir(cur, 0o755)
+            mode = 0o711 if i == len(parts) - 1 else 0o755
+            sftp.mkdir(cur, mode)
+            sftp.chmod(cur, mode)  # whatever the sshd's umask

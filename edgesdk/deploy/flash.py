@@ -49,6 +49,7 @@ from edgesdk.deploy.transport import (
 )
 from edgesdk.errors import BundleError, EdgeSDKError, InputError, RemoteError
 from edgesdk.paths import home
+from edgesdk.runtime.agent import MAX_OUTPUT_BYTES
 from edgesdk.runtime.fallback import (
     NO_FALLBACK,
     FallbackRefused,
@@ -99,13 +100,9 @@ class FlashOptions:
 
 # -- inputs ------------------------------------------------------------------------------------------
 
-#: `edgesdk tune`'s recommendation (engines, threads): listed in the manifest's files like every other file
-TUNING_FILE = "tuning.json"
-
-
 def check_bundle(bundle: Path) -> tuple[Any, dict[str, LocalFile]]:
     """The manifest and files of a bundle dir; refuses links, '..', absolute paths and strays."""
-    from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, load_manifest
+    from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, load_manifest
 
     bundle = Path(bundle)
     if bundle.is_symlink():
@@ -116,20 +113,20 @@ def check_bundle(bundle: Path) -> tuple[Any, dict[str, LocalFile]]:
     # too) is in the manifest's files, so in the bundle id and under a signature
     optional = {SIGNATURE} & set(files)
     expected = set(m.files) | {MANIFEST} | optional
-    if TUNING_FILE in files and TUNING_FILE not in m.files:
-        raise BundleError(f"{bundle}/{TUNING_FILE} is not listed in manifest.json's files, so neither the bundle id "
+    if TUNING in files and TUNING not in m.files:
+        raise BundleError(f"{bundle}/{TUNING} is not listed in manifest.json's files, so neither the bundle id "
                           "nor a signature covers it: write it with `edgesdk tune` (which lists it) or remove it")
     strays = sorted(set(files) - expected)
     if strays:
         raise BundleError(f"{bundle}: files not listed in the manifest: {strays[:5]}")
     if not m.bundle_id or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", m.bundle_id):
         raise BundleError(f"{bundle}: manifest has no usable bundle_id ({m.bundle_id!r})")
-    if TUNING_FILE in files:  # `edgesdk tune`'s choice: pushed with the bundle, read by the board's runtime
+    if TUNING in files:  # `edgesdk tune`'s choice: pushed with the bundle, read by the board's runtime
         from edgesdk.runtime.profiling import load_tuning
 
         tuning = load_tuning(bundle)
         if tuning and tuning.get("bundle_id") not in (None, m.bundle_id, m.untuned_id()):
-            raise BundleError(f"{bundle}/{TUNING_FILE} was made for bundle {tuning['bundle_id']}, not "
+            raise BundleError(f"{bundle}/{TUNING} was made for bundle {tuning['bundle_id']}, not "
                               f"{m.untuned_id()}: re-run `edgesdk tune` or remove it")
     return m, files
 
@@ -318,8 +315,9 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                 # before anything of the bundle is staged: its manifest and signature, checked by the board (a
                 # board with no key has nothing to check here; install and activate check again in any case)
                 sig = bundle / SIGNATURE
-                adm = rb.call("admit", manifest.bundle_id, rb.token, f"--python={python}",
+                adm = rb.call("admit", manifest.bundle_id, rb.token, f"--python={python}", f"--board={prof.id}",
                               *(["--allow-downgrade"] if opts.allow_downgrade else []),
+                              *(["--other-board"] if opts.force else []),
                               stdin={"manifest": base64.b64encode((bundle / MANIFEST).read_bytes()).decode(),
                                      "signature": sig.read_text(encoding="utf-8") if sig.is_file() else None},
                               timeout=600)
@@ -402,18 +400,18 @@ def _result(res: dict[str, Any], phases: dict[str, float]) -> FlashResult:
 
 
 def _release(rb: RemoteBoard, target: SSHTarget, connect: Connect = SSHConnection) -> None:
-    """Free the board's lock; over a fresh connection if ours was cut (so a rerun can resume)."""
-    if not rb.token:
+    """Free the board's lock; over a fresh connection if ours was cut or stalled, so that a flash from another host
+    (or another address of this one) is not locked out until the lock's TTL. The fresh connection gets at most the
+    stall timeout to answer (a link that is still stalled is not waited on for long)."""
+    token = rb.token
+    if not token or rb.unlock():
         return
+    import dataclasses
+
+    quick = dataclasses.replace(target, connect_timeout=min(target.connect_timeout, target.stall_timeout))
     try:
-        rb.unlock()
-        return
-    except EdgeSDKError:
-        pass
-    try:
-        with connect(target) as c2:
-            rb2 = RemoteBoard(c2, base=rb.base, token=rb.token)
-            rb2.unlock()
+        with connect(quick) as c2:
+            RemoteBoard(c2, base=rb.base, python=rb.python, token=token).unlock()
     except EdgeSDKError:
         pass  # a rerun from this host takes it over; others wait for the lock's TTL
     finally:
@@ -443,10 +441,15 @@ def _check_signature(bundle: Path, manifest: Any, facts: dict[str, Any], opts: F
         res["warnings"].append(f"{host} trusts no signing key and accepted an unsigned bundle; enroll one to refuse "
                                "unsigned bundles (edgesdk keys generate; edgesdk keys enroll --host ... KEY.pub)")
     cur_v, new_v = facts.get("current_version"), manifest.release_version
-    if isinstance(cur_v, int) and new_v is not None and new_v < cur_v and not opts.allow_downgrade:
-        raise InputError(f"{host} refuses it: release_version {new_v} is older than the current release "
-                         f"{facts.get('current')} (release_version {cur_v}); flash --allow-downgrade to install it "
-                         "anyway (recorded in the board's history), or `edgesdk rollback` to a release still there")
+    high = facts.get("highest_version")  # the highest the board ever activated: a rollback does not lower it
+    floor = max([v for v in (cur_v, high) if isinstance(v, int)], default=None)
+    if floor is not None and new_v is not None and new_v < floor and not opts.allow_downgrade:
+        why = (f"the current release {facts.get('current')} (release_version {cur_v})" if cur_v == floor else
+               f"release_version {floor}, the highest {host} has accepted (current: {facts.get('current')}, "
+               f"release_version {cur_v}, rolled back to)")
+        raise InputError(f"{host} refuses it: release_version {new_v} is older than {why}; flash --allow-downgrade "
+                         "to install it anyway (recorded in the board's history), or `edgesdk rollback` to a "
+                         "release still there")
     return keys
 
 
@@ -524,9 +527,8 @@ def rollback(target: SSHTarget, to: str | None = None, reason: str = "edgesdk ro
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 
 
-#: the most bytes one output of `edgesdk run` may have, whatever the board says (the agent bounds each by the size
-#: its manifest declares: shape x dtype + the .npy header)
-MAX_OUTPUT_BYTES = 1 << 30
+# MAX_OUTPUT_BYTES (the agent's, one value): the most bytes one output of `edgesdk run` may have, whatever the board
+# says (the agent bounds each by the size its manifest declares: shape x dtype + the .npy header)
 
 
 def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, release: str | None = None,

@@ -3,7 +3,6 @@ board already has (same sha256) are not sent, and every file's sha256 is checked
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from edgesdk.deploy.board import RemoteBoard
 from edgesdk.errors import InputError, RemoteError
+from edgesdk.runtime.manifest import sha256_file  # the host's one sha256 of a file (re-exported here)
 
 #: One SFTP write request. OpenSSH's sftp-server takes messages up to 256 KiB; fewer, larger
 #: requests cut paramiko's per-request Python cost (see docs/benchmarks.md, Flash).
@@ -48,14 +48,6 @@ class TransferStats:
                 "resent_files": self.resent_files, "seconds": round(self.seconds, 3),
                 "already_installed": self.already_installed,
                 "mb_per_s": round(self.bytes_sent / self.seconds / 1e6, 1) if self.seconds > 0 else None}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
 
 
 def local_tree(root: Path) -> dict[str, LocalFile]:

@@ -40,17 +40,26 @@ TERRAPIN_DISABLED = {
         "hmac-sha2-512-etm@openssh.com",
         "hmac-sha1-etm@openssh.com",
         "hmac-md5-etm@openssh.com",
-        # only the SHA-2 MACs stay (hmac-sha2-256, hmac-sha2-512): MD5 and SHA-1 (and their -96 truncations)
-        # are refused, so a board that offers nothing else is refused at the key exchange
-        "hmac-sha1",
-        "hmac-sha1-96",
-        "hmac-md5",
-        "hmac-md5-96",
     ],
 }
 
-#: the MACs a connection may agree on (paramiko's list minus TERRAPIN_DISABLED["macs"])
+#: the only MACs a connection may agree on: MD5 and SHA-1 (and their -96 truncations) are refused, so a board that
+#: offers nothing else is refused at the key exchange. Every other MAC paramiko knows is disabled
+#: (disabled_algorithms()), so that a MAC a future paramiko adds cannot slip in.
 ALLOWED_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+
+
+def disabled_algorithms(preferred_macs: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+    """paramiko's `disabled_algorithms` for every connection: TERRAPIN_DISABLED, plus each MAC of paramiko's
+    preferred list (`preferred_macs`, default paramiko.Transport._preferred_macs) that is not in ALLOWED_MACS."""
+    if preferred_macs is None:
+        import paramiko
+
+        preferred_macs = tuple(paramiko.Transport._preferred_macs)
+    macs = list(TERRAPIN_DISABLED["macs"])
+    macs += [m for m in preferred_macs if m not in ALLOWED_MACS and m not in macs]
+    return {"ciphers": list(TERRAPIN_DISABLED["ciphers"]), "macs": macs}
+
 
 #: the most bytes one command's reply may have on stdout (and, separately, on stderr); past it the command is
 #: abandoned (its channel closed) and the call fails naming the board and the verb. The agent's biggest answers
@@ -70,6 +79,19 @@ def _transport_factory(*args: object, **kwargs: object):
         _preferred_ciphers = PREFERRED_CIPHERS + tuple(
             c for c in paramiko.Transport._preferred_ciphers if c not in PREFERRED_CIPHERS
         )
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            #: time.monotonic() of the last packet read from the board (any packet: the link is alive)
+            self.last_read = time.monotonic()
+            read = self.packetizer.read_message
+
+            def read_message() -> Any:
+                msg = read()
+                self.last_read = time.monotonic()
+                return msg
+
+            self.packetizer.read_message = read_message
 
     return _Transport(*args, **kwargs)
 
@@ -234,7 +256,7 @@ class SSHConnection:
                 banner_timeout=t.connect_timeout,
                 auth_timeout=t.connect_timeout,
                 channel_timeout=t.connect_timeout,
-                disabled_algorithms=TERRAPIN_DISABLED,
+                disabled_algorithms=disabled_algorithms(),
                 transport_factory=_transport_factory,
             )
         except HostKeyError:
@@ -398,8 +420,10 @@ def _verb_of(argv: list[str]) -> str:
 class _LinkWatch(threading.Thread):
     """Dead-peer detection for one connection: a keepalive that wants a reply (SSH global request
     keepalive@openssh.com; any reply, even "unsupported", proves the board is there) every limit/4 s. When the
-    board has answered nothing for `limit` s the link is declared stalled and the transport closed, so that
+    board has sent nothing for `limit` s the link is declared stalled and the transport closed, so that
     whatever waits on it (an SFTP write blocked on a full socket, a command's output, a reply) fails at once.
+    Any packet from the board counts (the transport's `last_read`), not only the keepalive's reply: on a slow link
+    the keepalive request waits behind MBs of queued SFTP writes, while the board's answers to them keep coming.
     paramiko's own set_keepalive sends no-reply packets: it keeps NATs open but detects nothing."""
 
     def __init__(self, transport: Any, limit: float, name: str) -> None:
@@ -410,25 +434,25 @@ class _LinkWatch(threading.Thread):
         self.last_answer = time.monotonic()
         #: seconds without an answer when the link was declared stalled; None while it is alive
         self.stalled: float | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # (not `_stop`: that is threading.Thread's own, which join() calls)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         t = self.transport
-        while not self._stop.is_set() and t.is_active():
+        while not self._halt.is_set() and t.is_active():
             answered = threading.Event()
             threading.Thread(target=self._probe, args=(answered,), daemon=True, name=self.name + "-probe").start()
             while not answered.wait(0.05):
-                quiet = time.monotonic() - self.last_answer
-                if self._stop.is_set() or not t.is_active():
+                quiet = time.monotonic() - max(self.last_answer, getattr(t, "last_read", 0.0))
+                if self._halt.is_set() or not t.is_active():
                     return
                 if quiet > self.limit:
                     self.stalled = quiet
                     t.close()  # wakes every call blocked on this connection
                     return
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def _probe(self, answered: threading.Event) -> None:
         try:
@@ -515,29 +539,31 @@ class _EnrollPolicy:
 
 def add_known_host(path: Path, hostname: str, key: Any) -> None:
     """Add `hostname key` to a known_hosts file as OpenSSH's HashKnownHosts does (|1|salt|hash: the file does not
-    list the hosts), mode 0600, atomically: the old lines and the new one go to a temp file that replaces it."""
+    list the hosts), mode 0600, atomically (edgesdk.paths.write_atomic: the old lines and the new one go to a temp
+    file that replaces it). A known_hosts that is a symlink stays one (its target is replaced). Parallel enrolments
+    (a fleet, one process per board) take an flock on a sibling `.NAME.lock` around the read-modify-replace, so
+    that none loses another's line."""
+    import fcntl
+
     import paramiko
 
+    from edgesdk.paths import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old = path.read_bytes()
-    except FileNotFoundError:
-        old = b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
+    real = path.resolve() if path.is_symlink() else path
     line = f"{paramiko.HostKeys.hash_host(hostname)} {key.get_name()} {key.get_base64()}\n".encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(real.with_name(f".{real.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(old + line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            old = real.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        write_atomic(real, old + line, 0o600)
+    finally:
+        os.close(fd)  # (releases the flock)
 
 
 class Transport(Protocol):

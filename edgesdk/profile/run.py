@@ -57,6 +57,9 @@ class ProfileOptions:
     extra_args: tuple[str, ...] = field(default=())
     #: fixed shapes for a model's dynamic inputs when it is converted first (`--input-shape NAME=D0,D1,...`)
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    #: the private key (`--sign KEY`) that signs what is flashed to the board first (a board with a trusted key
+    #: refuses an unsigned bundle): a signed copy of the bundle (signed_copy), so the bundle itself is unchanged
+    sign_key: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.threads < 0 or self.layer_runs < 1:
@@ -173,15 +176,76 @@ def emulator_target(board: BoardProfile) -> tuple[Any, str]:
     return _et(board)
 
 
+def signed_copy(bundle: Path, key: str | Path) -> Path:
+    """The bundle signed by `key`: itself when it already is (its signature checks out), else a signed copy under
+    <edgesdk home>/bundles (made once per bundle and key, reused while its signature still matches), so that a
+    bundle profiled or tuned again is the same release on the board, not a new one each time."""
+    import hashlib
+    import secrets
+    import shutil
+
+    from edgesdk.deploy.flash import check_bundle
+    from edgesdk.errors import BundleError
+    from edgesdk.paths import home
+    from edgesdk.runtime.manifest import SIGNATURE
+    from edgesdk.signing import load_private_key, sign_bundle, verify_bundle
+
+    sk = load_private_key(key)
+    from cryptography.hazmat.primitives import serialization
+
+    from edgesdk.runtime import trust
+
+    fp = trust.fingerprint(sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    manifest, _ = check_bundle(bundle)
+
+    def signed_by_key(b: Path) -> bool:
+        try:
+            return (b / SIGNATURE).is_file() and verify_bundle(b, {fp}) == fp
+        except BundleError:
+            return False
+
+    if signed_by_key(bundle):
+        return bundle
+    raw = json.dumps({"files": manifest.files, "id": manifest.untuned_id()}, sort_keys=True).encode()
+    out = home() / "bundles" / f"signed-{manifest.untuned_id()}-{hashlib.sha256(raw).hexdigest()[:12]}-{fp[8:20]}"
+    if (out / "manifest.json").is_file() and signed_by_key(out):
+        try:
+            check_bundle(out)  # every file against the signed manifest
+            return out
+        except (BundleError, InputError):
+            shutil.rmtree(out, ignore_errors=True)  # a damaged cached copy: made again
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}")
+    shutil.copytree(bundle, tmp, ignore=shutil.ignore_patterns(SIGNATURE))
+    try:
+        sign_bundle(tmp, key)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def ensure_release(bundle: Path, board: BoardProfile, target: Any, opts: ProfileOptions,
                    event: Event | None = None) -> tuple[str, dict[str, Any] | None]:
-    """The bundle's release id on the board; flashed first when the board does not hold it."""
+    """The bundle's release id on the board; flashed first when the board does not hold it (signed first with
+    opts.sign_key, when given: see signed_copy)."""
     from edgesdk.deploy.flash import FlashOptions, check_bundle, flash
 
+    own = bundle
+    if opts.sign_key is not None:
+        bundle = signed_copy(bundle, opts.sign_key)
     manifest, _ = check_bundle(bundle)
     st = remote_state(target)
     if manifest.bundle_id in st.releases:
         return manifest.bundle_id, None
+    if opts.sign_key is not None and bundle != own:
+        # our own signed copy, flashed again (the board dropped it): signed anew, so that its release_version is
+        # not below what the board has accepted since
+        from edgesdk.signing import sign_bundle
+
+        sign_bundle(bundle, opts.sign_key)
+        manifest, _ = check_bundle(bundle)
     fo = opts.flash or FlashOptions(python=opts.python, allow_root_smoke=opts.allow_root)
     res = flash(bundle, board, target, fo, event)
     if not res.ok:
@@ -268,4 +332,4 @@ def profile(model_or_bundle: str | Path | None, board: str | BoardProfile, host:
 
 
 __all__ = ["LOCAL", "ProfileOptions", "build_report", "ensure_release", "local_matches_board", "measure_local",
-           "measure_remote", "profile"]
+           "measure_remote", "profile", "signed_copy"]

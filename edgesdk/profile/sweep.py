@@ -25,9 +25,10 @@ from edgesdk.errors import EdgeSDKError, InputError
 from edgesdk.paths import home
 from edgesdk.profile.report import ProfileReport
 from edgesdk.profile.run import LOCAL, Event, ProfileOptions, profile
+from edgesdk.runtime.manifest import TUNING
 
 SWEEP_KEYS = ("threads", "engine", "precision")
-TUNING_FILE = "tuning.json"
+TUNING_FILE = TUNING  # the one name (edgesdk.runtime.manifest.TUNING)
 TUNING_SCHEMA = "edgesdk.tuning/1"
 
 
@@ -194,9 +195,10 @@ def tuning_document(row: SweepRow, manifest: Any, sweep_result: SweepResult | No
 
 
 def tune(result: SweepResult, board: str | BoardProfile, host: Any, *, python: str | None = None,
-         event: Event | None = None, allow_root: bool = False) -> dict[str, Any]:
+         event: Event | None = None, allow_root: bool = False, sign_key: str | Path | None = None) -> dict[str, Any]:
     """Write the sweep's recommendation into its release (tuning.json) and make that release current.
-    allow_root: the smoke test of that flash may run as root (FlashOptions.allow_root_smoke)."""
+    allow_root: the smoke test of that flash may run as root (FlashOptions.allow_root_smoke). sign_key (`--sign
+    KEY`): the tuned bundle is signed before it is flashed (a board with a trusted key refuses it unsigned)."""
     from edgesdk.deploy.flash import FlashOptions, check_bundle, flash
 
     if result.best is None or result.best.bundle is None:
@@ -224,6 +226,10 @@ def tune(result: SweepResult, board: str | BoardProfile, host: Any, *, python: s
         shutil.rmtree(tuned, ignore_errors=True)
         tmpdir.rename(tuned)
     bundle = tuned
+    if sign_key is not None:
+        from edgesdk.signing import sign_bundle
+
+        sign_bundle(bundle, sign_key)  # our own tuned copy, signed now: its release_version the newest
     manifest, _ = check_bundle(bundle)
     if host is None:
         from edgesdk.deploy.flash import emulator_target

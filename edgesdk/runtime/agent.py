@@ -18,17 +18,22 @@ the agent can write. The board dir is private to the board user (DIR_MODES).
     python3 agent.py --base DIR lock acquire|release|break TOKEN [--ttl S] [--who TEXT]
     python3 agent.py --base DIR need AREA TOKEN            stdin: {"files": {rel: {"sha256", "size"}}}
     python3 agent.py --base DIR commit AREA TOKEN          stdin: same; .part -> file after sha256
-    python3 agent.py --base DIR admit BUNDLE_ID TOKEN [--python PY] [--allow-downgrade]
+    python3 agent.py --base DIR admit BUNDLE_ID TOKEN [--python PY] [--allow-downgrade] [--board ID] [--other-board]
                                                            stdin: {"manifest": b64, "signature": text|null}
     python3 agent.py --base DIR install BUNDLE_ID TOKEN [--python PY]   staging/ID -> releases/ID (verified)
     python3 agent.py --base DIR trust add|remove|list [TOKEN] [FINGERPRINT] [--force]   stdin (add): {"pem": ...}
     python3 agent.py --base DIR activate BUNDLE_ID TOKEN --python PY --timeout S --keep N [--note T] [--fallback cpu]
                                                            [--allow-root]
-    python3 agent.py --base DIR rollback TOKEN [--to ID] [--reason TEXT]
+    python3 agent.py --base DIR rollback TOKEN [--to ID] [--reason TEXT] [--python PY]
     python3 agent.py --base DIR provision TOKEN WHEELSET  stdin: {"wheels": [...], "force": [...]}
     python3 agent.py --base DIR run RELEASE_ID --python PY --timeout S --workdir REL [--input NAME=FILE]... [--allow-root]
     python3 agent.py --base DIR profile RELEASE_ID --python PY --timeout S [--runs N ...] [--fallback cpu] [--allow-root]
     python3 agent.py --base DIR state
+
+Once the board trusts a key (trust/), every use of a release (activate, rollback, run, profile, install of one
+already there) checks its manifest.sig again with the verifier (check_release), `need` stages only a manifest
+that `admit` checked, and no release_version below the highest ever activated is admitted without
+--allow-downgrade (docs/deploy.md, "Signed bundles").
 
 AREA is "staging/<bundle-id>" or "wheels". Layout under DIR (see docs/deploy.md):
 venv/ wheels/ releases/<id>/ current -> releases/<id> state.json lock staging/ logs/ tmp/
@@ -38,6 +43,7 @@ Exit codes: 0 ok, 1 failed, 2 bad input, 3 no space, 4 locked, 5 smoke test fail
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -50,7 +56,12 @@ import subprocess
 import sys
 import time
 
-AGENT_VERSION = 1
+#: 2: the trust-aware agent (signature re-checked whenever a release is used, the highest accepted release_version,
+#: admitted manifests, trust/agent_min_version). The host refuses to replace a newer agent (edgesdk.deploy.board).
+AGENT_VERSION = 2
+#: <board dir>/trust/agent_min_version: the lowest AGENT_VERSION that may drive a board with a trust store (an
+#: older agent, pushed by an older edgesdk, would not check signatures): written by `trust add`, checked by main()
+MIN_VERSION_FILE = "agent_min_version"
 EXIT_FAILED, EXIT_INPUT, EXIT_NOSPACE, EXIT_LOCKED, EXIT_SMOKE = 1, 2, 3, 4, 5
 LOCK_TTL = 1800.0
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -229,7 +240,10 @@ class Board:
         group = release_group()
         for d, mode in DIR_MODES.items():
             path = self.p(d) if d else self.base
+            made = not os.path.isdir(path)
             os.makedirs(path, mode=0o700, exist_ok=True)
+            if not d and not made:
+                continue  # a base that was there (the host made it, a --remote-dir shared dir) keeps its owner's mode
             if d == "releases" and group is not None:
                 mode = 0o750
                 if os.stat(path).st_gid != group:
@@ -398,7 +412,8 @@ def release_info(b: Board, rid: str | None) -> tuple:
     return ver, signer
 
 
-def check_signed(b: Board, manifest: bytes, sig_text, python: str | None, what: str) -> dict:
+def check_signed(b: Board, manifest: bytes, sig_text, python: str | None, what: str,
+                 tail: str = "nothing was staged", expiry: bool = True) -> dict:
     """Once the board trusts a key: the bundle must be signed by a trusted key and the signature must match the
     exact manifest bytes (checked by `PY -I -m edgesdk.runtime.trust verify`, with cryptography). Fail (bad input,
     `refused`: unsigned, untrusted, bad-signature, no-crypto) otherwise. A board with no key accepts anything."""
@@ -408,13 +423,13 @@ def check_signed(b: Board, manifest: bytes, sig_text, python: str | None, what: 
     listed = ", ".join(sorted(keys))
     if sig_text is None:
         raise Fail(f"refused {what}: it is unsigned, and this board accepts only bundles signed by {listed}; "
-                   "sign it (`edgesdk sign BUNDLE --key KEY`); nothing was staged", EXIT_INPUT, refused="unsigned")
+                   f"sign it (`edgesdk sign BUNDLE --key KEY`); {tail}", EXIT_INPUT, refused="unsigned")
     if not isinstance(sig_text, str) or len(sig_text) > 4096:
         raise Fail(f"refused {what}: manifest.sig is malformed", EXIT_INPUT, refused="bad-signature")
     fp = sig_fingerprint(sig_text)
     if fp not in keys:
         raise Fail(f"refused {what}: it is signed by {fp}, which this board does not trust (trusted: {listed}); "
-                   "nothing was staged", EXIT_INPUT, refused="untrusted", key=fp)
+                   f"{tail}", EXIT_INPUT, refused="untrusted", key=fp)
     py = python or b.p("venv", "bin", "python")
     if not os.path.isabs(py) or not os.path.isfile(py):
         raise Fail(f"refused {what}: this board trusts signing keys but has no interpreter at {py} to check "
@@ -433,23 +448,72 @@ def check_signed(b: Board, manifest: bytes, sig_text, python: str | None, what: 
                    "edgesdk.runtime.trust? provision again): " + (locals().get("text") or "")[-300:],
                    EXIT_INPUT, refused="no-crypto") from None
     if not res.get("ok"):
-        raise Fail(f"refused {what}: {res.get('error')}; nothing was staged", EXIT_INPUT,
+        raise Fail(f"refused {what}: {res.get('error')}; {tail}", EXIT_INPUT,
                    refused=res.get("kind", "bad-signature"), key=fp)
-    return {"signed": True, "checked": True, "key": fp}
+    exp = res.get("expires_at") if isinstance(res.get("expires_at"), str) else None
+    if expiry and exp and exp <= now():
+        raise Fail(f"refused {what}: its signature expired at {exp} (the board's clock: {now()}); sign it again "
+                   f"(`edgesdk sign BUNDLE --key KEY --expires ...`); {tail}", EXIT_INPUT, refused="expired",
+                   key=fp, expires_at=exp)
+    return {"signed": True, "checked": True, "key": fp, "expires_at": exp}
+
+
+def highest_version(st: dict) -> int | None:
+    """The highest release_version this board ever activated: state.json's highest_version, or (a board from
+    before it was recorded) the highest in its history. Rollback and --allow-downgrade never lower it."""
+    vals = [st.get("highest_version")] + [e.get("release_version") for e in st.get("history", [])
+                                          if e.get("event") == "activated"]
+    vals = [v for v in vals if isinstance(v, int) and not isinstance(v, bool)]
+    return max(vals) if vals else None
 
 
 def check_version(b: Board, new: int | None, allow_downgrade: bool, what: str) -> dict | None:
-    """A release_version lower than the current release's is refused unless allow_downgrade (then reported)."""
+    """A release_version lower than the current release's, or than the highest this board ever accepted (a
+    rollback does not reopen the versions in between), is refused unless allow_downgrade (then reported)."""
     cur = b.current()
     cur_v, _ = release_info(b, cur)
-    if new is None or cur_v is None or new >= cur_v:
+    high = highest_version(b.state())
+    floor = max([v for v in (cur_v, high) if v is not None], default=None)
+    if new is None or floor is None or new >= floor:
         return None
+    if cur_v is not None and cur_v >= floor:
+        why = f"older than the current release {cur} (release_version {cur_v})"
+    else:
+        why = (f"older than release_version {floor}, the highest this board has accepted (the current release "
+               f"{cur} has release_version {cur_v}: rolled back to)")
     if not allow_downgrade:
-        raise Fail(f"refused {what}: its release_version {new} is older than the current release {cur} "
-                   f"(release_version {cur_v}); flash --allow-downgrade to install it anyway (recorded in the "
-                   "history), or `edgesdk rollback` to a release still on the board", EXIT_INPUT,
-                   refused="downgrade", current_version=cur_v, release_version=new)
-    return {"from": cur_v, "to": new, "from_release": cur, "allowed": True}
+        raise Fail(f"refused {what}: its release_version {new} is {why}; flash --allow-downgrade to install it "
+                   "anyway (recorded in the history), or `edgesdk rollback` to a release still on the board",
+                   EXIT_INPUT, refused="downgrade", current_version=cur_v, highest_version=high,
+                   release_version=new)
+    return {"from": floor, "to": new, "from_release": cur, "allowed": True}
+
+
+def check_release(b: Board, rid: str, python: str | None, what: str, tail: str, expiry: bool = False) -> dict:
+    """Once the board trusts a key, an installed release is used (activated, rolled back to, run, profiled) only
+    if its own manifest.json and manifest.sig verify against the trust store now, with the verifier
+    (check_signed): a release installed before the first key was enrolled (never checked), one whose
+    manifest.sig was forged, or one signed by a key revoked since, is refused. A board with no key: no check."""
+    if not trusted_keys(b):
+        return {"signed": os.path.isfile(b.p("releases", rid, SIGNATURE)), "checked": False, "key": None}
+    try:
+        with open(b.p("releases", rid, "manifest.json"), "rb") as fh:
+            mbytes = fh.read(64 << 20)
+    except OSError as exc:
+        raise Fail(f"refused {what}: its manifest.json is not readable ({exc.strerror}); {tail}", EXIT_INPUT,
+                   refused="bad-signature") from None
+    sig = None
+    if os.path.isfile(b.p("releases", rid, SIGNATURE)):
+        with open(b.p("releases", rid, SIGNATURE), "rb") as fh:
+            sig = fh.read(8192).decode("utf-8", "replace")
+    return check_signed(b, mbytes, sig, python or recorded_python(b), what, tail, expiry)
+
+
+def recorded_python(b: Board) -> str | None:
+    """The interpreter the last activation used (state.json `python`): what rollback checks signatures with when
+    the host names none (default: the venv's)."""
+    py = b.state().get("python")
+    return py if isinstance(py, str) and os.path.isabs(py) and os.path.isfile(py) else None
 
 
 # -- verbs -----------------------------------------------------------------------------------------
@@ -518,6 +582,7 @@ def verb_probe(b: Board, args: argparse.Namespace) -> dict:
     res["current"] = b.current()
     res["trust"] = sorted(trusted_keys(b))
     res["current_version"] = release_info(b, res["current"])[0]
+    res["highest_version"] = highest_version(b.state())
     return res
 
 
@@ -580,7 +645,7 @@ def _take_lock(b: Board, path: str, args: argparse.Namespace) -> bool:
             os.fsync(fh.fileno())
         for _ in range(2):
             try:
-                os.link(tmp, path)
+                _place_lock(tmp, path, info)
                 return True
             except FileExistsError:
                 pass
@@ -603,6 +668,33 @@ def _take_lock(b: Board, path: str, args: argparse.Namespace) -> bool:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+#: what link() fails with on a file system without hard links (vfat, exFAT, some FUSE mounts)
+NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def _place_lock(tmp: str, path: str, info: dict) -> None:
+    """Put the lock record in place: link() the written temp file (atomic, never replaces, never seen empty); where
+    the file system has no hard links (EPERM on vfat/exFAT/FUSE), create it with O_EXCL and write it, which is still
+    one winner since every acquirer decides under the lock guard. FileExistsError: the lock is held."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with open(fd, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(path)  # never leave a half-written lock behind
+        raise
 
 
 #: how long a lock acquire waits for an activation that is still running (its host went away: a stalled link)
@@ -689,6 +781,14 @@ def verb_need(b: Board, args: argparse.Namespace) -> dict:
     d = b.area(args.area)
     staging = args.area.startswith("staging/")
     bid = args.area.partition("/")[2]
+    if staging and trusted_keys(b):
+        # nothing is staged on a board with keys unless `admit` checked this very manifest (under this lock)
+        adm = (b.state().get("admitted") or {}).get(bid)
+        sent = (files.get("manifest.json") or {}).get("sha256")
+        if not isinstance(adm, dict) or adm.get("token") != args.token or adm.get("manifest_sha256") != sent:
+            raise Fail(f"refused staging/{bid}: this board trusts signing keys and its manifest was not admitted "
+                       "(the agent's `admit` checks manifest.json and manifest.sig first); nothing was staged",
+                       EXIT_INPUT, refused="not-admitted")
     if staging and os.path.isdir(b.p("releases", bid)):
         return {"installed": True, "files": {rel: {"status": "have"} for rel in files}, "need_bytes": 0}
     os.makedirs(d, mode=0o700 if staging else 0o755, exist_ok=True)
@@ -771,7 +871,9 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
     bid = check_id(args.bundle_id, "bundle id")
     rel_dir = b.p("releases", bid)
     if os.path.isdir(rel_dir):
-        return {"installed": True, "already": True}
+        signed = check_release(b, bid, args.python, f"release {bid} (already installed)", "nothing was installed",
+                               expiry=True)
+        return {"installed": True, "already": True, "signed": signed["signed"], "key": signed["key"]}
     stage = b.p("staging", bid)
     try:
         with open(os.path.join(stage, "manifest.json"), "rb") as fh:
@@ -837,8 +939,12 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
     ev = {"at": now(), "event": "installed", "release": bid}
     if signed["checked"]:
         ev["signed_by"] = signed["key"]
+        # only when the verifier really ran: what `state` shows; every later use checks again (check_release)
+        st.setdefault("verified_by", {})[bid] = signed["key"]
     if manifest_version(manifest) is not None:
         ev["release_version"] = manifest_version(manifest)
+    if isinstance(st.get("admitted"), dict):
+        st["admitted"].pop(bid, None)
     st["history"].append(ev)
     b.save_state(st)
     return {"installed": True, "already": False, "signed": signed["signed"], "key": signed["key"]}
@@ -847,7 +953,8 @@ def verb_install(b: Board, args: argparse.Namespace) -> dict:
 def _demote(python: str | None = None, limit: float = 30.0):
     """Run the bundle as nobody when we are root: a model file is untrusted input. Returns (ids, why): ids (uid,
     gid) to drop to; (None, None) when not root (nothing to drop); (None, why) when root and the drop cannot
-    happen (no user nobody, or nobody cannot run `python`: its dirs are private). The caller decides
+    happen (no user nobody, or nobody cannot run `python -I -c "import edgesdk.runtime"`: the interpreter's or its
+    site-packages' dirs are private). The caller decides
     (demotion(): a failure, unless root was allowed)."""
     if os.getuid() != 0:
         return None, None
@@ -860,14 +967,16 @@ def _demote(python: str | None = None, limit: float = 30.0):
             os.setgid(ids[1])
             os.setuid(ids[0])
         def start(as_nobody: bool) -> subprocess.CompletedProcess:
-            return subprocess.run([python, "-S", "-c", "pass"], preexec_fn=pre if as_nobody else None, check=False,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=min(30.0, limit), cwd="/")
+            # what the run itself does first: its -I -B interpreter imports the board runtime (nobody must be able to
+            # read the venv's site-packages, not only start the interpreter)
+            return subprocess.run([python, "-I", "-B", "-c", f"import {RUNTIME}"], check=False,
+                                  preexec_fn=pre if as_nobody else None, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=min(30.0, limit), cwd="/")
         try:
             r = start(True)
             if r.returncode != 0 and start(False).returncode == 0:  # as root it starts: nobody is the problem
                 err = r.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {r.returncode}"]
-                return None, f"nobody cannot run {python} ({err[0][:200]})"
+                return None, f"nobody cannot run {python} -I -c 'import {RUNTIME}' ({err[0][:200]})"
             # (it fails as root too: not a question of who runs it; the run itself reports that failure)
         except subprocess.TimeoutExpired:
             return ids, None  # it ran (and hangs): nobody can run it; the smoke test's own limit deals with the hang
@@ -1045,15 +1154,10 @@ def _activate(b: Board, args: argparse.Namespace) -> dict:
         raise Fail(f"release {bid} is not installed", EXIT_INPUT)
     if not os.path.isabs(args.python) or not os.path.isfile(args.python):
         raise Fail(f"no python at {args.python!r} on the board (provision first); nothing was switched", EXIT_INPUT)
-    # signed by a key the board still trusts (the signature itself was checked at install), and not older than
-    # the current release unless --allow-downgrade
+    # its signature verified again now against the trust store (installed before a key was enrolled, or signed by
+    # a key revoked since: refused), and not older than the highest release accepted unless --allow-downgrade
     version, signer = release_info(b, bid)
-    keys = trusted_keys(b)
-    if keys and signer not in keys:
-        raise Fail(f"refused release {bid}: " + ("it is unsigned" if signer is None else
-                   f"it is signed by {signer}, which this board no longer trusts") +
-                   f" (trusted: {', '.join(sorted(keys))}); nothing was switched", EXIT_INPUT,
-                   refused="unsigned" if signer is None else "untrusted")
+    check_release(b, bid, args.python, f"release {bid}", "nothing was switched", expiry=True)
     downgrade = check_version(b, version, args.allow_downgrade, f"release {bid}")
     # before anything is switched: the smoke test runs as nobody, or the operator allowed root (--allow-root-smoke)
     demote_ids, root_why = demotion(b, args.python, args.allow_root, "the smoke test", "--allow-root-smoke",
@@ -1095,6 +1199,9 @@ def _activate(b: Board, args: argparse.Namespace) -> dict:
     if reason is None:
         st["previous"] = prev
         st["current"] = bid
+        st["python"] = args.python  # what rollback checks signatures with when the host names no interpreter
+        if version is not None:
+            st["highest_version"] = max(version, highest_version(st) or version)
         # how this release runs from now on (`run` honours it): the CPU fallback, or its own engines
         fb = st.setdefault("fallback", {})
         if args.fallback != "error":
@@ -1129,6 +1236,9 @@ def verb_rollback(b: Board, args: argparse.Namespace) -> dict:
         check_id(to, "release id")
     if not to or not os.path.isdir(b.p("releases", to)):
         raise Fail(f"no release to roll back to (previous: {to or 'none'}; installed: {b.releases()})", EXIT_INPUT)
+    # a downgrade is the operator's choice; a way around the trust store it is not
+    check_release(b, to, args.python, f"rollback to {to}", "nothing was switched")
+    st = b.state()
     b.switch(to)
     st["previous"], st["current"], st["pending"] = cur, to, None
     ev = {"at": now(), "event": "rolled-back", "release": cur, "to": to, "reason": args.reason[:300] or "requested"}
@@ -1248,6 +1358,7 @@ def verb_run(b: Board, args: argparse.Namespace) -> dict:
     """Run one inference on a release with inputs the host pushed to tmp/<workdir>/; outputs land there too
     (`python -m edgesdk.runtime run RELEASE --tensors --out-dir WORKDIR --input NAME=FILE ... --bench=1`)."""
     rid = _release_dir(b, args.release_id)
+    check_release(b, rid, args.python, f"release {rid}", "nothing was run")
     wd = b.p("tmp", check_id(args.workdir, "work dir"))
     if not os.path.isdir(wd) or os.path.islink(wd):
         raise Fail("work dir missing", EXIT_INPUT)
@@ -1270,7 +1381,8 @@ def verb_run(b: Board, args: argparse.Namespace) -> dict:
     # the work dir is nobody's (the model's user): its outputs are copied, checked, into a dir only we can write,
     # and the host fetches them from there (never through a link, never more than the manifest declares)
     files = result.get("files") if isinstance(result, dict) else None
-    outs = collect_outputs(wd, files if isinstance(files, dict) else {}, limits, wd + ".out")
+    outs = collect_outputs(wd, files if isinstance(files, dict) else {}, limits, wd + ".out",
+                           uid=ids[0] if ids is not None else None)
     return {"release": rid, "result": result, "log": log, "seconds": secs, "fallback": fb, "outputs": outs,
             "out_dir": os.path.relpath(wd + ".out", b.base)}
 
@@ -1305,10 +1417,13 @@ def output_limits(release: str) -> dict:
             if isinstance(o, dict) and isinstance(o.get("name"), str)}
 
 
-def collect_outputs(wd: str, files: dict, limits: dict, dest: str) -> dict:
+def collect_outputs(wd: str, files: dict, limits: dict, dest: str, uid: int | None = None) -> dict:
     """Copy each output the runtime reported ({file name: tensor name}) from the work dir `wd` (writable by the
-    model's user) into `dest` (0700, ours): opened with O_NOFOLLOW, only a regular file, at most the size its
+    model's user) into `dest` (0700, ours): opened with O_NOFOLLOW, only a regular file with one link (a hard link
+    to someone else's file is refused, as on boards with fs.protected_hardlinks=0 nobody can make one to a root
+    file) owned by `uid` (the model's user: nobody when the run was demoted; default ours), at most the size its
     tensor declares (limits). Returns {file: {"tensor", "size", "sha256"}} of the copies."""
+    uid = os.getuid() if uid is None else uid
     shutil.rmtree(dest, ignore_errors=True)
     os.mkdir(dest, 0o700)
     os.chmod(dest, 0o700)
@@ -1316,7 +1431,7 @@ def collect_outputs(wd: str, files: dict, limits: dict, dest: str) -> dict:
     for fn, tensor in files.items():
         if not isinstance(fn, str) or not OUTPUT_FILE_RE.match(fn):
             raise Fail(f"the run reported a bad output file name {fn!r}: refused", EXIT_FAILED)
-        if tensor not in limits:
+        if not isinstance(tensor, str) or tensor not in limits:  # (a list is unhashable: checked first)
             raise Fail(f"{fn}: {str(tensor)[:100]!r} is not an output of the release's manifest: refused", EXIT_FAILED)
         limit = limits[tensor]
         try:
@@ -1329,6 +1444,10 @@ def collect_outputs(wd: str, files: dict, limits: dict, dest: str) -> dict:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise Fail(f"{fn}: not a regular file: refused", EXIT_FAILED)
+            if st.st_nlink != 1:
+                raise Fail(f"{fn}: a hard link ({st.st_nlink} links): refused", EXIT_FAILED)
+            if st.st_uid != uid:
+                raise Fail(f"{fn}: owned by uid {st.st_uid}, not by the run's user (uid {uid}): refused", EXIT_FAILED)
             if st.st_size > limit:
                 raise Fail(f"{fn}: {st.st_size} bytes, larger than the {limit} bytes output {tensor!r} can take "
                            "(its shape and dtype in the manifest): refused", EXIT_FAILED)
@@ -1362,6 +1481,7 @@ def verb_profile(b: Board, args: argparse.Namespace) -> dict:
     """Profile a release with the installed runtime (`python -m edgesdk.runtime profile RELEASE ...`), in a
     fresh work dir under tmp/ that is removed afterwards; the profile comes back as `result`."""
     rid = _release_dir(b, args.release_id)
+    check_release(b, rid, args.python, f"release {rid}", "nothing was profiled")
     extra = [f"--runs={args.runs}", f"--warmup={args.warmup}", f"--threads={args.threads}",
              f"--layer-runs={args.layer_runs}"]
     if args.per_layer:
@@ -1397,7 +1517,9 @@ def verb_trust(b: Board, args: argparse.Namespace) -> dict:
     b.require_lock(args.token)
     b.ensure()
     d = b.p(TRUST_DIR)
-    os.makedirs(d, mode=0o755, exist_ok=True)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.lstat(d).st_mode) != 0o700:
+        os.chmod(d, 0o700)  # private like the rest of the board dir (a store from an older agent was 0755)
     keys = trusted_keys(b)
     st = b.state()
     if args.action == "add":
@@ -1408,12 +1530,13 @@ def verb_trust(b: Board, args: argparse.Namespace) -> dict:
         pem = "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(SPKI_PREFIX + raw).decode() + "\n-----END PUBLIC KEY-----\n"
         path = os.path.join(d, fp.split(":", 1)[1] + ".pub")
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(pem)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        write_min_version(b)
         fsync_dir(d)
         st["history"].append({"at": now(), "event": "key-enrolled", "key": fp, "already": fp in keys})
         b.save_state(st)
@@ -1432,13 +1555,39 @@ def verb_trust(b: Board, args: argparse.Namespace) -> dict:
     _, cur_signer = release_info(b, b.current())
     os.unlink(keys[fp])
     fsync_dir(d)
+    if isinstance(st.get("verified_by"), dict):
+        st["verified_by"] = {r: k for r, k in st["verified_by"].items() if k != fp}
+    if len(keys) == 1:
+        st.pop("board_id", None)  # no key left: the next enrollment records the board again
     st["history"].append({"at": now(), "event": "key-revoked", "key": fp})
     b.save_state(st)
     res = {"key": fp, "removed": True, "keys": sorted(trusted_keys(b))}
     if cur_signer == fp:
-        res["warning"] = (f"the current release {b.current()} is signed by the revoked key; it keeps running, but it "
-                          "cannot be activated again")
+        res["warning"] = (f"the current release {b.current()} is signed by the revoked key; it keeps running as it "
+                          "is, but it cannot be activated, rolled back to, run or profiled again: flash a release "
+                          "signed by a trusted key")
     return res
+
+
+def write_min_version(b: Board) -> None:
+    """trust/agent_min_version = this AGENT_VERSION (never lowered): an older agent must not drive this board."""
+    path = b.p(TRUST_DIR, MIN_VERSION_FILE)
+    if read_min_version(b) >= AGENT_VERSION:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w", encoding="utf-8") as fh:
+        fh.write(f"{AGENT_VERSION}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_min_version(b: Board) -> int:
+    try:
+        with open(b.p(TRUST_DIR, MIN_VERSION_FILE), encoding="utf-8") as fh:
+            return int(fh.read(32).strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def verb_admit(b: Board, args: argparse.Namespace) -> dict:
@@ -1461,9 +1610,29 @@ def verb_admit(b: Board, args: argparse.Namespace) -> dict:
     sig = data.get("signature")
     what = f"bundle {bid}"
     res = check_signed(b, raw, sig, args.python, what)
+    # the board type: the signed manifest's board against the one this board recorded at its first signed admit
+    made_for = manifest.get("board") if isinstance(manifest.get("board"), str) else None
+    recorded = b.state().get("board_id")
+    if res["checked"] and isinstance(recorded, str) and made_for != recorded and not args.other_board:
+        raise Fail(f"refused {what}: it is made for board {made_for!r}, and this board is {recorded!r} (recorded "
+                   "at its first signed flash); flash --force to install it anyway (recorded in the history); "
+                   "nothing was staged", EXIT_INPUT, refused="wrong-board", board=recorded, made_for=made_for)
     version = manifest_version(manifest)
     res.update(admitted=True, release_version=version, trusted_keys=len(trusted_keys(b)),
                downgrade=check_version(b, version, args.allow_downgrade, what))
+    if res["checked"]:
+        # `need` stages this bundle only with this manifest, under this lock
+        st = b.state()
+        st["admitted"] = {bid: {"token": args.token, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                                "at": now()}}
+        if not isinstance(st.get("board_id"), str):
+            st["board_id"] = args.board or made_for  # the host's board profile id, else the bundle's
+            st["history"].append({"at": now(), "event": "board-recorded", "board": st["board_id"]})
+        elif made_for != st["board_id"]:
+            res["other_board"] = {"board": st["board_id"], "made_for": made_for}
+            st["history"].append({"at": now(), "event": "other-board-admitted", "release": bid,
+                                  "board": st["board_id"], "made_for": made_for})
+        b.save_state(st)
     return res
 
 
@@ -1512,6 +1681,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rollback")
     s.add_argument("token")
     s.add_argument("--to", default=None)
+    s.add_argument("--python", default=None, help="the interpreter that checks signatures (default: the one the "
+                   "last activation used, else venv's)")
     s.add_argument("--reason", default="")
     s = sub.add_parser("provision")
     s.add_argument("token")
@@ -1552,6 +1723,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("token")
     s.add_argument("--python", default=None, help="the interpreter that checks signatures (default: venv's)")
     s.add_argument("--allow-downgrade", action="store_true")
+    s.add_argument("--board", default=None, help="the host's board profile id (recorded at the first signed admit)")
+    s.add_argument("--other-board", action="store_true", help="admit a bundle made for another board (flash --force)")
     return p
 
 
@@ -1566,6 +1739,11 @@ def main(argv: list | None = None) -> int:
     os.umask(0o022)
     try:
         b = Board(args.base)
+        if args.verb not in ("probe", "state") and read_min_version(b) > AGENT_VERSION:
+            raise Fail(f"this board's trust store was set up by agent version {read_min_version(b)}; this agent is "
+                       f"version {AGENT_VERSION} (an older edgesdk on the host): upgrade edgesdk on this host",
+                       EXIT_INPUT, refused="old-agent", agent_version=AGENT_VERSION,
+                       min_version=read_min_version(b))
         res = VERBS[args.verb](b, args)
     except Fail as exc:
         out({"ok": False, "error": str(exc), "code": exc.code, **exc.extra})

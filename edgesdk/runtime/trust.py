@@ -6,7 +6,10 @@ A signed bundle carries `manifest.sig` beside manifest.json: a JSON object
      "public_key": "<base64 of the 32-byte key>", "signature": "<base64 of the 64-byte signature>"}
 
 over the exact bytes of manifest.json, which lists every other file's sha256 (so the signature covers the whole
-bundle) and the signer's monotonic `release_version`. `key` is the key's fingerprint: "ed25519:" + the first 32
+bundle) and the signer's monotonic `release_version`. An optional `"attributes": {"expires_at":
+"YYYY-MM-DDTHH:MM:SSZ"}` is signed too: the signature is then over manifest.json + ATTRS_MARK + the attributes'
+canonical JSON (signed_message); the board refuses to admit, install or activate a bundle past its expiry.
+Nothing else in manifest.sig counts: release_version and bundle_id are in the signed manifest only. `key` is the key's fingerprint: "ed25519:" + the first 32
 hex digits of the sha256 of the raw public key. The board's trust store is `<board dir>/trust/<32 hex>.pub`, one
 PEM (SubjectPublicKeyInfo) public key each, written by the agent's `trust add` (`edgesdk keys enroll`).
 `public_key` in manifest.sig is for the host's early check only: the board verifies against its own store.
@@ -39,6 +42,23 @@ ALGORITHM = "ed25519"
 SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 FP_RE = re.compile(r"^(?:ed25519:)?([0-9a-f]{32})$")
 MAX_SIG_BYTES = 4096
+#: what separates manifest.json from the signed attributes in the signed message (no JSON document contains it)
+ATTRS_MARK = b"\n\x00edgesdk.signed-attributes/1\n"
+ATTRIBUTES = ("expires_at",)
+TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
+
+
+def signed_message(manifest: bytes, attributes: dict | None) -> bytes:
+    """The bytes a signature covers: manifest.json exactly, plus the signed attributes when there are any."""
+    if not attributes:
+        return manifest
+    return manifest + ATTRS_MARK + json.dumps(attributes, sort_keys=True, separators=(",", ":")).encode()
+
+
+def utc_now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class TrustError(Exception):
@@ -105,6 +125,13 @@ def parse_signature(text: str | bytes) -> dict[str, Any]:
         raise TrustError("manifest.sig: fields key, public_key and signature are malformed", "bad-signature") from None
     if len(sig) != 64 or len(pub) != 32:
         raise TrustError("manifest.sig: an Ed25519 signature is 64 bytes and its key 32", "bad-signature")
+    attrs = doc.get("attributes")
+    if attrs is not None:
+        if not isinstance(attrs, dict) or set(attrs) - set(ATTRIBUTES):
+            raise TrustError(f"manifest.sig: attributes must be an object with only {list(ATTRIBUTES)}",
+                             "bad-signature")
+        if "expires_at" in attrs and not (isinstance(attrs["expires_at"], str) and TIME_RE.match(attrs["expires_at"])):
+            raise TrustError("manifest.sig: expires_at must be YYYY-MM-DDTHH:MM:SSZ", "bad-signature")
     doc["_sig"], doc["_pub"] = sig, pub
     return doc
 
@@ -124,8 +151,9 @@ def trusted(trust_dir: str) -> dict[str, str]:
 
 
 def verify(manifest: bytes, signature: str | bytes | None, trust_dir: str) -> str:
-    """Check `signature` (manifest.sig's text) over `manifest` (manifest.json's exact bytes) against the trust
-    store; the signer's fingerprint. TrustError (kind: unsigned, untrusted, bad-signature, no-crypto) otherwise."""
+    """Check `signature` (manifest.sig's text) over `manifest` (manifest.json's exact bytes, and the signed
+    attributes) against the trust store; the signer's fingerprint. TrustError (kind: unsigned, untrusted,
+    bad-signature, no-crypto) otherwise. Expiry is the caller's to judge (expires_at)."""
     keys = trusted(trust_dir)
     if signature is None:
         raise TrustError("the bundle is unsigned (no manifest.sig)", "unsigned")
@@ -146,7 +174,7 @@ def verify(manifest: bytes, signature: str | bytes | None, trust_dir: str) -> st
                          "flash again so that the host provisions it (the wheelhouse carries cryptography and cffi "
                          "when the board has a trusted key)", "no-crypto") from None
     try:
-        Ed25519PublicKey.from_public_bytes(raw).verify(doc["_sig"], manifest)
+        Ed25519PublicKey.from_public_bytes(raw).verify(doc["_sig"], signed_message(manifest, doc.get("attributes")))
     except InvalidSignature:
         raise TrustError(f"the signature by {fp} does not match manifest.json: the bundle was altered after "
                          "signing", "bad-signature") from None
@@ -171,16 +199,25 @@ def main(argv: list[str] | None = None) -> int:
                     sig = fh.read(MAX_SIG_BYTES + 1)
         else:
             data = json.loads(sys.stdin.read(64 << 20) or "{}")
-            manifest = base64.b64decode(data.get("manifest") or "", validate=True)
+            if not isinstance(data, dict):
+                raise TrustError("stdin must be a JSON object {\"manifest\": base64, \"signature\": text|null}, "
+                                 f"not {type(data).__name__}", "bad-input")
+            manifest = base64.b64decode(str(data.get("manifest") or ""), validate=True)
             sig = data.get("signature")
+            if sig is not None and not isinstance(sig, str):
+                raise TrustError("stdin: signature must be the text of manifest.sig or null", "bad-input")
         fp = verify(manifest, sig, args.trust)
+        attrs = parse_signature(sig).get("attributes") or {}
     except TrustError as exc:
         print(json.dumps({"ok": False, "error": str(exc), "kind": exc.kind}))
         return 2 if exc.kind == "bad-input" else 1
     except (OSError, ValueError, binascii.Error) as exc:
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": "bad-input"}))
         return 2
-    print(json.dumps({"ok": True, "key": fp}))
+    out = {"ok": True, "key": fp}
+    if attrs.get("expires_at"):
+        out["expires_at"] = attrs["expires_at"]
+    print(json.dumps(out))
     return 0
 
 

@@ -25,7 +25,8 @@ from sshd_fixture import (
 
 from edgesdk.deploy import flash as flash_mod
 from edgesdk.deploy.flash import FlashOptions, flash, rollback, status
-from edgesdk.signing import enroll_key, generate_keys, list_keys, revoke_key, sign_bundle
+from edgesdk.deploy.trust import enroll_key, list_keys, revoke_key
+from edgesdk.signing import generate_keys, sign_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -211,11 +212,11 @@ def test_key_rotation(board, src, keys, tmp_path):
     t = board.target()
     enroll_key(t, keys["old"].public)
     a = copy(src[0], tmp_path / "a")
-    sign_bundle(a, keys["old"].private)
+    sign_bundle(a, keys["old"].private, version=5)  # the old key's releases are at v5 by now
     assert flash(a, prof, t, opts()).status == "success"
     assert enroll_key(t, keys["new"].public)["keys"] == sorted([keys["old"].fingerprint, keys["new"].fingerprint])
     b = copy(src[1], tmp_path / "b")
-    sign_bundle(b, keys["new"].private)
+    sign_bundle(b, keys["new"].private)  # the new key's first bundle, default version: above v5, not v1
     r = flash(b, prof, t, opts())
     assert r.status == "success" and current(board) == bid(b), r.error
     rv = revoke_key(t, keys["old"].public)  # by its .pub file; a fingerprint works too
@@ -225,9 +226,17 @@ def test_key_rotation(board, src, keys, tmp_path):
     r = flash(c, prof, t, opts())
     assert r.status == "refused" and r.exit_code == 2 and "does not trust" in r.error
     assert current(board) == bid(b) and bid(c) not in releases(board) and staged(board) == []
-    # a release signed by the revoked key, still on the board, is not activated again by a flash
+    # a release signed by the revoked key, still on the board, is not activated again by a flash, nor rolled back
+    # to, nor run
     r = flash(a, prof, t, opts())
     assert r.status == "refused" and current(board) == bid(b)
+    from edgesdk.errors import InputError as _InputError
+
+    with pytest.raises(_InputError, match="does not trust"):
+        rollback(t, to=bid(a))
+    with pytest.raises(_InputError, match="nothing was run"):
+        flash_mod.run_remote(t, [], tmp_path / "out", release=bid(a), python=PY, allow_root=ROOT_SMOKE)
+    assert current(board) == bid(b)
     # the last key stays unless forced
     from edgesdk.errors import InputError
 
@@ -302,7 +311,10 @@ def test_cli_user_path_keys_convert_sign_flash(board, tmp_path):
             "--sign", kp["private_key"], "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     conv = json.loads(r.stdout)
-    assert conv["signed"]["release_version"] == 1 and (tmp_path / "signed" / "manifest.sig").is_file()
+    import time
+
+    assert abs(conv["signed"]["release_version"] - time.time()) < 600  # the default: UTC seconds
+    assert (tmp_path / "signed" / "manifest.sig").is_file()
     os.chmod(tmp_path / "signed", 0o755)
     flash_args = ["--board", "rpi4", "--force", "--python", PY, *hostargs, "--json"]
     if ROOT_SMOKE:
@@ -322,7 +334,142 @@ def test_cli_user_path_keys_convert_sign_flash(board, tmp_path):
     assert r.returncode == 2 and res["status"] == "refused" and "unsigned" in res["error"]
     assert current(board) == signed_id and "Traceback" not in r.stderr
     r = cli("sign", str(tmp_path / "unsigned"), "--key", kp["private_key"], "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["release_version"] == 2
+    assert r.returncode == 0 and json.loads(r.stdout)["release_version"] > conv["signed"]["release_version"]
     r = cli("flash", str(tmp_path / "unsigned"), *flash_args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert current(board) == bid(tmp_path / "unsigned") != signed_id
+
+
+def _forge_sig(bundle: Path, fp: str) -> None:
+    """manifest.sig naming the trusted key `fp`, its signature garbage: what a board with no key never checks."""
+    import base64
+
+    doc = {"schema": "edgesdk.signature/1", "algorithm": "ed25519", "key": fp,
+           "public_key": base64.b64encode(b"\0" * 32).decode(), "signature": base64.b64encode(b"\1" * 64).decode()}
+    (bundle / "manifest.sig").write_text(json.dumps(doc))
+
+
+def test_releases_installed_before_enrollment_are_refused(board, src, keys, tmp_path, monkeypatch):
+    """A forged-signature release and an unsigned one, both installed (and activated) while the board had no key:
+    once a key is enrolled, neither is activated again, rolled back to or run, even when the host's own checks
+    pass everything."""
+    prof = local_profile()
+    t = board.target()
+    k = keys["old"]
+    forged = copy(src[0], tmp_path / "forged")
+    sign_bundle(forged, keys["other"].private, version=1)
+    _forge_sig(forged, k.fingerprint)
+    unsigned = copy(src[1], tmp_path / "unsigned")
+    for bb in (forged, unsigned):
+        r = flash(bb, prof, t, opts())
+        assert r.status == "success", r.error
+    enroll_key(t, k.public)
+    good = copy(src[2], tmp_path / "good")
+    sign_bundle(good, k.private, version=2)
+    assert flash(good, prof, t, opts()).status == "success"
+    assert current(board) == bid(good)
+    from edgesdk.errors import InputError
+
+    for bb, why in ((forged, "altered after signing"), (unsigned, "unsigned")):
+        with pytest.raises(InputError, match=why):
+            rollback(t, to=bid(bb))
+        with pytest.raises(InputError, match="nothing was run"):
+            flash_mod.run_remote(t, [], tmp_path / "out", release=bid(bb), python=PY, allow_root=ROOT_SMOKE)
+        assert current(board) == bid(good)
+    # the host's own checks pass anything: the board's install ("already installed") and activate still refuse
+    import edgesdk.signing
+
+    monkeypatch.setattr(edgesdk.signing, "verify_bundle", lambda bundle, trusted=None: k.fingerprint)
+    real_verify = flash_mod.RemoteBoard.call
+
+    def call(self, verb, *args, **kw):  # a host that skips admit: the board's `need` refuses to stage
+        if verb == "admit":
+            return {"ok": True, "key": k.fingerprint}
+        return real_verify(self, verb, *args, **kw)
+
+    r = flash(forged, prof, t, opts(allow_downgrade=True))  # (v1 < v2: the version is not what refuses it)
+    assert r.status == "refused" and "altered after signing" in r.error, r.error
+    monkeypatch.setattr(flash_mod.RemoteBoard, "call", call)
+    r = flash(forged, prof, t, opts(allow_downgrade=True))  # installed already, but never admitted: refused
+    assert r.status == "refused" and "not admitted" in r.error, r.error
+    new = copy(src[3], tmp_path / "new")
+    sign_bundle(new, keys["other"].private)
+    r = flash(new, prof, t, opts())
+    assert r.status == "refused" and "not admitted" in r.error and bid(new) not in staged(board), r.error
+    assert current(board) == bid(good) and bid(new) not in releases(board)
+
+
+def test_highest_accepted_version_after_a_rollback(board, src, keys, tmp_path):
+    """v5 -> rollback to v3: a v4 is refused (the board's floor is the highest it accepted), a v6 goes in."""
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    v = {}
+    for n, s in ((3, 0), (5, 1), (4, 2), (6, 3)):
+        v[n] = copy(src[s], tmp_path / f"v{n}")
+        sign_bundle(v[n], keys["old"].private, version=n)
+    assert flash(v[3], prof, t, opts()).status == "success"
+    assert flash(v[5], prof, t, opts()).status == "success"
+    assert rollback(t, to=bid(v[3])).current == bid(v[3]) == current(board)
+    r = flash(v[4], prof, t, opts())
+    assert r.status == "refused" and r.exit_code == 2 and "the highest" in r.error and "release_version 5" in r.error
+    assert current(board) == bid(v[3]) and bid(v[4]) not in releases(board)
+    assert json.loads((board.base / "state.json").read_text())["highest_version"] == 5
+    r = flash(v[6], prof, t, opts())
+    assert r.status == "success" and current(board) == bid(v[6]), r.error
+
+
+def test_an_older_edgesdk_does_not_replace_the_agent(board, src, keys, tmp_path):
+    """The board's agent is newer than this host's: flash, status and keys refuse (exit 2) and leave it as is."""
+    from edgesdk.deploy.board import AgentTooNew
+    from edgesdk.runtime.agent import AGENT_VERSION
+
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    assert (board.base / "trust" / "agent_min_version").read_text().strip() == str(AGENT_VERSION)
+    agent_file = board.base / "agent.py"
+    newer = agent_file.read_text().replace(f"AGENT_VERSION = {AGENT_VERSION}\n", "AGENT_VERSION = 99\n")
+    agent_file.write_text(newer)
+    a = copy(src[0], tmp_path / "a")
+    sign_bundle(a, keys["old"].private)
+    r = flash(a, prof, t, opts())
+    assert r.status == "refused" and r.exit_code == 2 and "Upgrade edgesdk on this host" in r.error, r.error
+    with pytest.raises(AgentTooNew):
+        status(t)
+    with pytest.raises(AgentTooNew):
+        list_keys(t)
+    assert agent_file.read_text() == newer and releases(board) == []
+
+
+def test_profile_and_tune_sign_what_they_flash(board, src, keys, tmp_path):
+    """On a board with a trusted key: profile and tune refuse an unsigned bundle, and with --sign KEY flash a signed
+    copy (the bundle itself unchanged) and then a signed tuned release."""
+    from edgesdk.errors import RemoteError
+    from edgesdk.profile import ProfileOptions, profile, sweep, tune
+
+    prof = local_profile()
+    t = board.target()
+    enroll_key(t, keys["old"].public)
+    b = copy(src[0], tmp_path / "b")
+    popts = {"python": PY, "allow_root": ROOT_SMOKE, "runs": 2, "warmup": 0, "frames": 0,
+             "flash": FlashOptions(python=PY, smoke_timeout=120, allow_root_smoke=ROOT_SMOKE)}
+    with pytest.raises(RemoteError, match="unsigned"):
+        profile(b, prof, t, ProfileOptions(**popts))
+    assert releases(board) == []
+    rep = profile(b, prof, t, ProfileOptions(**popts, sign_key=keys["old"].private))
+    rid = rep.data["target"]["release"]
+    assert current(board) == rid != bid(b) and not (b / "manifest.sig").exists()  # a signed copy was flashed
+    hist = [e for e in history(board) if e["event"] == "activated"]
+    assert hist[-1]["signed_by"] == keys["old"].fingerprint
+    # again: the same signed copy, already on the board: nothing new flashed
+    rep2 = profile(b, prof, t, ProfileOptions(**popts, sign_key=keys["old"].private))
+    assert rep2.data["target"]["release"] == rid and rep2.data["target"]["flash"] is None
+    res = sweep(b, prof, t, "threads=1,2", ProfileOptions(**popts, sign_key=keys["old"].private))
+    assert res.best is not None, [r.reason for r in res.rows]
+    with pytest.raises(Exception, match="unsigned"):
+        tune(res, prof, t, python=PY, allow_root=ROOT_SMOKE)
+    done = tune(res, prof, t, python=PY, allow_root=ROOT_SMOKE, sign_key=keys["old"].private)
+    assert current(board) == done["release"]
+    assert (board.base / "releases" / done["release"] / "manifest.sig").is_file()
+    assert (board.base / "releases" / done["release"] / "tuning.json").is_file()

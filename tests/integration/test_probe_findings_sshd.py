@@ -144,8 +144,9 @@ def test_run_over_sftp_never_follows_a_swapped_link_and_the_smoke_test_runs_as_n
         r = flash(bundle, local_profile(), board.target(),
                   FlashOptions(python=PY, smoke_timeout=120, allow_root_smoke=ROOT_OK))
         assert r.ok, (r.error, r.log)
-        if os.geteuid() == 0 and not ROOT_OK:
-            assert r.smoke["uid"] == pwd.getpwnam("nobody").pw_uid
+        if os.geteuid() == 0:  # the drop to nobody must have happened (no interpreter nobody can run: a failure)
+            assert not ROOT_OK, f"no interpreter nobody can run here (see sshd_fixture.board_python): {PY}"
+            assert r.smoke["uid"] == pwd.getpwnam("nobody").pw_uid, r.smoke
         secret = d / "shadow"
         secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
         secret.chmod(0o600)

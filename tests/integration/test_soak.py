@@ -49,6 +49,9 @@ def test_soak_20_rounds_no_violation():
         assert set(res["outcomes"][kind]) == {"failed"}, (kind, res["outcomes"][kind])
     assert set(res["outcomes"]["bad-smoke"]) == {"rolled-back"}
     assert res["notes"].get("kill-activate: killed", 0) == res["faults"]["kill-activate"], res["notes"]
+    # the board trusted a key and every release was signed with it (admit and the verifier ran under the faults;
+    # the invariant checks each activated release's signer)
+    assert res["signing"]["key"].startswith("ed25519:") and res["signing"]["releases_signed"] >= 21, res["signing"]
 
 
 def test_invariant_checker_catches_a_broken_board():

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,18 +75,26 @@ def test_keys_generate_private_key_is_0600_and_never_printed(tmp_path: Path) -> 
 def test_sign_and_verify(bundle: Path, tmp_path: Path) -> None:
     k = generate_keys(tmp_path, "k")
     before = load_manifest(bundle).bundle_id
+    t0 = int(time.time())
     s = sign_bundle(bundle, k.private)
     m = load_manifest(bundle)
-    assert s.release_version == 1 and m.release_version == 1
+    # the default version is the UTC time in seconds (hosts signing for the same boards go up together)
+    assert t0 <= s.release_version <= int(time.time()) and m.release_version == s.release_version
     assert m.bundle_id == s.bundle_id != before and m.untuned_id() == before  # release_version is in the id
     assert verify_bundle(bundle) == k.fingerprint == s.fingerprint
     assert verify_bundle(bundle, {k.fingerprint}) == k.fingerprint
     check_bundle(bundle)  # manifest.sig is the one unlisted file allowed
-    # the default version goes up with each signing by that key on this host; an explicit one is kept
-    assert sign_bundle(bundle, k.private).release_version == 2
-    assert sign_bundle(bundle, k.private, version=40).release_version == 40
-    assert sign_bundle(bundle, k.private).release_version == 41
+    # nothing outside the signed bytes: release_version and bundle_id are in the (signed) manifest only
+    assert set(json.loads((bundle / "manifest.sig").read_text())) == {"schema", "algorithm", "key", "public_key",
+                                                                       "signature"}
+    # the default goes up with each signing on this host, whatever the key (a rotation goes on from the old key's
+    # versions); an explicit one is kept
+    assert sign_bundle(bundle, k.private).release_version == s.release_version + 1
+    far = s.release_version + 1000
+    assert sign_bundle(bundle, k.private, version=far).release_version == far
     other = generate_keys(tmp_path, "other")
+    assert sign_bundle(bundle, other.private).release_version == far + 1  # a new key: not back to 1 (or to now)
+    assert sign_bundle(bundle, k.private).release_version == far + 2
     with pytest.raises(BundleError, match="does not trust"):
         verify_bundle(bundle, {other.fingerprint})
     # the manifest changed after signing, in a field outside the content id: only the signature notices
@@ -100,7 +109,7 @@ def test_sign_and_verify(bundle: Path, tmp_path: Path) -> None:
 def test_board_verifier_checks_against_its_own_trust_store(bundle: Path, tmp_path: Path) -> None:
     """`python -I -m edgesdk.runtime.trust verify`, what the agent runs: the store's key, not the one in the sig."""
     k, other = generate_keys(tmp_path, "k"), generate_keys(tmp_path, "other")
-    sign_bundle(bundle, k.private)
+    sign_bundle(bundle, k.private, version=1)
     store = tmp_path / "trust"
     store.mkdir()
 
@@ -339,7 +348,7 @@ def test_sign_bad_input_exit_2(bundle: Path, tmp_path: Path) -> None:
 
 def test_revoke_bad_fingerprint_is_input_error(tmp_path: Path) -> None:
     from edgesdk.deploy.transport import SSHTarget
-    from edgesdk.signing import revoke_key
+    from edgesdk.deploy.trust import revoke_key
 
     with pytest.raises(InputError, match="neither a public key file nor a fingerprint"):
         revoke_key(SSHTarget(host="unused"), "zzz")
@@ -365,3 +374,366 @@ def test_wheelhouse_names_the_fix_when_a_platform_has_no_signing_wheel(monkeypat
     assert "piwheels" in str(ei.value.fix) and str(wheelhouse.local_wheels_dir()) in str(ei.value.fix)
     assert not list((tmp_path / "wh").glob("*/.complete"))
     assert wheelhouse.SIGNING_PACKAGES == ("cryptography>=42", "cffi>=1.12")
+
+
+# -- review fixes: every use of a release re-checks its signature; the highest version; old agents ---------------------
+
+def _install(base: Path, src: Path, monkeypatch, capsys) -> tuple[int, dict]:
+    bid = _staged(base, src)
+    return run_agent(base, "install", bid, TOKEN, f"--python={sys.executable}", monkeypatch=monkeypatch, capsys=capsys)
+
+
+def _forge(src: Path, fp: str) -> None:
+    """A manifest.sig that names `fp` with a signature that is garbage (what a board with no key never checks)."""
+    doc = {"schema": trust.SIG_SCHEMA, "algorithm": trust.ALGORITHM, "key": fp,
+           "public_key": base64.b64encode(b"\0" * 32).decode(), "signature": base64.b64encode(b"\1" * 64).decode()}
+    (src / "manifest.sig").write_text(json.dumps(doc))
+
+
+def test_releases_installed_before_enrollment_or_by_a_revoked_key_are_refused(bundle: Path, tmp_path: Path,
+                                                                                monkeypatch, capsys) -> None:
+    """Installed while the board had no key (a forged manifest.sig naming the trusted key, or none), or signed by
+    a key revoked since: activate, rollback, run, profile and the already-installed shortcut all refuse it."""
+    base = tmp_path / "board"
+    k, other = generate_keys(tmp_path, "k"), generate_keys(tmp_path, "other")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    forged = Path(shutil.copytree(bundle, tmp_path / "forged"))
+    sign_bundle(forged, other.private, version=1)  # a real release_version and id; then the sig is replaced
+    _forge(forged, k.fingerprint)
+    unsigned = Path(shutil.copytree(bundle, tmp_path / "unsigned"))
+    rc, r = _install(base, forged, monkeypatch, capsys)
+    assert rc == 0 and r["signed"] is True and r["key"] is None  # no key: nothing was checked
+    assert _install(base, unsigned, monkeypatch, capsys)[0] == 0
+    fid, uid = _bid(forged), _bid(unsigned)
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    good = Path(shutil.copytree(bundle, tmp_path / "good"))
+    sign_bundle(good, k.private, version=2)
+    assert _admit(base, good, monkeypatch, capsys)[0] == 0
+    rc, r = _install(base, good, monkeypatch, capsys)
+    gid = _bid(good)
+    assert rc == 0 and r["key"] == k.fingerprint
+    assert json.loads((base / "state.json").read_text())["verified_by"] == {gid: k.fingerprint}
+    (base / "current").symlink_to(f"releases/{gid}")
+    py = f"--python={sys.executable}"
+    for rid, kind in ((fid, "bad-signature"), (uid, "unsigned")):
+        rc, r = agent_run("activate", rid, TOKEN, py)
+        assert rc == 2 and r["refused"] == kind and "nothing was switched" in r["error"], r
+        rc, r = agent_run("rollback", TOKEN, f"--to={rid}", py)
+        assert rc == 2 and r["refused"] == kind and "nothing was switched" in r["error"], r
+        rc, r = agent_run("run", rid, py, "--workdir=w1")
+        assert rc == 2 and r["refused"] == kind and "nothing was run" in r["error"], r
+        rc, r = agent_run("profile", rid, py)
+        assert rc == 2 and r["refused"] == kind and "nothing was profiled" in r["error"], r
+        rc, r = agent_run("install", rid, TOKEN, py)  # the "already installed" shortcut
+        assert rc == 2 and r["refused"] == kind, r
+        assert os.readlink(base / "current") == f"releases/{gid}"
+    # rollback with no --python uses the interpreter the last activation recorded; none here: refused, not skipped
+    rc, r = agent_run("rollback", TOKEN, f"--to={fid}")
+    assert rc == 2 and r["refused"] in ("no-crypto", "bad-signature")
+    # signed by a key revoked since: refused too, and no longer listed as verified
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": other.public.read_text()})[0] == 0
+    rc, r = agent_run("trust", "remove", TOKEN, k.fingerprint)
+    assert rc == 0 and "cannot be activated, rolled back to, run or profiled" in r["warning"]
+    assert json.loads((base / "state.json").read_text())["verified_by"] == {}
+    rc, r = agent_run("run", gid, py, "--workdir=w1")
+    assert rc == 2 and r["refused"] == "untrusted" and k.fingerprint in r["error"]
+    rc, r = agent_run("rollback", TOKEN, f"--to={gid}", py)
+    assert rc == 2 and r["refused"] == "untrusted"
+
+
+def test_need_stages_nothing_on_a_board_with_keys_without_an_admitted_manifest(bundle: Path, tmp_path: Path,
+                                                                             monkeypatch, capsys) -> None:
+    base = tmp_path / "board"
+    k = generate_keys(tmp_path, "k")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    sign_bundle(bundle, k.private, version=3)
+    bid = _bid(bundle)
+    listing = {"files": {rel: {"sha256": f.sha256, "size": f.size} for rel, f in check_bundle(bundle)[1].items()}}
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    assert agent_run("need", f"staging/{bid}", TOKEN, stdin=listing)[0] == 0  # no key: as before
+    shutil.rmtree(base / "staging" / bid)
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    rc, r = agent_run("need", f"staging/{bid}", TOKEN, stdin=listing)
+    assert rc == 2 and r["refused"] == "not-admitted" and not (base / "staging" / bid).exists()
+    assert _admit(base, bundle, monkeypatch, capsys)[0] == 0
+    # admitted, but another manifest is listed: refused; the admitted one: staged
+    other = json.loads(json.dumps(listing))
+    other["files"]["manifest.json"]["sha256"] = "0" * 64
+    assert agent_run("need", f"staging/{bid}", TOKEN, stdin=other)[1]["refused"] == "not-admitted"
+    rc, r = agent_run("need", f"staging/{bid}", TOKEN, stdin=listing)
+    assert rc == 0 and r["need_bytes"] > 0 and (base / "staging" / bid).is_dir()
+
+
+def test_highest_accepted_version_is_the_floor_after_a_rollback(bundle: Path, tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """Current is v3 (rolled back from v5): a v4 is refused, as the host's early check refuses it too."""
+    base = tmp_path / "board"
+    k = generate_keys(tmp_path, "k")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    v = {}
+    for n in (3, 4, 5, 6):
+        v[n] = Path(shutil.copytree(bundle, tmp_path / f"v{n}"))
+        sign_bundle(v[n], k.private, version=n)
+    assert _install(base, v[3], monkeypatch, capsys)[0] == 0
+    (base / "current").symlink_to(f"releases/{_bid(v[3])}")
+    st = json.loads((base / "state.json").read_text())
+    # what a board holds after activating v5 and rolling back to v3 (a board from before highest_version too)
+    st["history"].append({"event": "activated", "release": "x", "release_version": 5})
+    (base / "state.json").write_text(json.dumps(st))
+    assert agent.highest_version(st) == 5
+    rc, r = _admit(base, v[4], monkeypatch, capsys)
+    assert rc == 2 and r["refused"] == "downgrade" and r["highest_version"] == 5 and "highest" in r["error"], r
+    rc, r = _admit(base, v[4], monkeypatch, capsys, "--allow-downgrade")
+    assert rc == 0 and r["downgrade"]["from"] == 5 and r["downgrade"]["to"] == 4
+    assert _admit(base, v[6], monkeypatch, capsys)[0] == 0
+    assert agent_run("probe")[1]["highest_version"] == 5
+    # the host's early check reads the same facts
+    from edgesdk.deploy import flash as flash_mod
+
+    res = {"notes": [], "warnings": []}
+    m4 = load_manifest(v[4])
+    facts = {"trust": [k.fingerprint], "current": _bid(v[3]), "current_version": 3, "highest_version": 5}
+    with pytest.raises(InputError, match="highest"):
+        flash_mod._check_signature(v[4], m4, facts, flash_mod.FlashOptions(), res, "b")
+
+
+def test_trust_store_is_private_and_pins_the_agent_version(bundle: Path, tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    base = tmp_path / "board"
+    k = generate_keys(tmp_path, "k")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    (base / "trust").mkdir(mode=0o755)  # as an older agent made it
+    os.chmod(base / "trust", 0o755)
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    assert stat.S_IMODE((base / "trust").stat().st_mode) == 0o700
+    pub = base / "trust" / (trust.fp_hex(k.fingerprint) + ".pub")
+    assert stat.S_IMODE(pub.stat().st_mode) == 0o600
+    assert agent.AGENT_VERSION >= 2
+    assert (base / "trust" / "agent_min_version").read_text().strip() == str(agent.AGENT_VERSION)
+    assert agent_run("trust", "list")[1]["keys"] == [k.fingerprint]  # the marker is no key
+    # a store set up by a newer agent: this (older) one refuses to drive the board; read-only verbs still answer
+    (base / "trust" / "agent_min_version").write_text("99\n")
+    rc, r = agent_run("lock", "acquire", "t" * 16)
+    assert rc == 2 and r["refused"] == "old-agent" and "upgrade edgesdk on this host" in r["error"]
+    assert agent_run("state")[0] == 0
+
+
+def test_host_does_not_replace_a_newer_agent(tmp_path: Path) -> None:
+    from edgesdk.deploy.board import AGENT_PATH, AgentTooNew, RemoteBoard
+    from edgesdk.deploy.transport import FakeTransport
+
+    board = tmp_path / "board"
+    board.mkdir()
+    target = FakeTransport.target_for(board)
+    with FakeTransport(target) as c:
+        RemoteBoard(c).open()
+    ours = AGENT_PATH.read_bytes()
+    assert (board / "agent.py").read_bytes() == ours
+    # an older agent is replaced
+    (board / "agent.py").write_bytes(ours.replace(f"AGENT_VERSION = {agent.AGENT_VERSION}\n".encode(),
+                                                  b"AGENT_VERSION = 1\n"))
+    with FakeTransport(target) as c:
+        RemoteBoard(c).open()
+    assert (board / "agent.py").read_bytes() == ours
+    # a newer one is not: refused (exit 2) with the fix
+    newer = ours.replace(f"AGENT_VERSION = {agent.AGENT_VERSION}\n".encode(), b"AGENT_VERSION = 99\n")
+    assert newer != ours
+    (board / "agent.py").write_bytes(newer)
+    with FakeTransport(target) as c, pytest.raises(AgentTooNew, match="Upgrade edgesdk on this host") as ei:
+        RemoteBoard(c).open()
+    assert ei.value.exit_code == 2 and (board / "agent.py").read_bytes() == newer
+    # nor is any agent on a board whose trust store needs a newer one than ours
+    (board / "agent.py").write_bytes(b"# some other agent\n")
+    (board / "trust").mkdir()
+    (board / "trust" / "agent_min_version").write_text("99\n")
+    with FakeTransport(target) as c, pytest.raises(AgentTooNew, match="at least version 99"):
+        RemoteBoard(c).open()
+    assert (board / "agent.py").read_bytes() == b"# some other agent\n"
+
+
+def test_verifier_main_refuses_a_non_object_stdin(tmp_path: Path) -> None:
+    for data in ("[1, 2]", '"x"', "3", "null"):
+        r = subprocess.run([sys.executable, "-I", "-B", "-m", "edgesdk.runtime.trust", "verify",
+                            f"--trust={tmp_path}"], input=data, capture_output=True, text=True, timeout=120,
+                           check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (data, r.stderr)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["ok"] is False and res["kind"] == "bad-input" and "object" in res["error"]
+
+
+def test_agent_and_verifier_agree_on_the_trust_store(tmp_path: Path) -> None:
+    """The agent (stdlib, standalone) keeps its own copies: they must read the store as edgesdk.runtime.trust does."""
+    store = tmp_path / "trust"
+    store.mkdir()
+    names = ["0123456789abcdef0123456789abcdef.pub", "0123456789ABCDEF0123456789ABCDEF.pub", "abc.pub",
+             "0123456789abcdef0123456789abcdef.pub.tmp1", "agent_min_version", "fedcba9876543210fedcba9876543210.pub"]
+    for n in names:
+        (store / n).write_text("x")
+    (store / "00000000000000000000000000000000.pub").mkdir()  # a dir is no key
+    b = agent.Board(str(tmp_path))
+    agent.TRUST_DIR  # noqa: B018
+    assert agent.trusted_keys(b) == trust.trusted(str(store))
+    assert sorted(trust.trusted(str(store))) == ["ed25519:0123456789abcdef0123456789abcdef",
+                                                 "ed25519:fedcba9876543210fedcba9876543210"]
+    assert agent.FP_RE.pattern == trust.FP_RE.pattern and agent.SPKI_PREFIX == trust.SPKI_PREFIX
+    assert agent.SIGNATURE == "manifest.sig" and agent.TRUST_DIR == "trust"
+    for fp in ("ed25519:" + "a" * 32, "A" * 32, "ed25519:" + "a" * 31, "x", " ed25519:" + "b" * 32):
+        m = agent.FP_RE.match(fp.strip().lower())
+        try:
+            want = trust.fp_hex(fp)
+        except trust.TrustError:
+            want = None
+        assert (m.group(1) if m else None) == want, fp
+    raw = bytes(range(32))
+    assert agent.key_fingerprint(raw) == trust.fingerprint(raw)
+
+
+def test_write_atomic_is_the_one_atomic_write(tmp_path: Path, monkeypatch) -> None:
+    from edgesdk import bundle as bundle_mod
+    from edgesdk import paths, signing
+
+    p = tmp_path / "f.json"
+    paths.write_atomic(p, b"one", 0o600)
+    assert p.read_bytes() == b"one" and stat.S_IMODE(p.stat().st_mode) == 0o600
+    real = tmp_path / "real.txt"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    paths.write_atomic(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new" and stat.S_IMODE(real.stat().st_mode) == 0o644
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["f.json", "link.txt", "real.txt"]  # no temp file left
+    assert not hasattr(signing, "_write_atomic") and signing.write_atomic is paths.write_atomic
+    assert bundle_mod.write_atomic is paths.write_atomic
+
+
+def test_keys_commands_print_board_values_as_text(tmp_path: Path, monkeypatch) -> None:
+    """What the board answers (keys, host, the revoke warning) is printed through safe_text: never as rich markup,
+    never as terminal control sequences."""
+    from edgesdk.deploy import trust as dtrust
+
+    evil = "[red]ed25519:x[/red]\x1b]0;owned\x07"
+    monkeypatch.setattr(dtrust, "list_keys", lambda target, **kw: {"host": "h[bold]", "keys": [evil]})
+    monkeypatch.setattr(dtrust, "enroll_key", lambda target, pub, **kw: {"host": "h", "key": evil, "already": False,
+                                                                       "keys": [evil]})
+    monkeypatch.setattr(dtrust, "revoke_key", lambda target, key, **kw: {"host": "h", "key": evil, "keys": [evil],
+                                                                       "removed": True, "warning": evil})
+    pub = generate_keys(tmp_path, "k").public
+    runner = CliRunner()
+    for args in (["keys", "list"], ["keys", "enroll", str(pub)], ["keys", "revoke", "ed25519:" + "a" * 32]):
+        r = runner.invoke(app, [*args, "--host", "pi@10.0.0.7"])
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.output and "\x07" not in r.output, args
+        assert "[red]ed25519:x[/red]\\x1b]0;owned\\x07" in r.output, (args, r.output)
+
+
+def test_expiry_is_signed_and_refused_once_passed(bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from edgesdk.signing import parse_expires
+
+    assert parse_expires("2d", now=0) == "1970-01-03T00:00:00Z"
+    assert parse_expires("2027-01-31T12:00:00+01:00", now=0) == "2027-01-31T11:00:00Z"
+    for bad in ("yesterday", "0m", "1970-01-01", "-3d"):
+        with pytest.raises(InputError, match="--expires"):
+            parse_expires(bad)
+    base = tmp_path / "board"
+    k = generate_keys(tmp_path, "k")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    s = sign_bundle(bundle, k.private, version=1, expires="1h")
+    sig = json.loads((bundle / "manifest.sig").read_text())
+    assert sig["attributes"] == {"expires_at": s.expires_at}
+    assert verify_bundle(bundle, {k.fingerprint}) == k.fingerprint
+    rc, r = _admit(base, bundle, monkeypatch, capsys)
+    assert rc == 0 and r["expires_at"] == s.expires_at
+    # the expiry is signed: moved later by hand, the signature no longer matches
+    sig["attributes"]["expires_at"] = "2999-01-01T00:00:00Z"
+    good_sig = (bundle / "manifest.sig").read_text()
+    (bundle / "manifest.sig").write_text(json.dumps(sig))
+    with pytest.raises(BundleError, match="changed after signing"):
+        verify_bundle(bundle)
+    rc, r = _admit(base, bundle, monkeypatch, capsys)
+    assert rc == 2 and r["refused"] == "bad-signature"
+    (bundle / "manifest.sig").write_text(good_sig)
+    rc, r = _install(base, bundle, monkeypatch, capsys)
+    assert rc == 0
+    # past the expiry (the board's clock): admit, install (already there) and activate refuse; the host too
+    monkeypatch.setattr(agent, "now", lambda: "2999-01-01T00:00:00Z")
+    monkeypatch.setattr(trust, "utc_now", lambda: "2999-01-01T00:00:00Z")
+    with pytest.raises(BundleError, match="expired"):
+        verify_bundle(bundle)
+    rc, r = _admit(base, bundle, monkeypatch, capsys)
+    assert rc == 2 and r["refused"] == "expired" and s.expires_at in r["error"]
+    bid = _bid(bundle)
+    rc, r = agent_run("install", bid, TOKEN, f"--python={sys.executable}")
+    assert rc == 2 and r["refused"] == "expired"
+    rc, r = agent_run("activate", bid, TOKEN, f"--python={sys.executable}")
+    assert rc == 2 and r["refused"] == "expired" and not (base / "current").exists()
+    code = CliRunner().invoke(app, ["sign", str(bundle), "--key", str(k.private), "--expires", "soon"])
+    assert code.exit_code == 2 and "--expires" in code.output and "Traceback" not in code.output
+
+
+def test_board_id_recorded_at_the_first_signed_admit(bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    base = tmp_path / "board"
+    k = generate_keys(tmp_path, "k")
+    agent_run = lambda *a, stdin=None: run_agent(base, *a, stdin=stdin, monkeypatch=monkeypatch, capsys=capsys)
+    assert agent_run("lock", "acquire", TOKEN)[0] == 0
+    assert agent_run("trust", "add", TOKEN, stdin={"pem": k.public.read_text()})[0] == 0
+    made_for = load_manifest(bundle).board
+    sign_bundle(bundle, k.private, version=1)
+    assert _admit(base, bundle, monkeypatch, capsys, f"--board={made_for}")[0] == 0
+    assert json.loads((base / "state.json").read_text())["board_id"] == made_for
+    # a bundle made (and signed) for another board: refused, unless flash --force
+    other = Path(shutil.copytree(bundle, tmp_path / "other"))
+    d = json.loads((other / "manifest.json").read_text())
+    d["board"] = "jetson-nano" if made_for != "jetson-nano" else "rpi4"
+    from edgesdk.runtime.manifest import Manifest
+
+    d["bundle_id"] = Manifest.from_dict(d).content_id()
+    (other / "manifest.json").write_text(json.dumps(d, indent=2))
+    sign_bundle(other, k.private, version=2)
+    rc, r = _admit(base, other, monkeypatch, capsys, f"--board={d['board']}")
+    assert rc == 2 and r["refused"] == "wrong-board" and made_for in r["error"] and "--force" in r["error"]
+    rc, r = _admit(base, other, monkeypatch, capsys, "--other-board")
+    assert rc == 0 and r["other_board"] == {"board": made_for, "made_for": d["board"]}
+    hist = json.loads((base / "state.json").read_text())["history"]
+    assert [e["event"] for e in hist if "board" in e["event"]] == ["board-recorded", "other-board-admitted"]
+
+
+def test_profile_and_tune_sign_option_refuses_a_bad_key_first(bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    """--sign KEY on profile and tune: a key others can read is refused before anything is converted or measured;
+    signed_copy signs a copy (the bundle itself unchanged) and reuses it while its signature holds."""
+    from edgesdk.profile.run import signed_copy
+
+    k = generate_keys(tmp_path, "k")
+    loose = tmp_path / "loose.key"
+    shutil.copy(k.private, loose)
+    os.chmod(loose, 0o644)
+    runner = CliRunner()
+    for cmd in (["profile", str(bundle), "--board", "rpi4", "--host", "pi@10.0.0.7"],
+                ["tune", str(bundle), "--board", "rpi4", "--host", "pi@10.0.0.7"]):
+        r = runner.invoke(app, [*cmd, "--sign", str(loose)])
+        assert r.exit_code == 2 and "chmod 600" in r.output and "Traceback" not in r.output, r.output
+    before = (bundle / "manifest.json").read_bytes()
+    c1 = signed_copy(bundle, k.private)
+    assert c1 != bundle and (bundle / "manifest.json").read_bytes() == before and not (bundle / "manifest.sig").exists()
+    assert verify_bundle(c1, {k.fingerprint}) == k.fingerprint
+    assert signed_copy(bundle, k.private) == c1 and load_manifest(c1).bundle_id == _bid(c1)
+    assert signed_copy(c1, k.private) == c1  # already signed by that key: itself
+    other = generate_keys(tmp_path, "other")
+    c2 = signed_copy(c1, other.private)
+    assert c2 not in (c1, bundle) and verify_bundle(c2, {other.fingerprint}) == other.fingerprint
+
+
+def test_signed_copy_is_made_again_when_damaged(bundle: Path, tmp_path: Path) -> None:
+    from edgesdk.profile.run import signed_copy
+
+    k = generate_keys(tmp_path, "k")
+    c1 = signed_copy(bundle, k.private)
+    victim = next(p for p in c1.iterdir() if p.name not in ("manifest.json", "manifest.sig") and p.is_file())
+    victim.write_bytes(victim.read_bytes() + b"x")
+    c2 = signed_copy(bundle, k.private)
+    assert c2 == c1 and check_bundle(c2)[0].bundle_id == _bid(c2)
