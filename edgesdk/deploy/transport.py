@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import select
 import shlex
@@ -29,6 +30,11 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from edgesdk.errors import InputError, RemoteError
+
+# paramiko's transport thread logs its own failures (a banner that never came over a link that was cut or stalled)
+# with a traceback at ERROR; with no handler configured, Python's last-resort handler would print that traceback on
+# the user's terminal. The failure reaches the user as a ConnectError / LinkStalled with a message instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Terrapin (CVE-2023-48795): strict kex protects only against servers that speak it
 # (OpenSSH >= 9.6). Older boards run older OpenSSH or Dropbear, so refuse the
