@@ -64,7 +64,14 @@ def test_unknown_host_key_is_refused(rpi4, tmp_path):
                    known_hosts=tmp_path / "kh", fingerprint=rpi4.host_key_fingerprint)
     with SSHConnection(ok) as conn:
         assert conn.run(["true"]).returncode == 0
-    assert (tmp_path / "kh").read_text().startswith(f"[{rpi4.host}]:{rpi4.port} ssh-ed25519 ")
+    # recorded hashed (HashKnownHosts style), 0600, and it is the board's key
+    import paramiko
+
+    text = (tmp_path / "kh").read_text()
+    assert text.startswith("|1|") and rpi4.host not in text
+    assert (tmp_path / "kh").stat().st_mode & 0o777 == 0o600
+    entry = paramiko.HostKeys(str(tmp_path / "kh")).lookup(f"[{rpi4.host}]:{rpi4.port}")
+    assert entry is not None and "ssh-ed25519" in entry
 
 
 def test_changed_host_key_is_refused(rpi4, tmp_path):
