@@ -7,12 +7,14 @@ faults (a cut, a stall) is tests/netproxy.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,13 @@ class SshdBoard:
                     remote_dir=str(self.base))
         args.update(kw)
         return SSHTarget(**args)
+
+    def known_hosts_for(self, port: int) -> Path:
+        """A known_hosts file with this board's host key under another port (a proxy's on 127.0.0.1)."""
+        line = self.known_hosts.read_text().split(" ", 1)[1]
+        p = self.root / f"known_{port}"
+        p.write_text(f"[127.0.0.1]:{port} {line}")
+        return p
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -214,6 +223,70 @@ def board_python() -> tuple[str, bool]:
 
 
 _BOARD_PY: tuple[str, bool] | None = None
+
+
+# -- what the tests on a board share: the skip, the flash options, what the board holds --------------------------
+
+def require_sshd() -> None:
+    """Skip the caller with sshd_skip_reason() when this host cannot run these servers; under CI, fail instead
+    (CI installs them: their absence there is a setup bug)."""
+    import pytest
+
+    reason = sshd_skip_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def sshd_board(name: str, **kw) -> Iterator[SshdBoard]:
+    """A board fixture's body (`yield from sshd_board("flash")`): start_sshd(name, **kw), stopped afterwards."""
+    b = start_sshd(name, **kw)
+    yield b
+    b.stop()
+
+
+def local_board(prefix: str) -> Iterator[Path]:
+    """A FakeTransport board fixture's body: its base dir (not made yet) inside a public temp dir, removed after."""
+    d = public_dir(prefix)
+    yield d / "opt-edgesdk"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def flash_opts(**kw):
+    """FlashOptions for a flash onto this machine: board_python()'s interpreter, --allow-root-smoke when it had to
+    be root, a 120 s smoke timeout; any of them can be given."""
+    from edgesdk.deploy.flash import FlashOptions
+
+    py, root_ok = board_python()
+    kw.setdefault("python", py)
+    kw.setdefault("smoke_timeout", 120)
+    kw.setdefault("allow_root_smoke", root_ok)
+    return FlashOptions(**kw)
+
+
+def bundle_id(bundle: Path) -> str:
+    return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
+
+
+def _base(board: SshdBoard | Path) -> Path:
+    return board.base if isinstance(board, SshdBoard) else Path(board)
+
+
+def current_release(board: SshdBoard | Path) -> str | None:
+    """The release the board's `current` link names (a board, or its base dir), None without one."""
+    link = _base(board) / "current"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+def release_ids(board: SshdBoard | Path) -> list[str]:
+    d = _base(board) / "releases"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def staged_ids(board: SshdBoard | Path) -> list[str]:
+    d = _base(board) / "staging"
+    return sorted(os.listdir(d)) if d.is_dir() else []
 
 
 # -- test bundles and a board profile for the host itself ----------------------------------------------

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -20,6 +24,34 @@ from edgesdk.cli.deploy import (
 
 keys_app = typer.Typer(help="Signing keys: make a key pair, enroll its public key on boards, revoke it.",
                        no_args_is_help=True)
+
+#: the options that name the board a command talks to: (parameter, annotation, option), in _target's order
+_TARGET_OPTIONS = (
+    ("host", "str | None", HOST_OPT), ("board", "str | None", BOARD_OPT), ("identity", "Path | None", IDENTITY_OPT),
+    ("known_hosts", "Path | None", KNOWN_OPT), ("accept_new", "bool", ACCEPT_OPT),
+    ("fingerprint", "str | None", FP_OPT), ("remote_dir", "str | None", RDIR_OPT),
+)
+
+
+def _on_board(fn: Callable[..., None]) -> Callable[..., None]:
+    """A command on one board: fn's `target` parameter becomes, in its place, the options --host, --board,
+    --identity, --known-hosts, --accept-new, --fingerprint and --remote-dir (edgesdk.cli.deploy), and fn is called
+    with target= the SSHTarget they name (_target), its other arguments as given."""
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name == "target":
+            params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=opt, annotation=ann)
+                       for name, ann, opt in _TARGET_OPTIONS]
+        else:
+            params.append(p)
+
+    @functools.wraps(fn)
+    def command(**kw: Any) -> None:
+        fn(target=_target(*(kw.pop(name) for name, _, _ in _TARGET_OPTIONS)), **kw)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+    return command
 
 
 @handle_errors
@@ -50,15 +82,10 @@ def generate_cmd(
 
 
 @handle_errors
+@_on_board
 def enroll_cmd(
     public_key: Path = typer.Argument(..., metavar="KEY.pub", help="The public key to trust."),
-    host: str | None = HOST_OPT,
-    board: str | None = BOARD_OPT,
-    identity: Path | None = IDENTITY_OPT,
-    known_hosts: Path | None = KNOWN_OPT,
-    accept_new: bool = ACCEPT_OPT,
-    fingerprint: str | None = FP_OPT,
-    remote_dir: str | None = RDIR_OPT,
+    target: Any = None,  # the board: --host, --board, --identity, ... (_on_board)
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Add KEY.pub to the board's trust store (<board dir>/trust/). From then on the board refuses bundles that
@@ -72,7 +99,7 @@ def enroll_cmd(
     """
     from edgesdk.deploy.trust import enroll_key
 
-    r = enroll_key(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), public_key)
+    r = enroll_key(target, public_key)
     if json_out:
         print_json(r)
         return
@@ -83,15 +110,10 @@ def enroll_cmd(
 
 
 @handle_errors
+@_on_board
 def revoke_cmd(
     key: str = typer.Argument(..., metavar="FINGERPRINT|KEY.pub", help="The key to stop trusting."),
-    host: str | None = HOST_OPT,
-    board: str | None = BOARD_OPT,
-    identity: Path | None = IDENTITY_OPT,
-    known_hosts: Path | None = KNOWN_OPT,
-    accept_new: bool = ACCEPT_OPT,
-    fingerprint: str | None = FP_OPT,
-    remote_dir: str | None = RDIR_OPT,
+    target: Any = None,  # the board: --host, --board, --identity, ... (_on_board)
     force: bool = typer.Option(False, "--force", help="Remove even the last key (the board then accepts unsigned "
                                                       "bundles again)."),
     json_out: bool = JSON_OPTION,
@@ -108,7 +130,7 @@ def revoke_cmd(
     """
     from edgesdk.deploy.trust import revoke_key
 
-    r = revoke_key(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir), key, force=force)
+    r = revoke_key(target, key, force=force)
     if json_out:
         print_json(r)
         return
@@ -119,14 +141,9 @@ def revoke_cmd(
 
 
 @handle_errors
+@_on_board
 def list_cmd(
-    host: str | None = HOST_OPT,
-    board: str | None = BOARD_OPT,
-    identity: Path | None = IDENTITY_OPT,
-    known_hosts: Path | None = KNOWN_OPT,
-    accept_new: bool = ACCEPT_OPT,
-    fingerprint: str | None = FP_OPT,
-    remote_dir: str | None = RDIR_OPT,
+    target: Any = None,  # the board: --host, --board, --identity, ... (_on_board)
     json_out: bool = JSON_OPTION,
 ) -> None:
     """The keys the board trusts.
@@ -137,7 +154,7 @@ def list_cmd(
     """
     from edgesdk.deploy.trust import list_keys
 
-    r = list_keys(_target(host, board, identity, known_hosts, accept_new, fingerprint, remote_dir))
+    r = list_keys(target)
     if json_out:
         print_json(r)
         return

@@ -32,3 +32,12 @@ def emulated(board_id: str) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def rpi4() -> Iterator[Any]:
     yield from emulated("rpi4")
+
+
+@pytest.fixture(scope="module")
+def need_sshd() -> None:
+    """For `pytest.mark.usefixtures("need_sshd")`: skip the module's tests when this host cannot run the real sshd
+    of tests/sshd_fixture.py (fail them under CI)."""
+    from sshd_fixture import require_sshd
+
+    require_sshd()

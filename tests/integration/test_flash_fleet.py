@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sshd_fixture import (  # noqa: E402
-    board_python, free_port, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd,
+    board_python, free_port, local_profile, make_test_bundle, public_dir, require_sshd, start_sshd,
 )
 
 from edgesdk.deploy.flash import FlashOptions  # noqa: E402
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fleet():
-    reason = sshd_skip_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_sshd()
     first = start_sshd("fleet0")
     boards = [first] + [start_sshd(f"fleet{i}", client_key=first.key) for i in range(1, 4)]
     kh = first.root / "fleet_known_hosts"

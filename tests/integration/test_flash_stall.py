@@ -8,7 +8,6 @@ wants a reply), say where it stalled, leave the board consistent, and a rerun ov
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -17,15 +16,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sshd_fixture
 from netproxy import LinkProxy
-from sshd_fixture import local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd
+from sshd_fixture import (
+    board_python, bundle_id, current_release, flash_opts, local_profile, make_test_bundle, public_dir,
+    release_ids, sshd_board,
+)
 
 from edgesdk.deploy.flash import FlashOptions, flash, status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("need_sshd")]
 #: an interpreter `nobody` can run when the fixture provides one (the smoke test drops to nobody)
-PY, ROOT_OK = sshd_fixture.board_python() if hasattr(sshd_fixture, "board_python") else (sys.executable, True)
+PY, ROOT_OK = board_python()
 STALL = 2.0  # --stall-timeout of these tests
 MARGIN = 2.5  # the detection's own granularity, with a loaded 2-core CI machine
 
@@ -41,20 +42,9 @@ class _FailedAt:
             self.t = time.monotonic()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _need_sshd():
-    reason = sshd_skip_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture
 def board():
-    b = start_sshd("stall")
-    yield b
-    b.stop()
+    yield from sshd_board("stall")
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +58,12 @@ def bundles():
 
 
 def opts(**kw) -> FlashOptions:
-    kw.setdefault("python", PY)
-    kw.setdefault("smoke_timeout", 60)
-    if "allow_root_smoke" in FlashOptions.__dataclass_fields__:
-        kw.setdefault("allow_root_smoke", ROOT_OK)
-    return FlashOptions(**kw)
-
-
-def bid(bundle: Path) -> str:
-    return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
-
-
-def current(b) -> str | None:
-    link = b.base / "current"
-    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
-
-
-def releases(b) -> list[str]:
-    d = b.base / "releases"
-    return sorted(os.listdir(d)) if d.is_dir() else []
+    return flash_opts(**{"smoke_timeout": 60, **kw})
 
 
 def via(board, proxy: LinkProxy):
     """The board's target through the proxy (its host key under the proxy's port), short connect timeouts."""
-    line = board.known_hosts.read_text().split(" ", 1)[1]
-    kh = board.root / f"known_{proxy.port}"
-    kh.write_text(f"[127.0.0.1]:{proxy.port} {line}")
-    return board.target(port=proxy.port, known_hosts=kh, connect_timeout=3.0)
+    return board.target(port=proxy.port, known_hosts=board.known_hosts_for(proxy.port), connect_timeout=3.0)
 
 
 @pytest.mark.parametrize("mode", ["hold", "drop"])
@@ -118,9 +87,9 @@ def test_stall_mid_push_fails_within_the_timeout_then_resumes(board, bundles, mo
         assert "stalled link during push" in r.error and "blob.bin" in r.error and "bytes sent" in r.error, r.error
         assert f"{STALL:g}s" in r.error
         # the old release is current, the new one is not installed, its prefix waits in staging
-        assert current(board) == bid(bundles["a"])
-        assert bid(bundles["b"]) not in releases(board)
-        part = board.base / "staging" / bid(bundles["b"]) / "blob.bin.part"
+        assert current_release(board) == bundle_id(bundles["a"])
+        assert bundle_id(bundles["b"]) not in release_ids(board)
+        part = board.base / "staging" / bundle_id(bundles["b"]) / "blob.bin.part"
         assert part.is_file() and 0 < part.stat().st_size < 4 << 20
         # the rerun over the healed link resumes from the board's .part. The stall timeout is about the link, not
         # the command: here the smoke test takes 2x the stall timeout, and passes ("hold"; "drop" runs the plain one)
@@ -132,7 +101,7 @@ def test_stall_mid_push_fails_within_the_timeout_then_resumes(board, bundles, mo
             assert r2.phases["smoke"] > 2 * STALL
         assert r2.transfer["resumed_bytes"] > 0
         assert r2.bytes_sent < r2.bytes_total - (1 << 20)
-        assert current(board) == bid(bundles["b"])
+        assert current_release(board) == bundle_id(bundles["b"])
         assert t_end - t0 < 30
 
 
@@ -153,7 +122,7 @@ def _stall_when_switched(board, proxy: LinkProxy, release: str) -> threading.Thr
                 pend = json.loads((board.base / "state.json").read_text()).get("pending") or {}
             except (OSError, ValueError):
                 pend = {}
-            if pend.get("release") == release and current(board) == release:
+            if pend.get("release") == release and current_release(board) == release:
                 proxy.stall()
                 return
             time.sleep(0.02)
@@ -168,7 +137,7 @@ def test_stall_during_smoke_reply_agent_finishes_by_itself(board, bundles):
     (which ignores SIGHUP and needs no host) still commits the switch; an immediate rerun over the healed link waits
     for that activation instead of "recovering" it from under the running agent; status agrees with the disk."""
     prof = local_profile()
-    a, b = bid(bundles["a"]), bid(bundles["b"])
+    a, b = bundle_id(bundles["a"]), bundle_id(bundles["b"])
     assert flash(bundles["a"], prof, board.target(), opts()).status == "success"
     slow = _slow_python(board, 3 * STALL)
     with LinkProxy(board.port) as proxy:
@@ -194,14 +163,14 @@ def test_stall_during_smoke_reply_agent_finishes_by_itself(board, bundles):
         r2 = flash(bundles["b"], prof, via(board, proxy), opts())
         assert r2.status == "success", r2.error
         assert not any("interrupted switch" in w for w in r2.warnings), r2.warnings
-    assert current(board) == b
+    assert current_release(board) == b
     st = status(board.target())
     assert st.current == b and not st.state.get("pending") and st.status == "ready", st.to_dict()
     events = [(e.get("event"), e.get("release")) for e in st.history]
     assert ("rolled-back", b) not in events, events  # b was never rolled back: its smoke test passed both times
     assert events[-2:] == [("activated", b), ("activated", b)], events
     assert st.state.get("current") == b and st.state.get("previous") == a
-    assert set(releases(board)) == {a, b}
+    assert set(release_ids(board)) == {a, b}
     assert not (board.base / "lock").exists()
 
 
@@ -218,7 +187,7 @@ def test_a_slow_link_is_not_a_stall(board, bundles):
         assert r.status == "success", r.error
         assert r.bytes_sent > 4 << 20 and took > 2 * STALL, (r.bytes_sent, took)  # it was slow: ~4 s of pushing
         assert proxy.stalls == 0 and proxy.cuts == 0
-    assert current(board) == bid(bundles["b"])
+    assert current_release(board) == bundle_id(bundles["b"])
 
 
 def test_a_cut_push_releases_the_lock_so_another_host_is_not_locked_out(board, bundles):
@@ -234,7 +203,7 @@ def test_a_cut_push_releases_the_lock_so_another_host_is_not_locked_out(board, b
     assert not (board.base / "lock").exists(), (board.base / "lock").read_text()
     other = flash(bundles["b"], prof, board.target(), opts())  # [127.0.0.1]:<sshd port>, not the proxy's port
     assert other.status == "success", other.error
-    assert current(board) == bid(bundles["b"])
+    assert current_release(board) == bundle_id(bundles["b"])
 
 
 def test_bad_stall_timeout_is_a_clear_input_error(tmp_path):

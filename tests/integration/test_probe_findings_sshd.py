@@ -19,28 +19,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sshd_fixture import (
-    board_python,
-    local_profile,
-    make_test_bundle,
-    public_dir,
-    sshd_skip_reason,
-    start_sshd,
+    board_python, flash_opts, local_profile, make_test_bundle, public_dir, sshd_board, start_sshd,
 )
 
-from edgesdk.deploy.flash import FlashOptions, flash, run_remote
+from edgesdk.deploy.flash import flash, run_remote
 from edgesdk.deploy.transport import ConnectError, ReplyTooLarge, SSHConnection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("need_sshd")]
 PY, ROOT_OK = board_python()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _need_sshd():
-    reason = sshd_skip_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +36,7 @@ def _home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def board():
-    b = start_sshd("probe")
-    yield b
-    b.stop()
+    yield from sshd_board("probe")
 
 
 def _rss_mb() -> float:
@@ -141,8 +125,7 @@ def test_run_over_sftp_never_follows_a_swapped_link_and_the_smoke_test_runs_as_n
     d = public_dir("edgesdk-probe-sshd-bundle-")
     try:
         bundle = make_test_bundle(d / "a", seed=0)
-        r = flash(bundle, local_profile(), board.target(),
-                  FlashOptions(python=PY, smoke_timeout=120, allow_root_smoke=ROOT_OK))
+        r = flash(bundle, local_profile(), board.target(), flash_opts())
         assert r.ok, (r.error, r.log)
         if os.geteuid() == 0:  # the drop to nobody must have happened (no interpreter nobody can run: a failure)
             assert not ROOT_OK, f"no interpreter nobody can run here (see sshd_fixture.board_python): {PY}"

@@ -12,29 +12,17 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sshd_fixture import board_python, local_profile, make_test_bundle, public_dir, sshd_skip_reason, start_sshd
+from sshd_fixture import board_python, flash_opts, local_profile, make_test_bundle, public_dir, sshd_board
 
-from edgesdk.deploy.flash import FlashOptions
 from edgesdk.profile import ProfileOptions, load_report, profile, sweep, tune
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("need_sshd")]
 PY, ROOT_OK = board_python()  # nobody can run PY (the agent's drop to nobody), or ROOT_OK: as root, said so
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _need_sshd():
-    reason = sshd_skip_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def board():
-    b = start_sshd("profile")
-    yield b
-    b.stop()
+    yield from sshd_board("profile")
 
 
 def _conv(name, cin, cout, inp, out, rng):
@@ -113,8 +101,7 @@ def bundles():
 
 
 def opts(**kw) -> ProfileOptions:
-    return ProfileOptions(python=PY, allow_root=ROOT_OK,
-                          flash=FlashOptions(python=PY, smoke_timeout=120, allow_root_smoke=ROOT_OK), **kw)
+    return ProfileOptions(python=PY, allow_root=ROOT_OK, flash=flash_opts(), **kw)
 
 
 def test_remote_profile_flashes_first_and_finds_the_slow_segment(board, bundles, tmp_path):

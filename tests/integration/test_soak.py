@@ -15,8 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-import sshd_fixture
-from sshd_fixture import local_profile, make_test_bundle, public_dir, sshd_skip_reason
+from sshd_fixture import board_python, local_profile, make_test_bundle, public_dir, require_sshd
 
 pytestmark = pytest.mark.integration
 SCRIPT = ROOT / "scripts" / "soak_flash.py"
@@ -30,11 +29,7 @@ def _soak_module():
 
 
 def test_soak_20_rounds_no_violation():
-    reason = sshd_skip_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_sshd()
     p = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "20", "--seed", "17", "--json", "--quiet"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert p.stdout.strip(), p.stderr[-3000:]
@@ -60,16 +55,15 @@ def test_invariant_checker_catches_a_broken_board():
     from edgesdk.deploy.transport import FakeTransport
 
     soak = _soak_module()
-    py, root_ok = sshd_fixture.board_python() if hasattr(sshd_fixture, "board_python") else (sys.executable, True)
+    py, root_ok = board_python()
     d = public_dir("edgesdk-soakcheck-")
     try:
         bundle = make_test_bundle(d / "a", seed=3, pad_bytes=1 << 16)
         base = d / "board"
         base.mkdir()
         os.chmod(base, 0o755)
-        kw = {"allow_root_smoke": root_ok} if "allow_root_smoke" in FlashOptions.__dataclass_fields__ else {}
-        r = flash(bundle, local_profile(), FakeTransport.target_for(base), FlashOptions(python=py, **kw),
-                  transport=FakeTransport)
+        r = flash(bundle, local_profile(), FakeTransport.target_for(base),
+                  FlashOptions(python=py, allow_root_smoke=root_ok), transport=FakeTransport)
         assert r.status == "success", r.error
         assert soak.check_board(base, clean=True) == []
         rid = r.bundle_id

@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sshd_fixture import board_python, local_profile, make_test_bundle, public_dir
+from sshd_fixture import (
+    board_python, bundle_id, current_release, flash_opts, local_board, local_profile, make_test_bundle,
+    public_dir,
+)
 
-from edgesdk.deploy.flash import FlashOptions, flash, run_remote
+from edgesdk.deploy.flash import flash, run_remote
 from edgesdk.deploy.results import Outcome
 from edgesdk.deploy.transport import FakeTransport
 from edgesdk.errors import RemoteError
@@ -49,24 +52,12 @@ def bundles():
 
 @pytest.fixture
 def board():
-    d = public_dir("edgesdk-probe-board-")
-    yield d / "opt-edgesdk"
-    shutil.rmtree(d, ignore_errors=True)
+    yield from local_board("edgesdk-probe-board-")
 
 
 def go(bundle: Path, base: Path, python: str = PY, **kw):
-    kw.setdefault("allow_root_smoke", ROOT_OK)
-    return flash(bundle, local_profile(), FakeTransport.target_for(base),
-                 FlashOptions(python=python, smoke_timeout=120, **kw), transport=FakeTransport)
-
-
-def bid(bundle: Path) -> str:
-    return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
-
-
-def current(base: Path) -> str | None:
-    link = base / "current"
-    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+    return flash(bundle, local_profile(), FakeTransport.target_for(base), flash_opts(python=python, **kw),
+                 transport=FakeTransport)
 
 
 def need_nobody_python() -> None:
@@ -222,8 +213,8 @@ def test_a_failed_drop_to_nobody_is_a_flash_failure_with_the_fix(bundles, board,
         r = go(bundles["a"], board, python=str(py), allow_root_smoke=False)
         assert r.status is Outcome.FAILED and r.exit_code == 1, r
         assert "nobody" in r.error and "--allow-root-smoke" in r.error and "o+rx" in r.error
-        assert current(board) is None  # nothing switched
-        assert bid(bundles["a"]) in os.listdir(board / "releases")  # installed, verified, not current
+        assert current_release(board) is None  # nothing switched
+        assert bundle_id(bundles["a"]) in os.listdir(board / "releases")  # installed, verified, not current
         # explicitly allowed: it runs as root, and says so loudly
         r = go(bundles["a"], board, python=str(py), allow_root_smoke=True)
         assert r.ok and r.smoke["uid"] == 0, (r.error, r.log)
@@ -648,7 +639,7 @@ def test_safe_text_shows_every_invisible_character_by_category(char):
 def test_release_state_and_log_modes_are_private(bundles, board):
     r = go(bundles["a"], board)
     assert r.ok, (r.error, r.log)
-    rel = board / "releases" / bid(bundles["a"])
+    rel = board / "releases" / bundle_id(bundles["a"])
     assert stat.S_IMODE(board.stat().st_mode) == 0o711  # made by this flash (the host's push of the agent)
     for p in [board / "state.json", *(board / "logs").iterdir()]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
