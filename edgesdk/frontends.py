@@ -70,6 +70,8 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import EnvironmentProblem, InputError, ModelError
+from edgesdk.paths import write_atomic
+from edgesdk.text import visible
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".ckpt")
@@ -298,9 +300,8 @@ def _refuse_non_torchscript(p: Path) -> None:
 
 
 def _clean_text(text: Any, limit: int = 4000) -> str:
-    """A string the confined child sent, fit for a message: no control characters, bounded."""
-    t = "".join(ch if ch in "\n\t" or (ch >= " " and not ("\x7f" <= ch <= "\x9f")) else "?" for ch in str(text))
-    return t if len(t) <= limit else t[:limit] + " ..."
+    """A string the confined child sent, fit for a message: invisible characters shown escaped, bounded."""
+    return visible(text, limit)
 
 
 def _read_child_file(path: Path, limit: int) -> bytes | None:
@@ -417,9 +418,7 @@ def _export_torchscript_confined(p: Path, work: Path, shapes: Any, example_input
         _check_exported(p, data)
         out = work / f"{p.stem}.onnx"
         work.mkdir(parents=True, exist_ok=True)
-        tmp = work / f".{p.stem}.onnx.part"
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        write_atomic(out, data)
         names = [_clean_text(n, 200) for n in doc.get("names") or [] if isinstance(n, str)]
         notes = [_clean_text(n, 2000) for n in (doc.get("notes") or [])[:20] if isinstance(n, str)]
         how = doc.get("confinement") if isinstance(doc.get("confinement"), dict) else {}

@@ -20,7 +20,6 @@ import math
 import os
 import sys
 import traceback
-import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgesdk.errors import EdgeSDKError
+from edgesdk.text import visible
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,28 +44,13 @@ DEBUG_ENV = "EDGESDK_DEBUG"
 _json_out: Any = None
 
 
-#: Unicode categories a terminal does not show as themselves: controls (Cc: C0, DEL, C1), format characters (Cf:
-#: bidi overrides, zero-width spaces and joiners, U+FEFF, the soft hyphen), lone surrogates (Cs), line and
-#: paragraph separators (Zl, Zp: U+2028, U+2029): what a board string could use to retitle the terminal, clear it,
-#: hide or reorder text, or draw a fake link (OSC 8)
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-def _visible(c: str) -> str:
-    if c in "\n\t" or unicodedata.category(c) not in _INVISIBLE:
-        return c
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-
-
 def safe_text(value: Any, markup: bool = True) -> str:
     """A string from the board (or any untrusted source) made safe to print: each character of Unicode category
     Cc, Cf, Cs, Zl or Zp (controls, escape sequences' ESC, bidi overrides, zero-width characters, U+FEFF, U+2028,
     U+2029) becomes its visible \\xNN / \\uNNNN form, and with markup=True (text inside a rich markup string) rich
     markup is escaped, so `[link=...]` or `[/x]` print as themselves. Tab and newline stay. Use it for every
     board-provided value a command prints (status, rollback, flash, run, profile, fleet lines, error messages)."""
-    text = str(value)
-    if not text.isascii() or not text.isprintable():
-        text = "".join(map(_visible, text))
+    text = visible(value)
     return escape(text) if markup else text
 
 

@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from edgesdk.runtime.manifest import TUNING
+
 SCHEMA = "edgesdk.profile/1"
-TUNING_FILE = "tuning.json"
+TUNING_FILE = TUNING  # the one name (edgesdk.runtime.manifest.TUNING): listed in the manifest, signed with it
 TUNING_SCHEMA = "edgesdk.tuning/1"
 EMULATED_MARKER = "/etc/edgesdk/emulated.json"
 
