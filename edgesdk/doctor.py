@@ -21,7 +21,8 @@ from edgesdk.errors import ProfileError
 from edgesdk.paths import toolchain_venv
 from edgesdk.toolchains.spec import Tool, ToolchainSpec, get_op_table, list_toolchains
 
-Status = Literal["ok", "missing", "broken", "n/a"]
+#: "unknown": present, but it did not answer in time (a cold disk cache, a loaded machine); not counted as broken.
+Status = Literal["ok", "missing", "broken", "unknown", "n/a"]
 
 #: Python engines edgesdk.runtime can drive: engine id -> (import names in order, pip hint).
 ENGINE_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -162,13 +163,21 @@ class DoctorReport:
         }
 
 
-def _run_version(argv: list[str], regex: str | None, timeout: float = 20) -> tuple[Status, str | None, str | None]:
+#: Seconds a tool gets to print its version (onnx2tf imports TensorFlow for `-V`: ~3 s warm, far more from a cold
+#: disk cache on a loaded machine).
+VERSION_TIMEOUT = 90.0
+
+
+def _run_version(argv: list[str], regex: str | None,
+                 timeout: float = VERSION_TIMEOUT) -> tuple[Status, str | None, str | None]:
     exe = shutil.which(argv[0]) if "/" not in argv[0] else (argv[0] if Path(argv[0]).exists() else None)
     if exe is None:
         return "missing", None, None
     try:
         res = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired:
+        return "unknown", None, f"{exe} is there but did not answer within {timeout:g} s"
+    except OSError as exc:
         return "broken", None, f"{exe} does not run: {exc}"
     text = (res.stdout or "") + (res.stderr or "")
     if regex:
@@ -242,8 +251,10 @@ def _venv_module_version(venv: Path, mod: str) -> tuple[Status, str | None, str 
         "print('EDGESDK_VERSION=' + str(v or ''))\n"
     )
     try:
-        res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=VERSION_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "unknown", None, f"import {mod} in {venv} did not finish within {VERSION_TIMEOUT:g} s"
+    except OSError as exc:
         return "broken", None, f"{py} does not run: {exc}"
     if res.returncode != 0:
         tail = (res.stderr or "").strip().splitlines()[-1:] or [""]

@@ -9,7 +9,7 @@ from edgesdk.boards import get_board
 from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
 from edgesdk.doctor import run_doctor
 
-_STYLE = {"ok": "green", "missing": "yellow", "broken": "bold red", "n/a": "dim"}
+_STYLE = {"ok": "green", "missing": "yellow", "broken": "bold red", "unknown": "yellow", "n/a": "dim"}
 
 
 @handle_errors
@@ -51,6 +51,8 @@ def doctor_cmd(
             if c.category == "package" and c.status != "ok" and c.fix:
                 console.print(f"{c.name}: {c.detail}\n  fix: {c.fix}", soft_wrap=True, markup=False, highlight=False)
         n = {s: sum(1 for c in rep.checks if c.status == s) for s in _STYLE}
-        console.print(f"{n['ok']} ok, {n['missing']} missing, {n['broken']} broken, {n['n/a']} not applicable here")
+        console.print(f"{n['ok']} ok, {n['missing']} missing, {n['broken']} broken, "
+                      + (f"{n['unknown']} did not answer in time, " if n["unknown"] else "")
+                      + f"{n['n/a']} not applicable here")
     if not rep.ok:
         raise typer.Exit(1)

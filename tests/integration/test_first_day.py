@@ -113,7 +113,10 @@ def test_first_day_from_the_wheels(emulation_ok, tmp_path: Path) -> None:
     assert not [p for p in where[2] if p and Path(p).resolve() in (REPO, src)], where[2]
 
     # -- what a user runs ------------------------------------------------------------------------------------------
-    doc = json.loads(sh.run([cli, "doctor", "--json"], 300, "edgesdk doctor --json").stdout)
+    r = sh.run([cli, "doctor", "--json"], 600, "edgesdk doctor --json", ok=False)
+    doc = json.loads(r.stdout)
+    broken = [c for c in doc["checks"] if c["status"] == "broken"]
+    assert r.returncode == 0 and not broken, f"doctor exit {r.returncode}, broken: {broken}\n{r.stderr[-2000:]}"
     pk = {c["name"]: c for c in doc["checks"] if c["category"] == "package"}
     assert pk["edgesdk-runtime"]["status"] == "ok" and pk["edgesdk[host]"]["status"] == "ok", pk
     sh.run([cli, "toolchain", "install", "ncnn"], 3600, "edgesdk toolchain install ncnn")

@@ -26,6 +26,17 @@ def test_broken_executable_is_broken(tmp_path, monkeypatch):
     assert doctor.check_tool(spec, tool).status == "broken"
 
 
+def test_slow_tool_is_unknown_not_broken(tmp_path, monkeypatch):
+    """A tool that does not answer in time (a cold disk cache under load) must not make doctor exit 1."""
+    exe = tmp_path / "slowtool"
+    exe.write_text("#!/bin/sh\nsleep 5\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    status, _, detail = doctor._run_version([str(exe), "--version"], None, timeout=0.5)
+    assert status == "unknown" and "did not answer" in detail
+    rep = doctor.DoctorReport(checks=[doctor.Check("tool", "slowtool", status, detail=detail)])
+    assert rep.ok
+
+
 def test_module_that_fails_to_import_is_broken(tmp_path, monkeypatch):
     (tmp_path / "edgesdk_broken_mod.py").write_text("raise RuntimeError('half installed')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
