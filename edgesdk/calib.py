@@ -51,10 +51,10 @@ class CalibrationSet:
         return {"dir": str(self.source), "kind": self.kind, "count": self.count, "warnings": list(self.warnings)}
 
 
-def _fail(what: str, bad: list[tuple[str, str]], d: Path) -> InputError:
+def _fail(what: str, bad: list[tuple[str, str]], d: Path, label: str = "calibration") -> InputError:
     lines = "\n".join(f"  - {name}: {why}" for name, why in bad[:_MAX_NAMED])
     more = f"\n  ... and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else ""
-    return InputError(f"calibration set {d}: {len(bad)} {what}\n{lines}{more}")
+    return InputError(f"{label} set {d}: {len(bad)} {what}\n{lines}{more}")
 
 
 def read_image(path: Path) -> Any:
@@ -83,35 +83,38 @@ def read_image(path: Path) -> Any:
 
 
 def load_calibration(directory: str | Path, inputs: Sequence[InputSpec], preprocess: Preprocess | None,
-                     limit: int | None = None) -> CalibrationSet:
-    """Read every sample of `directory`; InputError naming each unreadable or misshaped file."""
+                     limit: int | None = None, what: str = "--calib") -> CalibrationSet:
+    """Read every sample of `directory`; InputError naming each unreadable or misshaped file.
+
+    what: the flag the folder came from (--calib, --sample, --data, --eval), named in the errors."""
     import numpy as np
 
+    label = "calibration" if what == "--calib" else what.lstrip("-")
     d = Path(directory)
     if not d.exists():
-        raise InputError(f"calibration dir {d} does not exist")
+        raise InputError(f"{label} dir {d} does not exist")
     if not d.is_dir():
-        raise InputError(f"--calib {d}: expected a directory of images (jpg/png) or .npy tensors")
+        raise InputError(f"{what} {d}: expected a directory of images (jpg/png) or .npy tensors")
     files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
     imgs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     tens = [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
     if not imgs and not tens:
         others = f" (it has {len(files)} other file(s), e.g. {files[0].name})" if files else ""
-        raise InputError(f"calibration dir {d} is empty: no .jpg/.png images or .npy/.npz tensors{others}")
+        raise InputError(f"{label} dir {d} is empty: no .jpg/.png images or .npy/.npz tensors{others}")
     if imgs and tens:
-        raise InputError(f"calibration dir {d} mixes images ({len(imgs)}) and tensors ({len(tens)}); use one kind")
+        raise InputError(f"{label} dir {d} mixes images ({len(imgs)}) and tensors ({len(tens)}); use one kind")
     chosen = (imgs or tens)[: limit or None]
     warnings = []
     if len(files) > len(imgs) + len(tens):
         warnings.append(f"{len(files) - len(imgs) - len(tens)} file(s) in {d} are neither images nor tensors "
                         "and were skipped")
-    if len(chosen) < RECOMMENDED_MIN:
+    if what == "--calib" and len(chosen) < RECOMMENDED_MIN:
         warnings.append(f"only {len(chosen)} calibration sample(s); int8 scales are more reliable with at least "
                         f"{RECOMMENDED_MIN}")
     by_name = {i.name: i for i in inputs}
     if imgs:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise InputError(f"calibration images need a model with one 4-D image input; it has "
+            raise InputError(f"{label} images need a model with one 4-D image input; it has "
                              f"{[(i.name, list(i.shape)) for i in inputs]}; give .npz tensors instead")
         if preprocess is None:
             raise InputError("calibration images need the preprocessing: --preprocess FILE.yaml or the --mean/--std/"
@@ -130,7 +133,7 @@ def load_calibration(directory: str | Path, inputs: Sequence[InputSpec], preproc
             resized.append(lb)
             tensors.append(pre.normalize(lb))
         if bad:
-            raise _fail("unreadable image file(s)", bad, d)
+            raise _fail("unreadable image file(s)", bad, d, label)
         inp = inputs[0]
         x = np.concatenate(tensors).astype(inp.dtype, copy=False)
         if tuple(x.shape[1:]) != tuple(inp.shape[1:]):
@@ -167,7 +170,7 @@ def load_calibration(directory: str | Path, inputs: Sequence[InputSpec], preproc
         except (ValueError, OSError, EOFError) as exc:
             bad.append((p.name, str(exc) or type(exc).__name__))
     if bad:
-        raise _fail("unreadable or misshaped tensor file(s)", bad, d)
+        raise _fail("unreadable or misshaped tensor file(s)", bad, d, label)
     arrays = {n: np.concatenate(v) for n, v in per.items()}
     return CalibrationSet(d, "tensors", tuple(p.name for p in chosen), arrays, None, tuple(warnings))
 

@@ -34,6 +34,7 @@ from edgesdk.convert_base import (
     declared_preprocess,
     finish_bundle,
     random_input,
+    reference_feed,
     stage_vendor_handoff,
 )
 from edgesdk.errors import EdgeSDKError, EnvironmentProblem, InputError, ModelError, ToolchainError
@@ -329,6 +330,7 @@ def convert(
     precision: str | None = None,
     engine: str | None = None,
     calib: str | Path | None = None,
+    sample: str | Path | None = None,
     preprocess: str | Path | Preprocess | Mapping[str, Any] | None = None,
     postprocess: Postprocess | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -348,7 +350,9 @@ def convert(
     model: an .onnx path, a TorchScript file (`input_shapes` or `example_inputs` fix its inputs), a .tflite
     (bundled as it is where the board runs TFLite: edgesdk.tflite_source; else through ONNX), or a
     torch.nn.Module (then `example_inputs` or `input_shapes`). precision: None is fp32, or a .tflite's own.
-    trust_model: a TorchScript archive is code: refused unless True, and then loaded and exported in a confined
+    sample: a folder of real inputs (images or tensors, read like `calib`); its first is the bundle's reference
+    input, which verify, the smoke test and the profiler judge on (default: the first calibration sample, else
+    random, and then a warning). trust_model: a TorchScript archive is code: refused unless True, and then loaded and exported in a confined
     child process (edgesdk.frontends). prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
     input. Bad input raises
     InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
@@ -378,7 +382,7 @@ def convert(
             from edgesdk.tflite_source import convert_tflite
 
             return convert_tflite(Path(model), prof, out, precision=precision, engine=engine, calib=calib,
-                                  preprocess=preprocess, postprocess=postprocess, force=force, dry_run=dry_run,
+                                  sample=sample, preprocess=preprocess, postprocess=postprocess, force=force, dry_run=dry_run,
                                   calib_limit=calib_limit, runner=runner, adapters=adapters,
                                   accel_options=accel_options, t_start=t_start)
         tflite_notes.append(f"{Path(model).name} is a .tflite: converted to ONNX (tf2onnx) for "
@@ -408,7 +412,7 @@ def convert(
         notes = list(src_notes) + notes
         model_ins = [IOSpec(n, tuple(int(d) for d in (orig.tensors[n].shape or ())), orig.tensors[n].dtype)
                      for n in orig.inputs]
-        pre = declared_preprocess(model_ins, preprocess, calib)
+        pre = declared_preprocess(model_ins, preprocess, calib if calib is not None else sample)
         cset = None
         warnings: list[str] = []
         if calib is not None:
@@ -421,7 +425,8 @@ def convert(
             adapter(FALLBACK_ENGINE).check_env().require()
 
         model_in_specs = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in model_ins)
-        ref_in = cset.sample(0) if cset is not None else random_feed(model_in_specs)
+        ref_in, ref_source, ref_warn = reference_feed(sample, cset, model_ins, pre, lambda: random_feed(model_in_specs))
+        warnings += ref_warn
         say("preparing the graph (onnxslim, checked on onnxruntime)")
         prepared = prepare_graph(orig, enabled=prepare, feed=ref_in, input_source="the bundle's reference input")
         m = prepared.model
@@ -525,7 +530,7 @@ def convert(
         if dry_run:
             return ConvertResult(None, prof.id, precision, eng, tuple(reports), None,
                                  cset.summary() if cset else None, tuple(warnings), tuple(notes), tuple(plans),
-                                 time.perf_counter() - t_start, True, prep.to_dict())
+                                 time.perf_counter() - t_start, True, prep.to_dict(), ref_source)
 
         say("writing the bundle")
         # the shapes onnxruntime produced: the original may leave an output's shape symbolic
@@ -536,12 +541,12 @@ def convert(
                         "path": str(src_path.resolve()) if kind == "onnx" else "", "kind": kind,
                         "prepare": prep.to_dict()}
         parts = BundleParts(prof.id, precision, model_in_specs, model_out_specs, segments, staged, toolchains,
-                            notes, source_model, pre, postprocess)
+                            notes, source_model, pre, postprocess, reference_source=ref_source)
         path, final = finish_bundle(out, force, parts, ref_in, ref_out,  # type: ignore[arg-type]
                                     reference_model=onnx_path if kind != "onnx" else None)
         return ConvertResult(path, prof.id, precision, eng, tuple(reports), final,
                              cset.summary() if cset else None, tuple(warnings), tuple(notes), (),
-                             time.perf_counter() - t_start, False, prep.to_dict())
+                             time.perf_counter() - t_start, False, prep.to_dict(), ref_source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -184,7 +184,8 @@ def _random_feed(info: TfliteInfo, seed: int = 0) -> dict[str, Any]:
 
 
 def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: str | None, engine: str | None,
-                   calib: str | Path | None, preprocess: Any, postprocess: Postprocess | None, force: bool,
+                   calib: str | Path | None, sample: str | Path | None = None, preprocess: Any,
+                   postprocess: Postprocess | None, force: bool,
                    dry_run: bool, calib_limit: int | None, runner: Any, adapters: Mapping[str, Any] | None,
                    accel_options: Mapping[str, Any] | None, t_start: float | None = None) -> Any:
     """`edgesdk convert model.tflite --board B`: see the module docstring. Input errors (exit 2) come before
@@ -197,6 +198,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         SegmentReport,
         declared_preprocess,
         finish_bundle,
+        reference_feed,
         stage_vendor_handoff,
     )
     from edgesdk.runtime.manifest import sha256_file
@@ -230,7 +232,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         check_out_dir(out, force)
     prec = info.precision
     model_ins = [IOSpec(t.name, t.shape, t.model_spec().dtype) for t in info.inputs]
-    pre = declared_preprocess(model_ins, preprocess, calib)
+    pre = declared_preprocess(model_ins, preprocess, calib if calib is not None else sample)
     cset = None
     warnings: list[str] = []
     if calib is not None:
@@ -305,7 +307,8 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
                                        "edgetpu", reason)
 
         # reference inputs and outputs: the TFLite interpreter on the file itself
-        ref_in = cset.sample(0) if cset is not None else _random_feed(info)
+        ref_in, ref_source, ref_warn = reference_feed(sample, cset, model_ins, pre, lambda: _random_feed(info))
+        warnings += ref_warn
         ref_out = run_tflite(src, [ref_in])[0]
         parts = BundleParts(
             prof.id, prec, tuple(t.model_spec() for t in info.inputs), tuple(t.model_spec() for t in info.outputs),
@@ -313,10 +316,11 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
             {"name": src.name, "sha256": sha256_file(src), "kind": "tflite", "path": str(src.resolve()),
              "format": info.description,
              "reference": f"TFLite interpreter ({info.interpreter}) on this file; no ONNX original"},
-            pre, postprocess)
+            pre, postprocess, reference_source=ref_source)
         path, final = finish_bundle(out, force, parts, ref_in, ref_out)  # type: ignore[arg-type]
         return ConvertResult(path, prof.id, prec, "tflite", (report,), final, cset.summary() if cset else None,
-                             tuple(warnings), tuple(notes), (), time.perf_counter() - t_start)
+                             tuple(warnings), tuple(notes), (), time.perf_counter() - t_start,
+                             reference=ref_source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -43,6 +43,10 @@ def convert_cmd(
     engine: str | None = typer.Option(None, "--engine", "-e", help="ncnn, mnn, tflite or onnxruntime: that engine "
                                       "only (default: the board's engine chain, next engine when one fails)."),
     calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Calibration images (jpg/png) or .npy."),
+    sample: Path | None = typer.Option(None, "--sample", metavar="DIR",
+                                       help="Real inputs (images or .npy): the first is the bundle's reference "
+                                       "input for verify, the smoke test and the profiler (default: the first "
+                                       "calibration sample, else random noise)."),
     preprocess: Path | None = typer.Option(None, "--preprocess", metavar="FILE.yaml",
                                            help="Preprocessing: size, resize, scale, mean, std, color, layout, dtype."),
     mean: str | None = typer.Option(None, "--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
@@ -69,7 +73,7 @@ def convert_cmd(
 
     Examples:
 
-      edgesdk convert model.onnx --board rpi4 -o build/rpi4
+      edgesdk convert model.onnx --board rpi4 -o build/rpi4 --sample photos/
 
       edgesdk convert model.onnx --board rpi5 --engine tflite --precision int8 --calib calib/ -o build/rpi5-int8
 
@@ -97,8 +101,8 @@ def convert_cmd(
         from edgesdk.errors import InputError
 
         raise InputError("give the preprocessing either as --preprocess FILE.yaml or as options, not both")
-    res = convert(model, board, out, precision=precision, engine=engine, calib=calib, preprocess=pre,  # type: ignore[arg-type]
-                  input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
+    res = convert(model, board, out, precision=precision, engine=engine, calib=calib,  # type: ignore[arg-type]
+                  sample=sample, preprocess=pre, input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
                   accel_options={k: v for k, v in {"vai_version": vai_version,
                                                    "board_fingerprint": dpu_fingerprint}.items() if v},
                   prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model)
@@ -114,6 +118,10 @@ def convert_cmd(
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if res.calibration:
         console.print(f"calibration: {res.calibration['count']} {res.calibration['kind']} from {res.calibration['dir']}")
+    ref = res.reference or {}
+    if ref.get("file"):
+        flag = "--sample" if ref["kind"] == "sample" else "--calib"
+        console.print(f"reference input: {ref['file']} from {ref['dir']} ({flag})", highlight=False)
     for n in res.notes:
         console.print(f"note: {n}", highlight=False)
     if res.dry_run:

@@ -14,6 +14,16 @@ is constant) at most `max_abs_rel`, and, when `cosine_min` is set (int8 bundles)
 least that. A sample whose shape differs from the reference's (and is not the same size), or that has NaN/inf
 where the reference is finite, fails on its own: such values would otherwise compare as NaN, and NaN passes
 every threshold.
+
+Components. One global number hides a broken part of a tensor that concatenates quantities of different scales:
+a YOLO head's 1 x (4 + C) x N output holds box coordinates in pixels (range ~300) beside class scores (0-1).
+int8 that zeroes every score keeps a whole-tensor cosine of 0.998, and would pass. So `components` looks for
+such a tensor along each axis: the per-index scale (the reference's range over every other axis and sample)
+falls by at least `COMPONENT_GAP` (100x) from one group of indexes to the next, the smaller group is still above
+`COMPONENT_FLOOR` of the largest scale (below that it is numerically silent), and the two groups are a few
+contiguous blocks along that axis (concatenated heads, not scattered classes). Then each block is judged on its
+own, with the same tolerance relative to its own range, beside the whole tensor. The split is a property of the
+reference only, so the same output is cut the same way on the host, in convert and on the board.
 """
 
 from __future__ import annotations
@@ -25,6 +35,15 @@ from pathlib import Path
 from typing import Any
 
 # numpy is imported inside the functions: `import edgesdk.verify` (which re-exports these names) stays light
+
+#: Scale ratio between two groups of indexes along an axis that makes them separate components.
+COMPONENT_GAP = 100.0
+#: A group whose scale is below this fraction of the largest is silent (not judged on its own).
+COMPONENT_FLOOR = 1e-4
+#: At most this many contiguous blocks along the axis (e.g. box | scores, or box | objectness+scores | box).
+COMPONENT_MAX_BLOCKS = 4
+#: Axes longer than this are positions (anchors, pixels), not features.
+COMPONENT_MAX_AXIS = 4096
 
 
 def cosine(a: Any, b: Any) -> float:
@@ -41,31 +60,150 @@ def cosine(a: Any, b: Any) -> float:
 
 
 @dataclass(frozen=True)
+class Component:
+    """A block of indexes along one axis of an output, judged on its own (see the module docstring)."""
+
+    axis: int
+    indexes: tuple[int, ...]
+    scale: float  # the reference's range over the block
+
+    @property
+    def label(self) -> str:
+        return f"axis {self.axis} [{_ranges(self.indexes)}]"
+
+    def take(self, a: Any) -> Any:
+        import numpy as np
+
+        return np.take(a, self.indexes, axis=self.axis)
+
+
+@dataclass(frozen=True)
+class ComponentMetrics:
+    label: str
+    axis: int
+    indexes: str  # "4-21" (ranges)
+    scale: float
+    cosine_min: float
+    max_abs: float
+    max_abs_rel: float
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "axis": self.axis, "indexes": self.indexes, "scale": _num(self.scale),
+                "cosine_min": _num(self.cosine_min), "max_abs": _num(self.max_abs),
+                "max_abs_rel": _num(self.max_abs_rel), "ok": self.ok}
+
+
+@dataclass(frozen=True)
 class OutputMetrics:
-    """One output over N samples, and whether it is within the tolerance (`ok`, else `problems` say why)."""
+    """One output over N samples, and whether it is within the tolerance (`ok`, else `problems` say why).
+
+    cosine_min / max_abs_rel are the worst of the whole tensor and its components (what the verdict judged);
+    `components` holds each block's own figures when the output has more than one.
+    """
 
     name: str
     cosine_min: float
     cosine_mean: float
     max_abs: float
-    max_abs_rel: float  # max |a - b| / (max(ref) - min(ref))
+    max_abs_rel: float  # max |a - b| / (max(ref) - min(ref)), worst over the whole tensor and its components
     top1_agreement: float | None  # classifier outputs only
     ok: bool
     problems: tuple[str, ...] = ()
+    components: tuple[ComponentMetrics, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
                 "max_abs": self.max_abs, "max_abs_rel": self.max_abs_rel, "top1_agreement": self.top1_agreement,
-                "ok": self.ok, "problems": list(self.problems)}
+                "ok": self.ok, "problems": list(self.problems),
+                "components": [c.to_dict() for c in self.components]}
 
     def check_dict(self) -> dict[str, Any]:
         """The per-output entry of a smoke test's `checks` / a profile's `accuracy.outputs`."""
         d: dict[str, Any] = {"ok": self.ok, "max_abs_rel": _num(self.max_abs_rel), "max_abs": _num(self.max_abs),
                              "cosine": _num(self.cosine_min)}
+        if self.components:
+            d["components"] = [c.to_dict() for c in self.components]
         if self.problems:
             d["problems"] = list(self.problems)
             d["problem"] = "; ".join(self.problems)
         return d
+
+
+def _ranges(idx: Sequence[int]) -> str:
+    """(0, 1, 2, 3, 7) -> "0-3,7"."""
+    out: list[str] = []
+    start = prev = None
+    for i in list(idx) + [None]:  # type: ignore[list-item]
+        if i is not None and prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = i
+    return ",".join(out)
+
+
+def components(refs: Sequence[Any]) -> tuple[Component, ...]:
+    """The blocks of an output judged on their own: () when the output is one quantity (see the module docstring).
+
+    refs: the reference samples of one output (same shape). The axis is chosen where the scale gap is widest.
+    """
+    import numpy as np
+
+    arrs = [np.asarray(r, np.float64) for r in refs]
+    if not arrs or any(a.shape != arrs[0].shape for a in arrs) or arrs[0].ndim < 2:
+        return ()
+    stack = np.stack(arrs)  # samples first
+    if not np.all(np.isfinite(stack)):
+        return ()
+    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+    for ax in range(arrs[0].ndim):
+        n = arrs[0].shape[ax]
+        if n < 2 or n > COMPONENT_MAX_AXIS:
+            continue
+        moved = np.moveaxis(stack, ax + 1, 0).reshape(n, -1)
+        scale = moved.max(axis=1) - moved.min(axis=1)
+        top = float(scale.max())
+        if top <= 0:
+            continue
+        order = np.sort(scale)[::-1]
+        cut = None
+        for i in range(1, n):
+            if order[i] < COMPONENT_FLOOR * top:
+                break
+            if order[i - 1] >= COMPONENT_GAP * order[i]:
+                cut = (float(order[i - 1]), float(order[i]))
+                break
+        if cut is None:
+            continue
+        big = scale >= cut[0]
+        blocks = 1 + int(np.count_nonzero(big[1:] != big[:-1]))
+        if blocks > COMPONENT_MAX_BLOCKS:
+            continue
+        gap = cut[0] / cut[1]
+        if best is None or gap > best[0]:
+            best = (gap, ax, np.flatnonzero(big), np.flatnonzero(~big))
+    if best is None:
+        return ()
+    _, ax, hi, lo = best
+
+    def comp(ix: Any) -> Component:
+        part = np.take(stack, ix, axis=ax + 1)
+        return Component(ax, tuple(int(i) for i in ix), float(np.ptp(part)))
+
+    return comp(hi), comp(lo)
+
+
+def _pair_metrics(g: Any, r: Any) -> tuple[float, float, float]:
+    """(cosine, max abs error, range of the reference) of finite values of one sample."""
+    import numpy as np
+
+    fin = np.isfinite(r) & np.isfinite(g)
+    gv, rv = g[fin], r[fin]
+    if not gv.size:
+        return 1.0, 0.0, 0.0
+    return cosine(gv, rv), float(np.max(np.abs(gv - rv))), float(np.ptp(rv))
 
 
 def _num(x: float) -> float | None:
@@ -113,7 +251,32 @@ def compare(name: str, got: Sequence[Any], ref: Sequence[Any], tol: Any) -> Outp
                         f"{tol.max_abs_rel:g})")
     if tol.cosine_min is not None and min(cos) < tol.cosine_min:
         problems.append(f"cosine {min(cos):.5f} < {tol.cosine_min:g}")
-    return OutputMetrics(name, min(cos), float(np.mean(cos)), max(abs_err), rel, top1, not problems, tuple(problems))
+    comp_metrics: list[ComponentMetrics] = []
+    shaped = not any("shape" in p or "NaN" in p for p in problems)
+    for c in (components(ref) if shaped else ()):
+        cc, ce, cr = [], [], []
+        for g0, r0 in zip(got, ref):
+            r = np.asarray(r0, np.float64)
+            g = np.asarray(g0, np.float64).reshape(r.shape)
+            m = _pair_metrics(c.take(g), c.take(r))
+            cc.append(m[0])
+            ce.append(m[1])
+            cr.append(m[2])
+        # relative to the block's range over every sample: one sample where the block is flat is no zero division
+        crel = max(ce) / (c.scale if c.scale > 0 else 1.0)
+        bad = []
+        if crel > tol.max_abs_rel:
+            bad.append(f"max abs error {max(ce):.3g} is {crel:.3g} of its range {c.scale:.3g} (tolerance "
+                       f"{tol.max_abs_rel:g})")
+        if tol.cosine_min is not None and min(cc) < tol.cosine_min:
+            bad.append(f"cosine {min(cc):.5f} < {tol.cosine_min:g}")
+        comp_metrics.append(ComponentMetrics(c.label, c.axis, _ranges(c.indexes), c.scale, min(cc), max(ce), crel,
+                                             not bad))
+        problems.extend(f"component {c.label}: {b}" for b in bad)
+    worst_cos = min([min(cos), *(c.cosine_min for c in comp_metrics)])
+    worst_rel = max([rel, *(c.max_abs_rel for c in comp_metrics)])
+    return OutputMetrics(name, worst_cos, float(np.mean(cos)), max(abs_err), worst_rel, top1, not problems,
+                         tuple(problems), tuple(comp_metrics))
 
 
 @dataclass(frozen=True)
@@ -174,5 +337,5 @@ def check_reference(sess: Any, got: Mapping[str, Any]) -> ReferenceCheck:
     return check_outputs(got, outs, sess.manifest.tolerance)
 
 
-__all__ = ["OutputMetrics", "ReferenceCheck", "check_outputs", "check_reference", "compare", "cosine",
-           "reference_arrays"]
+__all__ = ["COMPONENT_FLOOR", "COMPONENT_GAP", "Component", "ComponentMetrics", "OutputMetrics", "ReferenceCheck",
+           "check_outputs", "check_reference", "compare", "components", "cosine", "reference_arrays"]
