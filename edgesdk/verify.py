@@ -8,6 +8,10 @@ node by node in topological order, naming the first layer whose cosine drops bel
 That view measures where int8 rounding hurts this graph; it is a simulation, not the engine's own
 kernels (engines do not expose their intermediate tensors the same way); the engine's outputs
 themselves are what the pass/fail compares.
+
+With `eval_dir` (verify --eval DIR), the samples are real images and each output also gets its task metric
+against the fp32 model's own outputs (edgesdk.evaluate: mAP@0.5, top-1 agreement, mIoU, CER). With a
+`target` (METRIC=VALUE), that target is the verdict; without one the verdict stays the tensor tolerance.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.errors import EdgeSDKError, InputError, ModelError
+from edgesdk.evaluate import METRIC_NAMES, TARGET_METRICS, EvalSummary
 
 # the one reference check (board package): verify, convert's artifact check, the smoke test and the profiler
 from edgesdk.runtime.reference import OutputMetrics, compare, cosine
@@ -38,12 +43,34 @@ class LayerMetric:
 
 
 @dataclass(frozen=True)
+class TargetCheck:
+    """verify --target METRIC=VALUE: the measured value (the worst over the outputs it applies to)."""
+
+    metric: str
+    target: float
+    value: float
+    ok: bool
+    where: str  # which outputs the value comes from
+
+    @property
+    def message(self) -> str:
+        rel = ">=" if TARGET_METRICS[self.metric] == "min" else "<="
+        verb = "meets" if self.ok else "misses"
+        return (f"{METRIC_NAMES[self.metric]} {self.value:.4f} ({self.where}) {verb} the target "
+                f"{self.metric} {rel} {self.target:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "target": self.target, "value": self.value, "ok": self.ok,
+                "where": self.where, "message": self.message}
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     bundle: Path
     bundle_id: str
     precision: str
     samples: int
-    source: str  # "reference" | "data"
+    source: str  # "reference" | "data" | "eval"
     compared_with: str  # what the outputs were compared against
     outputs: tuple[OutputMetrics, ...]
     engines: tuple[dict[str, Any], ...]
@@ -52,20 +79,30 @@ class VerifyReport:
     layer_threshold: float | None = None
     first_bad_layer: LayerMetric | None = None
     notes: tuple[str, ...] = field(default=())
+    evaluation: EvalSummary | None = None
+    target: TargetCheck | None = None
+
+    @property
+    def tolerance_ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outputs)
+        """The verdict: the target when one is given, else the tensor tolerance."""
+        return self.target.ok if self.target is not None else self.tolerance_ok
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "bundle_id": self.bundle_id, "precision": self.precision,
-                "ok": self.ok, "samples": self.samples, "source": self.source, "compared_with": self.compared_with,
+                "ok": self.ok, "verdict": "target" if self.target is not None else "tolerance",
+                "tolerance_ok": self.tolerance_ok, "samples": self.samples, "source": self.source, "compared_with": self.compared_with,
                 "tolerance": self.tolerance, "outputs": [o.to_dict() for o in self.outputs],
                 "engines": list(self.engines), "per_layer": {
                     "threshold": self.layer_threshold,
                     "first_below": self.first_bad_layer.to_dict() if self.first_bad_layer else None,
                     "what": "fp32 ONNX vs onnxruntime int8 QDQ simulation, accumulated error, topological order",
                     "layers": [x.to_dict() for x in self.layers]} if self.layers else None,
+                "eval": self.evaluation.to_dict() if self.evaluation else None,
+                "target": self.target.to_dict() if self.target else None,
                 "notes": list(self.notes)}
 
 
@@ -168,29 +205,104 @@ def per_layer(model_path: Path, samples: list[dict[str, Any]], threshold: float,
     return layers, first
 
 
+def _input_hw(mf: Any) -> tuple[int, int] | None:
+    """The model's image height and width (the preprocessing's size, else the first 4-D input's shape)."""
+    from edgesdk.preprocess_config import infer_input_layout
+
+    if mf.preprocess is not None:
+        return tuple(mf.preprocess.size)  # type: ignore[return-value]
+    guess = next((g for g in (infer_input_layout(t.shape) for t in mf.inputs) if g is not None), None)
+    return guess[1] if guess else None
+
+
+def _target_check(target: tuple[str, float], outs: tuple[OutputMetrics, ...], ev: EvalSummary | None) -> TargetCheck:
+    """The measured value of the target's metric: the worst over the outputs it applies to."""
+    from edgesdk.evaluate import meets_target
+
+    metric, want = target
+    if metric == "cosine":
+        worst = min(outs, key=lambda o: o.cosine_min)
+        return TargetCheck(metric, want, worst.cosine_min, meets_target(metric, want, worst.cosine_min),
+                           f"output {worst.name}, smallest over the samples")
+    # verify() has refused, before running anything, a task-metric target that no planned task measures
+    assert ev is not None
+    found = ev.value(metric)
+    undefined = [t for t in found if t.value is None]
+    if undefined:
+        why = "; ".join(undefined[0].notes) or "nothing to compare"
+        raise InputError(f"--target {metric}=...: {METRIC_NAMES[metric]} of {'+'.join(undefined[0].outputs)} is "
+                         f"undefined on {ev.directory}: {why}")
+    pick = max if TARGET_METRICS[metric] == "max" else min
+    worst_t = pick(found, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    value = float(worst_t.value)  # type: ignore[arg-type]
+    return TargetCheck(metric, want, value, meets_target(metric, want, value),
+                       f"{worst_t.task} on {'+'.join(worst_t.outputs)}, {ev.images} image(s)")
+
+
 def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path | None = None,
-           layers: bool = True, limit: int | None = None) -> VerifyReport:
-    """Run `bundle` with its engines on this machine and compare its outputs with the fp32 model."""
+           layers: bool = True, limit: int | None = None, eval_dir: str | Path | None = None,
+           task: str | None = None, postprocess: str | Path | None = None, charset: str | Path | None = None,
+           blank: int = 0, target: str | None = None) -> VerifyReport:
+    """Run `bundle` with its engines on this machine and compare its outputs with the fp32 model.
+
+    eval_dir: real images (preprocessed as the manifest declares, like `data`); adds the task metrics
+    (edgesdk.evaluate) of each output against the fp32 model on them. task: detect|classify|segment|ctc for
+    outputs no postprocess decodes. postprocess: a YAML file with a yolo/classification postprocess, for a
+    bundle that declares none (or to replace its own). charset, blank: the CTC decode. target: METRIC=VALUE
+    (edgesdk.evaluate.parse_target); when given, it is the verdict.
+    """
     from edgesdk.calib import InputSpec, load_calibration
+    from edgesdk.evaluate import (
+        TASK_METRIC,
+        TaskPlan,
+        evaluate,
+        load_charset,
+        load_postprocess,
+        parse_target,
+        plan_tasks,
+    )
     from edgesdk.runtime.manifest import load_manifest
     from edgesdk.runtime.session import Session
 
     b = Path(bundle)
     if not b.is_dir():
         raise InputError(f"bundle {b} does not exist (or is not a directory)")
+    if data is not None and eval_dir is not None:
+        raise InputError("give --data or --eval, not both (--eval also reports the tensor metrics)")
+    want = parse_target(target) if target is not None else None
+    if want is not None and want[0] != "cosine" and eval_dir is None:
+        raise InputError(f"--target {target}: {METRIC_NAMES[want[0]]} is measured on real images: give --eval DIR")
     mf = load_manifest(b, verify=True)
     model_path, note = _find_model(b, mf, model)
     notes = [note] if note else []
+    post, post_from = mf.postprocess, "manifest postprocess"
+    if postprocess is not None:
+        post, post_from = load_postprocess(postprocess, [t.name for t in mf.outputs]), f"--postprocess {postprocess}"
+        if mf.postprocess is not None and mf.postprocess.kind != "none":
+            notes.append(f"--postprocess {postprocess} replaces the manifest's {mf.postprocess.kind} postprocess "
+                         "for the task metrics")
+    chars = load_charset(charset) if charset is not None else None
+    plans: list[TaskPlan] = []
+    if eval_dir is not None:
+        plans, eval_notes = plan_tasks(mf.outputs, _input_hw(mf), post, post_from, task)
+        if want is not None and want[0] != "cosine" and not any(TASK_METRIC[p.task] == want[0] for p in plans):
+            tasks = ", ".join(f"{p.task} on {'+'.join(p.outputs)}" for p in plans) or "none"
+            raise InputError(f"--target {target}: no output of this bundle has a {METRIC_NAMES[want[0]]} metric "
+                             f"(task metrics: {tasks}); see --task and --postprocess")
+    elif task is not None or postprocess is not None or charset is not None:
+        notes.append("--task/--postprocess/--charset apply to the task metrics: they need --eval DIR")
     import numpy as np
 
-    if data is not None:
+    if data is not None or eval_dir is not None:
+        flag = "--data" if data is not None else "--eval"
         if model_path is None:
-            raise InputError("--data needs the model to compare with: pass --model MODEL.onnx (or the source "
+            raise InputError(f"{flag} needs the model to compare with: pass --model MODEL.onnx (or the source "
                              "MODEL.tflite for a bundle made from one)")
-        cset = load_calibration(data, [InputSpec(t.name, t.shape, t.dtype) for t in mf.inputs], mf.preprocess,
-                                limit=limit)
+        cset = load_calibration(data if data is not None else eval_dir,  # type: ignore[arg-type]
+                                [InputSpec(t.name, t.shape, t.dtype) for t in mf.inputs], mf.preprocess,
+                                limit=limit, what=flag)
         samples = [cset.sample(i) for i in range(cset.count)]
-        source = "data"
+        source = "data" if data is not None else "eval"
     else:
         samples = [{n: np.load(b / rel, allow_pickle=False) for n, rel in mf.reference_inputs.items()}]
         source = "reference"
@@ -255,6 +367,12 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
             notes.append(f"segment {sg.id} is the host int8 simulation of its accelerator segment (not compiled here)")
     outs = tuple(compare(t.name, [g[t.name] for g in got], [r[t.name] for r in refs], mf.tolerance)
                  for t in mf.outputs)
+    evaluation = None
+    if eval_dir is not None:
+        names = [t.name for t in mf.outputs]
+        results = evaluate(plans, got, refs, post, names, chars, str(charset) if charset else None, blank)
+        evaluation = EvalSummary(Path(eval_dir), len(samples), tuple(results), tuple(eval_notes))
+    check = _target_check(want, outs, evaluation) if want is not None else None
 
     lay: list[LayerMetric] = []
     first = None
@@ -276,7 +394,7 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
                              f"{type(exc).__name__}: {_first_line(exc)}")
     tol = {"max_abs_rel": mf.tolerance.max_abs_rel, "cosine_min": mf.tolerance.cosine_min}
     return VerifyReport(b, mf.bundle_id, mf.precision, len(samples), source, compared, outs, engines, tol,
-                        tuple(lay), thr, first, tuple(notes))
+                        tuple(lay), thr, first, tuple(notes), evaluation, check)
 
 
 def evaluate_accuracy(bundle: str | Path, images: Any, labels: Any, output: str | None = None) -> float:
@@ -298,5 +416,5 @@ def evaluate_accuracy(bundle: str | Path, images: Any, labels: Any, output: str 
 
 
 
-__all__ = ["LAYER_COSINE", "LayerMetric", "OutputMetrics", "VerifyReport", "compare", "cosine", "evaluate_accuracy",
+__all__ = ["LAYER_COSINE", "LayerMetric", "OutputMetrics", "TargetCheck", "VerifyReport", "compare", "cosine", "evaluate_accuracy",
            "per_layer", "verify"]

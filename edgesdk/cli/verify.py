@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -17,21 +18,37 @@ def verify_cmd(
                                       help="The fp32 model (default: the one the manifest names)."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of --data."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer comparison for int8 bundles."),
+    eval_dir: Path | None = typer.Option(None, "--eval", metavar="DIR",
+                                         help="Real images: also report each output's task metric (mAP@0.5, top-1, "
+                                              "mIoU, CER) against the fp32 model on them."),
+    task: str | None = typer.Option(None, "--task", metavar="detect|classify|segment|ctc",
+                                    help="The task of outputs no postprocess decodes (default: from the shape)."),
+    postprocess: Path | None = typer.Option(None, "--postprocess", metavar="FILE.yaml",
+                                            help="A yolo/classification postprocess for a bundle that has none."),
+    charset: Path | None = typer.Option(None, "--charset", metavar="FILE",
+                                        help="ctc: the character list, one per line (PaddleOCR's format)."),
+    blank: int = typer.Option(0, "--blank", help="ctc: the blank class index."),
+    target: str | None = typer.Option(None, "--target", metavar="METRIC=VALUE",
+                                      help="Exit 1 unless this holds: cosine, map50, top1, miou (at least) or "
+                                           "cer (at most), e.g. map50=0.9. It replaces the tolerance verdict."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Run BUNDLE with its real engines and compare each output with the fp32 ONNX model.
 
-    Exits 1 when an output breaks the bundle's tolerance.
+    Exits 1 when an output breaks the bundle's tolerance, or with --target when the target is missed.
 
     Examples:
 
       edgesdk verify build/rpi4
 
       edgesdk verify build/rpi5-int8 --data calib/ --limit 100 --json
+
+      edgesdk verify build/rpi4-int8 --eval photos/eval --target map50=0.9
     """
     from edgesdk.verify import verify
 
-    rep = verify(bundle, data=data, model=model, layers=layers, limit=limit)
+    rep = verify(bundle, data=data, model=model, layers=layers, limit=limit, eval_dir=eval_dir, task=task,
+                 postprocess=postprocess, charset=charset, blank=blank, target=target)
     if json_out:
         print_json(rep.to_dict())
     else:
@@ -44,6 +61,10 @@ def verify_cmd(
             status = "[green]ok[/]" if o.ok else "[red]FAIL[/]"
             console.print(f"  {o.name}: cosine {o.cosine_min:.6f} (min)  max abs {o.max_abs:.3g}  "
                           f"rel {o.max_abs_rel:.3g}{top1}  {status}")
+            for c in o.components:  # blocks of a concatenated output, judged on their own
+                mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+                console.print(f"    component {c.label} (range {c.scale:.3g}): cosine {c.cosine_min:.6f}  "
+                              f"max abs {c.max_abs:.3g}  rel {c.max_abs_rel:.3g}  {mark}", highlight=False)
             for p in o.problems:
                 console.print(f"    {p}", highlight=False)
         if rep.layers:
@@ -52,11 +73,47 @@ def verify_cmd(
                 mark = "  <- first below threshold" if rep.first_bad_layer and x.tensor == rep.first_bad_layer.tensor \
                     else ""
                 console.print(f"    {x.node:<40} {x.op_type:<16} {x.cosine:.5f}{mark}", highlight=False)
+        if rep.evaluation is not None:
+            ev = rep.evaluation
+            console.print(f"  task metrics on {ev.images} image(s) of {ev.directory}, against the fp32 model's own "
+                          "outputs:", highlight=False)
+            for t in ev.tasks:
+                console.print(f"    {'+'.join(t.outputs)}: {t.task} ({t.decided_by}): {_task_line(t)}",
+                              highlight=False)
+                for n in t.notes:
+                    console.print(f"      {n}", highlight=False)
+            for n in ev.notes:
+                console.print(f"    note: {n}", highlight=False)
         for n in rep.notes:
             console.print(f"  note: {n}", highlight=False)
-        console.print("[green]within tolerance[/]" if rep.ok else "[red]tolerance broken[/]")
+        tol = "[green]within tolerance[/]" if rep.tolerance_ok else "[red]tolerance broken[/]"
+        if rep.target is None:
+            console.print(tol)
+        else:
+            console.print(f"{tol} (reported; the verdict is the target)")
+            console.print(f"[green]{rep.target.message}[/]" if rep.target.ok else f"[red]{rep.target.message}[/]",
+                          highlight=False)
     if not rep.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _task_line(t: Any) -> str:
+    """One task result as a line: its metric first, then the details."""
+    m = t.metrics
+    if t.task == "detect":
+        return (f"mAP@0.5 {_num(m['map50'])}  precision {_num(m['precision'])}  recall {_num(m['recall'])}  "
+                f"F1 {_num(m['f1'])} at conf > {m['conf_threshold']:g}  ({m['reference_boxes']} fp32 box(es), "
+                f"{m['bundle_boxes']} bundle box(es), {m['true_positives']} matched)")
+    if t.task == "classify":
+        return f"top-1 agreement {_num(m['top1'])}"
+    if t.task == "segment":
+        return f"mIoU {_num(m['miou'])}  pixel agreement {_num(m['pixel_agreement'])}  ({m['classes']} class(es))"
+    return (f"CER {_num(m['cer'])}  exact {_num(m['exact'])}  ({m['reference_length']} reference "
+            f"{m['compared']})")
 
 
 def register(app: typer.Typer) -> None:
