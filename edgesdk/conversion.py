@@ -33,12 +33,13 @@ from edgesdk.convert_base import (
     SegmentReport,
     declared_preprocess,
     finish_bundle,
+    load_sample_set,
     random_input,
     reference_feed,
     stage_vendor_handoff,
 )
 from edgesdk.errors import EdgeSDKError, EnvironmentProblem, InputError, ModelError, ToolchainError
-from edgesdk.runtime.manifest import Postprocess, Preprocess, Segment, TensorSpec
+from edgesdk.runtime.manifest import Postprocess, Preprocess, Segment, TensorSpec, Tolerance
 from edgesdk.toolchains.adapters import (
     CPU_ENGINES,
     Adapter,
@@ -152,6 +153,17 @@ def run_many(sess: Any, arrays: Mapping[str, Any], names: Sequence[str]) -> dict
     return {k: np.concatenate(v) for k, v in acc.items()}
 
 
+def _segment_inputs(full: Any, m: Any, segments: Sequence[Any], arrays: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """Each segment's input arrays for N model-input samples (intermediate tensors through fp32 onnxruntime)."""
+    needed = [t.name for s in segments for t in s.inputs if t.name not in arrays]
+    inter: dict[str, Any] = {}
+    if needed:
+        sess = ort_session(with_outputs(full, needed, m.tensors))
+        inter = run_many(sess, arrays, list(dict.fromkeys(needed)))
+    return {s.index: {t.name: (arrays[t.name] if t.name in arrays else inter[t.name]) for t in s.inputs}
+            for s in segments}
+
+
 def random_feed(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, Any]:
     return {t.name: random_input(t, seed) for t in specs}
 
@@ -237,14 +249,14 @@ class SegmentOutcome:
 
 
 def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
-           precision: str) -> Attempt:
+           precision: str, tolerance: Any = None) -> Attempt:
     """Load and run the artifact on its own engine and compare it with onnxruntime on the segment's input."""
     from edgesdk.toolchains.check import check_artifact
 
     if feed is None or expected is None:
         return Attempt(engine, precision, True, "ok", "not checked (no reference input)")
     chk = check_artifact(engine, dict(art.files), tuple(art.inputs), tuple(art.outputs), dict(art.options),
-                         feed, expected, TOLERANCES[precision])
+                         feed, expected, tolerance or TOLERANCES[precision])
     cos = min(chk.cosine.values(), default=None)  # the worst output
     mx = max(chk.max_abs.values(), default=None)
     return Attempt(engine, precision, chk.ok, "ok" if chk.ok else chk.stage, chk.message, chk.seconds, mx, cos)
@@ -253,7 +265,7 @@ def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapp
 def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapter: Callable[[str], Adapter],
                     runner: Runner | None, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
                     nodes: int, explicit: bool, model_name: str, dry_run: bool = False,
-                    progress: Progress | None = None) -> SegmentOutcome:
+                    progress: Progress | None = None, tolerance: Any = None) -> SegmentOutcome:
     """Convert one CPU segment with the first engine of `chain` whose artifact converts, loads, runs and
     matches onnxruntime on `feed` (the segment's reference input; `expected` its onnxruntime outputs).
 
@@ -294,7 +306,7 @@ def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapte
         seconds = time.perf_counter() - t0
         if progress:
             progress(f"{sid}: checking the {engine} artifact on {engine}")
-        chk = _check(engine, art, feed, expected, prec)
+        chk = _check(engine, art, feed, expected, prec, tolerance if prec == job.precision else None)
         if not chk.ok:
             attempts.append(chk)
             if explicit:
@@ -332,7 +344,7 @@ def convert(
     calib: str | Path | None = None,
     sample: str | Path | None = None,
     preprocess: str | Path | Preprocess | Mapping[str, Any] | None = None,
-    postprocess: Postprocess | None = None,
+    postprocess: Postprocess | str | Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     example_inputs: Any = None,
     force: bool = False,
@@ -344,6 +356,8 @@ def convert(
     prepare: bool = True,
     progress: Progress | None = None,
     trust_model: bool = False,
+    target: str | None = None,
+    calib_method: str | None = None,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
@@ -353,7 +367,10 @@ def convert(
     sample: a folder of real inputs (images or tensors, read like `calib`); its first is the bundle's reference
     input, which verify, the smoke test and the profiler judge on (default: the first calibration sample, else
     random, and then a warning). trust_model: a TorchScript archive is code: refused unless True, and then loaded and exported in a confined
-    child process (edgesdk.frontends). prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
+    child process (edgesdk.frontends). target ("cosine=0.99", "map50=0.9", ...): int8 mixed precision, the fewest
+    layers kept in float for the metric to meet it on the evaluation split (edgesdk.precision_plan; onnxruntime);
+    calib_method: auto (tried on held-back samples, the onnxruntime default), minmax, entropy or percentile.
+    prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
     input. Bad input raises
     InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
     in the result and the manifest; with `engine`, that engine only.
@@ -388,6 +405,10 @@ def convert(
         tflite_notes.append(f"{Path(model).name} is a .tflite: converted to ONNX (tf2onnx) for "
                             f"{engine or 'this board'}; its inputs keep the file's layout")
     precision = precision or "fp32"
+    from edgesdk.precision_plan import check_options, eval_arrays
+    from edgesdk.precision_plan import split as precision_split
+
+    tgt, cmethod = check_options(precision, engine, target, calib_method)
     eng, notes = choose_engine(prof, precision, engine)
     notes = tflite_notes + notes
     explicit = engine is not None
@@ -410,6 +431,10 @@ def convert(
         orig, onnx_path, kind, source_file, src_notes = load_source(model, work, input_shapes, example_inputs,
                                                                     trust_model=trust_model)
         notes = list(src_notes) + notes
+        if isinstance(postprocess, (str, Path)):  # --postprocess FILE.yaml: checked against the model's outputs
+            from edgesdk.evaluate import load_postprocess
+
+            postprocess = load_postprocess(postprocess, list(orig.outputs))
         model_ins = [IOSpec(n, tuple(int(d) for d in (orig.tensors[n].shape or ())), orig.tensors[n].dtype)
                      for n in orig.inputs]
         pre = declared_preprocess(model_ins, preprocess, calib if calib is not None else sample)
@@ -425,7 +450,8 @@ def convert(
             adapter(FALLBACK_ENGINE).check_env().require()
 
         model_in_specs = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in model_ins)
-        ref_in, ref_source, ref_warn = reference_feed(sample, cset, model_ins, pre, lambda: random_feed(model_in_specs))
+        sset = load_sample_set(sample, model_ins, pre)
+        ref_in, ref_source, ref_warn = reference_feed(sset, cset, lambda: random_feed(model_in_specs))
         warnings += ref_warn
         say("preparing the graph (onnxslim, checked on onnxruntime)")
         prepared = prepare_graph(orig, enabled=prepare, feed=ref_in, input_source="the bundle's reference input")
@@ -464,18 +490,22 @@ def convert(
                                                                   orig.name)))
 
         seg_calib: dict[int, dict[str, Any]] = {}
+        seg_eval: dict[int, dict[str, Any]] = {}
+        ort_int8 = precision == "int8" and not dry_run and (tgt is not None or eng == FALLBACK_ENGINE)
+        calib_idx, held = (list(range(cset.count)), []) if cset is None else \
+            precision_split(cset.count, sset is not None or tgt is None)
+        eval_in, eval_source = (None, None)
+        if cset is not None and ort_int8:
+            eval_in, eval_source = eval_arrays(sset.arrays if sset is not None else None, cset.arrays, held)
         if cset is not None and precision == "int8":
-            needed = [t.name for s in plan.segments for t in s.inputs if t.name not in cset.arrays]
-            inter = {}
-            if needed:
-                sess = ort_session(with_outputs(full, needed, m.tensors))
-                inter = run_many(sess, cset.arrays, list(dict.fromkeys(needed)))
-            for s in plan.segments:
-                seg_calib[s.index] = {t.name: (cset.arrays.get(t.name) if t.name in cset.arrays else inter[t.name])
-                                      for t in s.inputs}
+            seg_calib = _segment_inputs(full, m, plan.segments, {k: v[calib_idx] for k, v in cset.arrays.items()})
+            if eval_in is not None:
+                seg_eval = _segment_inputs(full, m, plan.segments, eval_in)
 
         reports: list[SegmentReport] = []
         segments: list[Segment] = []
+        quant: list[dict[str, Any]] = []
+        tolerance: Tolerance | None = None  # the bundle's, when --target sets it (else the precision's)
         plans: list[dict[str, Any]] = []
         staged: list[tuple[str, Path]] = []
         toolchains: dict[str, dict[str, str]] = {}
@@ -491,9 +521,9 @@ def convert(
                 images = mean = normal = None
                 if cset is not None and cset.images is not None and pre is not None and \
                         [t.name for t in s.inputs] == [model_ins[0].name]:
-                    images = _write_images(cset.images, work / f"{sid}_calib_images")
+                    images = _write_images(cset.images[calib_idx], work / f"{sid}_calib_images")
                     mean, normal = mnn_mean_normal(pre, cset.images.shape[-1])
-                calib_data = CalibData(arrays, cset.count if cset else 0, images, mean, normal,
+                calib_data = CalibData(arrays, len(calib_idx), images, mean, normal,
                                        pre.color if pre else "RGB")
             ins = tuple(_spec_of(t) for t in s.inputs)
             outs = tuple(_spec_of(t) for t in s.outputs)
@@ -507,13 +537,37 @@ def convert(
                 continue
             planned = s.engine if s.engine in CPU_ENGINES else FALLBACK_ENGINE
             chain = engine_chain(prof2, planned, precision, explicit)
+            if tgt is not None and chain[0][0] != FALLBACK_ENGINE:
+                chain = [(FALLBACK_ENGINE, "int8")]
+                notes.append(f"segment {sid}: --target runs mixed precision on {FALLBACK_ENGINE} (not {planned})")
             if chain[0][1] != precision:
                 notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
-            job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data)
+            options: dict[str, Any] = {}
+            if chain[0] == (FALLBACK_ENGINE, "int8") and calib_data is not None and not dry_run:
+                from edgesdk.precision_plan import plan_int8, write_npz
+
+                ev = write_npz(work / f"{sid}_eval.npz", seg_eval[s.index]) if s.index in seg_eval else None
+                task_ctx = None
+                if set(t.name for t in s.outputs) == set(plan.model_outputs):
+                    task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
+                                            for n in plan.model_outputs],
+                                "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+                ip = plan_int8(sid, seg_onnx, calib_data.arrays, ev, eval_source, cmethod or "auto", tgt, task_ctx,
+                               say, {t.name: ref_env[t.name] for t in s.inputs},
+                               {t.name: ref_env[t.name] for t in s.outputs})
+                options = ip.options()
+                if ip.tolerance() is not None:
+                    seg_tol = ip.tolerance()
+                    tolerance = seg_tol if tolerance is None else Tolerance(
+                        max(tolerance.max_abs_rel, seg_tol.max_abs_rel),
+                        min(tolerance.cosine_min or 1.0, seg_tol.cosine_min or 1.0))
+                quant.append(ip.to_dict())
+                notes.append(ip.summary())
+            job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data, options)
             feed = None if dry_run else {t.name: ref_env[t.name] for t in s.inputs}
             expected = None if dry_run else {t.name: ref_env[t.name] for t in s.outputs}
             res = convert_segment(job, chain, adapter, runner, feed, expected, len(s.nodes), explicit,
-                                  orig.name, dry_run, say)
+                                  orig.name, dry_run, say, tolerance)
             reports.append(res.report)
             if res.plan is not None:
                 plans.append(res.plan)
@@ -541,12 +595,12 @@ def convert(
                         "path": str(src_path.resolve()) if kind == "onnx" else "", "kind": kind,
                         "prepare": prep.to_dict()}
         parts = BundleParts(prof.id, precision, model_in_specs, model_out_specs, segments, staged, toolchains,
-                            notes, source_model, pre, postprocess, reference_source=ref_source)
+                            notes, source_model, pre, postprocess, reference_source=ref_source, tolerance=tolerance)
         path, final = finish_bundle(out, force, parts, ref_in, ref_out,  # type: ignore[arg-type]
                                     reference_model=onnx_path if kind != "onnx" else None)
         return ConvertResult(path, prof.id, precision, eng, tuple(reports), final,
                              cset.summary() if cset else None, tuple(warnings), tuple(notes), (),
-                             time.perf_counter() - t_start, False, prep.to_dict(), ref_source)
+                             time.perf_counter() - t_start, False, prep.to_dict(), ref_source, tuple(quant))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -86,6 +86,7 @@ class ConvertResult:
     dry_run: bool = False
     prepare: dict[str, Any] | None = None
     reference: dict[str, Any] | None = None  # where the reference input came from (manifest.reference_source)
+    quantization: tuple[dict[str, Any], ...] = ()  # int8 decisions per segment (edgesdk.precision_plan.Int8Plan)
 
     @property
     def bundle_id(self) -> str | None:
@@ -96,7 +97,8 @@ class ConvertResult:
                 "precision": self.precision, "engine": self.engine, "dry_run": self.dry_run,
                 "segments": [s.to_dict() for s in self.segments], "calibration": self.calibration,
                 "warnings": list(self.warnings), "notes": list(self.notes), "plans": list(self.plans),
-                "prepare": self.prepare, "reference": self.reference, "seconds": round(self.seconds, 3)}
+                "prepare": self.prepare, "reference": self.reference,
+                "quantization": list(self.quantization), "seconds": round(self.seconds, 3)}
 
 
 #: Said when nothing real was given: verify, the smoke test and the profiler then judge on noise.
@@ -105,15 +107,19 @@ RANDOM_REFERENCE = ("the reference input is random noise (no --sample or --calib
                     "real inputs with --sample DIR")
 
 
-def reference_feed(sample: str | Path | None, cset: Any, specs: Sequence[Any], pre: Preprocess | None,
-                   random_feed: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """The bundle's reference input: the first of --sample DIR, else the first calibration sample, else random
-    (`random_feed()`), and then a warning. Returns (feed, manifest.reference_source, warnings)."""
+def load_sample_set(sample: str | Path | None, specs: Sequence[Any], pre: Preprocess | None) -> Any:
+    """--sample DIR read like a calibration set (edgesdk.calib), or None."""
     from edgesdk.calib import InputSpec, load_calibration
 
-    if sample is not None:
-        sset = load_calibration(sample, [InputSpec(i.name, tuple(i.shape), i.dtype) for i in specs], pre, limit=1,
-                                what="--sample")
+    if sample is None:
+        return None
+    return load_calibration(sample, [InputSpec(i.name, tuple(i.shape), i.dtype) for i in specs], pre, what="--sample")
+
+
+def reference_feed(sset: Any, cset: Any, random_feed: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The bundle's reference input: the first of --sample DIR (`sset`), else the first calibration sample, else
+    random (`random_feed()`), and then a warning. Returns (feed, manifest.reference_source, warnings)."""
+    if sset is not None:
         return sset.sample(0), {"kind": "sample", "dir": str(sset.source), "file": sset.files[0]}, []
     if cset is not None:
         return cset.sample(0), {"kind": "calibration", "dir": str(cset.source), "file": cset.files[0]}, []
@@ -184,6 +190,7 @@ class BundleParts:
     postprocess: Postprocess | None = None
     extra_engines: tuple[str, ...] = ()  # engines the manifest must list besides the segments' own
     reference_source: dict[str, Any] = field(default_factory=dict)
+    tolerance: Tolerance | None = None  # None: the precision's (TOLERANCES); mixed precision sets its own
 
 
 def finish_bundle(out: str | Path, force: bool, parts: BundleParts, ref_in: Mapping[str, Any],
@@ -210,7 +217,7 @@ def finish_bundle(out: str | Path, force: bool, parts: BundleParts, ref_in: Mapp
             board=parts.board, precision=parts.precision, inputs=parts.inputs, outputs=parts.outputs,
             segments=tuple(parts.segments), files={}, source_model=source, reference_inputs=ref_inputs,
             reference_outputs=ref_outputs, reference_source=dict(parts.reference_source),
-            tolerance=TOLERANCES[parts.precision], preprocess=parts.preprocess,
+            tolerance=parts.tolerance or TOLERANCES[parts.precision], preprocess=parts.preprocess,
             postprocess=parts.postprocess, toolchains=parts.toolchains, engines=engine_versions(dict.fromkeys(engines)),
             notes=tuple(parts.notes), edgesdk_version=__version__,
         )

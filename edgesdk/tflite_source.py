@@ -185,7 +185,7 @@ def _random_feed(info: TfliteInfo, seed: int = 0) -> dict[str, Any]:
 
 def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: str | None, engine: str | None,
                    calib: str | Path | None, sample: str | Path | None = None, preprocess: Any,
-                   postprocess: Postprocess | None, force: bool,
+                   postprocess: Postprocess | str | Path | None, force: bool,
                    dry_run: bool, calib_limit: int | None, runner: Any, adapters: Mapping[str, Any] | None,
                    accel_options: Mapping[str, Any] | None, t_start: float | None = None) -> Any:
     """`edgesdk convert model.tflite --board B`: see the module docstring. Input errors (exit 2) come before
@@ -198,6 +198,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         SegmentReport,
         declared_preprocess,
         finish_bundle,
+        load_sample_set,
         reference_feed,
         stage_vendor_handoff,
     )
@@ -231,6 +232,10 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
             raise InputError("give the bundle's output directory: -o OUT")
         check_out_dir(out, force)
     prec = info.precision
+    if isinstance(postprocess, (str, Path)):  # --postprocess FILE.yaml: checked against the file's outputs
+        from edgesdk.evaluate import load_postprocess
+
+        postprocess = load_postprocess(postprocess, [t.name for t in info.outputs])
     model_ins = [IOSpec(t.name, t.shape, t.model_spec().dtype) for t in info.inputs]
     pre = declared_preprocess(model_ins, preprocess, calib if calib is not None else sample)
     cset = None
@@ -307,7 +312,8 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
                                        "edgetpu", reason)
 
         # reference inputs and outputs: the TFLite interpreter on the file itself
-        ref_in, ref_source, ref_warn = reference_feed(sample, cset, model_ins, pre, lambda: _random_feed(info))
+        sset = load_sample_set(sample, model_ins, pre)
+        ref_in, ref_source, ref_warn = reference_feed(sset, cset, lambda: _random_feed(info))
         warnings += ref_warn
         ref_out = run_tflite(src, [ref_in])[0]
         parts = BundleParts(

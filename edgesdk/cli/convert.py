@@ -49,12 +49,23 @@ def convert_cmd(
                                        "calibration sample, else random noise)."),
     preprocess: Path | None = typer.Option(None, "--preprocess", metavar="FILE.yaml",
                                            help="Preprocessing: size, resize, scale, mean, std, color, layout, dtype."),
+    postprocess: Path | None = typer.Option(None, "--postprocess", metavar="FILE.yaml",
+                                            help="The decoder the board runs (kind: yolo | classification, head, "
+                                            "num_classes, thresholds): Session.predict, verify --eval, "
+                                            "--target map50."),
     mean: str | None = typer.Option(None, "--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
     std: str | None = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
     scale: float | None = typer.Option(None, "--scale", help="Pixel scale before mean/std (default 1/255)."),
     color: str | None = typer.Option(None, "--color", help="RGB or BGR: the channel order the model wants."),
     resize: str | None = typer.Option(None, "--resize", help="letterbox, stretch or none."),
     calib_limit: int | None = typer.Option(None, "--calib-limit", help="Use at most N calibration samples."),
+    calib_method: str | None = typer.Option(None, "--calib-method", metavar="METHOD",
+                                            help="int8 calibration on onnxruntime: auto (each tried on held-back "
+                                            "calibration samples; the default), minmax, entropy or percentile."),
+    target: str | None = typer.Option(None, "--target", metavar="METRIC=VALUE",
+                                      help="int8 mixed precision: keep the fewest layers in float so that METRIC "
+                                      "(cosine, map50, top1, miou; cer at most) meets VALUE on --sample DIR (else "
+                                      "held-back calibration samples). onnxruntime."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
     vai_version: str | None = typer.Option(None, "--vai-version", help="kv260: Vitis AI release of the board image "
                                            "(2.5, 3.0, 3.5); sets the DPU fingerprint in arch.json."),
@@ -79,6 +90,8 @@ def convert_cmd(
 
       edgesdk convert model.onnx --board rpi4 --engine mnn --precision int8 --calib calib/ --dry-run
 
+      edgesdk convert yolo.onnx --board rpi4 --precision int8 --calib calib/ --sample eval/ --target cosine=0.99 -o b
+
       edgesdk convert model_int8.tflite --board coral-usb -o build/coral
 
       edgesdk convert net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model -o build/net
@@ -102,10 +115,11 @@ def convert_cmd(
 
         raise InputError("give the preprocessing either as --preprocess FILE.yaml or as options, not both")
     res = convert(model, board, out, precision=precision, engine=engine, calib=calib,  # type: ignore[arg-type]
-                  sample=sample, preprocess=pre, input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
+                  sample=sample, preprocess=pre, postprocess=postprocess, input_shapes=shapes_from(input_shape), force=force, dry_run=dry_run, calib_limit=calib_limit,
                   accel_options={k: v for k, v in {"vai_version": vai_version,
                                                    "board_fingerprint": dpu_fingerprint}.items() if v},
-                  prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model)
+                  prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model, target=target,
+                  calib_method=calib_method)
     signed = None
     if sign is not None and not res.dry_run:
         from edgesdk.signing import sign_bundle

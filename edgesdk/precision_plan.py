@@ -1,0 +1,252 @@
+"""convert's int8 decisions for an onnxruntime segment: the calibration method (tried, not assumed) and mixed
+precision to a target (`convert --precision int8 --target cosine=0.99`).
+
+The mechanics are edgesdk.quantize (choose_method, sensitivity, search); this module decides what they run on:
+
+- the evaluation split: `--sample DIR` when given (every sample), else every 4th calibration sample, which is
+  then left out of the calibration (never one image in both);
+- the metric: `cosine` is the reference judge's worst cosine (edgesdk.runtime.reference.compare: per component
+  where the output concatenates quantities) against the fp32 segment; a task metric (map50, top1, miou, cer) is
+  edgesdk.evaluate's on the segment's outputs, which must then be the model's outputs;
+- the result: the adapter's job options {"calibrate_method", "exclude_nodes"} and a report of every step.
+
+Why onnxruntime only, today: quantize_static's nodes_to_exclude keeps a named node in float and its calibration
+methods are selectable in-process; MNN's skip list and TFLite's selective quantization are not wired yet (said
+where a target is asked of them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgesdk.errors import InputError, ModelError
+
+#: A calibration set of at least this many samples is split to choose the method.
+MIN_FOR_CHOICE = 8
+#: Every HOLDOUT_EVERY-th calibration sample is held back (method choice; the eval split without --sample).
+HOLDOUT_EVERY = 4
+CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
+#: A mixed-precision bundle's board check: the host's cosine on the reference input, less this.
+TOLERANCE_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """What convert decided for one segment's int8, and why (ConvertResult.quantization, the manifest notes)."""
+
+    segment: str
+    method: str
+    method_how: str  # "forced (--calib-method)" | "chosen on N held-back calibration samples" | "default ..."
+    method_scores: tuple[dict[str, Any], ...] = ()
+    target: tuple[str, float] | None = None
+    eval_source: str | None = None
+    search: Any | None = None  # edgesdk.quantize.SearchResult
+    ranking: tuple[dict[str, Any], ...] = ()  # the most sensitive layers first (top 20)
+    reference_cosine: float | None = None  # the chosen model's worst-component cosine on the reference input
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        return tuple(self.search.kept) if self.search is not None and self.search.reached else ()
+
+    def tolerance(self) -> Any:
+        """The bundle's tolerance when a target chose the layers (None without one): a cosine target is the
+        bundle's cosine floor (per component, as verify and the smoke test judge); a task-metric target leaves the
+        board to reproduce what the chosen model scores on the reference input on the host, less
+        TOLERANCE_MARGIN. The max error is not judged on its own then: the target is the user's criterion."""
+        from edgesdk.runtime.manifest import Tolerance
+
+        if self.target is None or self.reference_cosine is None:
+            return None
+        if self.target[0] == "cosine":
+            return Tolerance(max_abs_rel=1.0, cosine_min=self.target[1])
+        return Tolerance(max_abs_rel=1.0,
+                         cosine_min=max(0.0, math.floor((self.reference_cosine - TOLERANCE_MARGIN) * 1e4) / 1e4))
+
+    def options(self) -> dict[str, Any]:
+        """The onnxruntime adapter's job options."""
+        return {"calibrate_method": self.method, "exclude_nodes": list(self.kept)}
+
+    def summary(self) -> str:
+        s = f"segment {self.segment}: int8 calibration {self.method} ({self.method_how})"
+        if self.method_scores:
+            s += ": " + ", ".join(f"{m['method']} {m['score']:.5f}" if m.get("score") is not None else
+                                  f"{m['method']} failed" for m in self.method_scores)
+        if self.search is not None and self.target is not None:
+            metric, value = self.target
+            if self.search.reached:
+                s += (f"; target {metric}={value:g} met with {len(self.kept)} layer(s) kept in float "
+                      f"({metric} {self.search.metric:.5f}, {len(self.search.steps)} step(s) on {self.eval_source})")
+                tol = self.tolerance()
+                if tol is not None:
+                    s += (f"; the bundle's check (verify, smoke test): cosine >= {tol.cosine_min:g} per component "
+                          f"(the reference input scores {self.reference_cosine:.5f} on the host)")
+            else:
+                s += f"; target {metric}={value:g} not reachable: {self.search.note}"
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "method": self.method, "method_how": self.method_how,
+                "method_scores": list(self.method_scores),
+                "target": {"metric": self.target[0], "value": self.target[1]} if self.target else None,
+                "eval": self.eval_source, "kept_in_float": list(self.kept),
+                "search": self.search.to_dict() if self.search is not None else None,
+                "sensitivity_top": list(self.ranking),
+                "reference_cosine": self.reference_cosine, "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+
+
+def split(count: int, have_sample: bool) -> tuple[list[int], list[int]]:
+    """(calibration indices, held-back indices) of a calibration set of `count` samples."""
+    held = [i for i in range(count) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1] if count >= HOLDOUT_EVERY else []
+    if have_sample or not held:
+        return list(range(count)), held
+    return [i for i in range(count) if i not in set(held)], held
+
+
+def _metric(name: str, seg_onnx: Path, samples: Sequence[Mapping[str, Any]], task_ctx: Mapping[str, Any] | None
+            ) -> tuple[Callable[[Path], float], bool]:
+    """(metric(quantized segment path) -> value, higher_is_better)."""
+    from edgesdk.evaluate import TARGET_METRICS
+    from edgesdk.quantize import output_cosine
+
+    if name == "cosine":
+        return output_cosine(seg_onnx, samples), True
+    if task_ctx is None:
+        raise InputError(f"--target {name}: a task metric needs the whole model in one CPU segment (its outputs are "
+                         "the model's); use --target cosine=VALUE for this plan")
+    import onnxruntime as ort
+
+    from edgesdk.evaluate import TASK_METRIC, evaluate, plan_tasks
+
+    outputs, post, input_hw, task = (task_ctx["outputs"], task_ctx["postprocess"], task_ctx["input_hw"],
+                                     task_ctx.get("task"))
+    plans, _ = plan_tasks(outputs, input_hw, post, "the postprocess", task)
+    plans = [p for p in plans if TASK_METRIC[p.task] == name]
+    if not plans:
+        raise InputError(f"--target {name}: no output of this model is judged by {name} (its outputs: "
+                         f"{[(o.name, list(o.shape)) for o in outputs]}); declare the decoder (a yolo postprocess) "
+                         "or choose another metric")
+    names = [o.name for o in outputs]
+    fp = ort.InferenceSession(str(seg_onnx), providers=["CPUExecutionProvider"])
+    refs = [dict(zip(names, fp.run(names, dict(s)))) for s in samples]
+
+    def metric(q: Path) -> float:
+        sess = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+        got = [dict(zip(names, sess.run(names, dict(s)))) for s in samples]
+        res = evaluate(plans, got, refs, post, names)
+        vals = [r.value for r in res]
+        if any(v is None for v in vals):
+            raise ModelError(f"--target {name}: the fp32 model gives nothing to judge {name} on the evaluation "
+                             f"samples ({'; '.join(n for r in res for n in r.notes)})")
+        return min(vals) if TARGET_METRICS[name] == "min" else max(vals)  # type: ignore[type-var]
+
+    return metric, TARGET_METRICS[name] == "min"
+
+
+def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, eval_source: str | None,
+              method: str, target: tuple[str, float] | None, task_ctx: Mapping[str, Any] | None,
+              say: Callable[[str], None], ref_feed: Mapping[str, Any] | None = None,
+              ref_expected: Mapping[str, Any] | None = None) -> Int8Plan:
+    """The calibration method and the layers kept in float for one onnxruntime int8 segment.
+
+    calib_npz: the segment's calibration arrays (already without the held-back samples when those are the eval
+    split); eval_npz: the evaluation split (for the target). Raises ModelError when the target is not reachable
+    (nothing is shipped below it)."""
+    import numpy as np
+
+    from edgesdk.quantize import choose_method, load_samples, search, sensitivity
+
+    t0 = time.perf_counter()
+    with np.load(calib_npz, allow_pickle=False) as z:
+        count = len(z[z.files[0]])
+    scores: tuple[dict[str, Any], ...] = ()
+    if method != "auto":
+        how = "forced (--calib-method)"
+    elif count >= MIN_FOR_CHOICE:
+        _, held = split(count, True)
+        say(f"{sid}: choosing the int8 calibration method on {len(held)} held-back calibration samples")
+        method, tried = choose_method(seg_onnx, calib_npz, held)
+        scores = tuple(tried)
+        how = f"best worst-component cosine on {len(held)} held-back calibration samples"
+    else:
+        method, how = "minmax", f"default: {count} calibration samples are too few to hold some back " \
+                                f"(at least {MIN_FOR_CHOICE})"
+    if target is None:
+        return Int8Plan(sid, method, how, scores, seconds=time.perf_counter() - t0)
+    if eval_npz is None:
+        raise InputError(f"--target needs evaluation samples: --sample DIR, or at least {HOLDOUT_EVERY} calibration "
+                         f"samples (it has {count})")
+    samples = load_samples(eval_npz)
+    metric, higher = _metric(target[0], seg_onnx, samples, task_ctx)
+    say(f"{sid}: measuring each layer's int8 sensitivity on {len(samples)} evaluation sample(s)")
+    ranking = sensitivity(seg_onnx, calib_npz, samples, method=method)
+    say(f"{sid}: searching for the fewest layers to keep in float ({target[0]} >= {target[1]:g})"
+        if higher else f"{sid}: searching for the fewest layers to keep in float ({target[0]} <= {target[1]:g})")
+    chosen = calib_npz.with_name(f"{sid}_mixed_chosen.onnx")
+    res = search(seg_onnx, calib_npz, ranking, metric, target[1], higher_is_better=higher, method=method, out=chosen)
+    ref_cos = None
+    if res.reached and ref_feed is not None and ref_expected is not None:
+        ref_cos = _reference_cosine(chosen, ref_feed, ref_expected)
+    plan = Int8Plan(sid, method, how, scores, target, eval_source, res, tuple(x.to_dict() for x in ranking[:20]),
+                    ref_cos, time.perf_counter() - t0)
+    if not res.reached:
+        steps = "; ".join(f"{len(s.kept)} kept: {target[0]} {s.metric:.5f}" for s in res.steps)
+        raise ModelError(f"segment {sid}: int8 cannot meet --target {target[0]}={target[1]:g} on {eval_source}: "
+                         f"{res.note} (steps: {steps}); nothing was written. Lower the target, or convert as fp16/"
+                         "fp32")
+    return plan
+
+
+def _reference_cosine(model: Path, feed: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
+    import onnxruntime as ort
+
+    from edgesdk.convert_base import TOLERANCES
+    from edgesdk.runtime.reference import compare
+
+    names = list(expected)
+    got = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(names, dict(feed))
+    return min(compare(n, [g], [expected[n]], TOLERANCES["int8"]).cosine_min for n, g in zip(names, got))
+
+
+def eval_arrays(sample_arrays: Mapping[str, Any] | None, calib_arrays: Mapping[str, Any], held: Sequence[int]
+                ) -> tuple[dict[str, Any] | None, str]:
+    """The model-input arrays of the evaluation split and what they are (for the report)."""
+    if sample_arrays is not None:
+        n = len(next(iter(sample_arrays.values())))
+        return dict(sample_arrays), f"{n} --sample input(s)"
+    if not held:
+        return None, "no evaluation samples"
+    return {k: v[list(held)] for k, v in calib_arrays.items()}, f"{len(held)} held-back calibration sample(s)"
+
+
+def write_npz(path: Path, arrays: Mapping[str, Any]) -> Path:
+    import numpy as np
+
+    np.savez(path, **dict(arrays))
+    return path
+
+
+def check_options(precision: str, engine: str | None, target: str | None, calib_method: str | None
+                  ) -> tuple[tuple[str, float] | None, str | None]:
+    """Validate --target / --calib-method before anything runs (exit 2)."""
+    from edgesdk.evaluate import parse_target
+
+    if calib_method is not None and calib_method not in CALIB_METHODS:
+        raise InputError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+    if (target is not None or calib_method is not None) and precision != "int8":
+        raise InputError(f"--target and --calib-method apply to --precision int8, not {precision}")
+    if (target is not None or calib_method not in (None, "auto", "minmax")) and engine not in (None, "onnxruntime"):
+        raise InputError(f"--target/--calib-method on --engine {engine}: mixed precision and the calibration-method "
+                         "choice run on onnxruntime in this release (MNN's skip list and TFLite's selective "
+                         "quantization are not wired yet); use --engine onnxruntime or leave --engine out")
+    return (parse_target(target) if target is not None else None), calib_method
+
+
+__all__ = ["CALIB_METHODS", "HOLDOUT_EVERY", "MIN_FOR_CHOICE", "Int8Plan", "check_options", "eval_arrays",
+           "plan_int8", "split", "write_npz"]
