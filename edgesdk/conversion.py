@@ -492,7 +492,7 @@ def convert(
         seg_calib: dict[int, dict[str, Any]] = {}
         seg_eval: dict[int, dict[str, Any]] = {}
         ort_int8 = precision == "int8" and not dry_run and (tgt is not None or eng == FALLBACK_ENGINE)
-        calib_idx, held = (list(range(cset.count)), []) if cset is None else \
+        calib_idx, held = ([], []) if cset is None else \
             precision_split(cset.count, sset is not None or tgt is None)
         eval_in, eval_source = (None, None)
         if cset is not None and ort_int8:

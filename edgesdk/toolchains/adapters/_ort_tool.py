@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import shutil
 import sys
@@ -127,7 +128,9 @@ def _quantize(model: str, calib: str, out: str, per_channel: bool, extra_options
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 note = (f"opset {opset}: onnx's version converter could not upgrade it to {PER_CHANNEL_OPSET} "
                         f"({first}); weights quantized per tensor")
-        with _entropy_bins(ENTROPY_BINS) if method == "entropy" else contextlib.nullcontext():
+        # the histogram calibrators print progress with print(): not on our stdout (convert --json's)
+        with _entropy_bins(ENTROPY_BINS) if method == "entropy" else contextlib.nullcontext(), \
+                contextlib.redirect_stdout(io.StringIO()):
             quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, METHODS[method]),
