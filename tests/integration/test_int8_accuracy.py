@@ -1,0 +1,101 @@
+"""int8 that keeps its accuracy on a real detector (issue 16), through the CLI as a user runs it.
+
+The zoo's YOLOv8n (an Ultralytics export from the nudenet wheel: output0 1 x 22 x 2100 = 4 box rows in pixels +
+18 class-score rows), calibrated on scikit-image's photos and judged on other photos (scripts/photos.py):
+
+- plain int8 (onnxruntime, per-tensor output scale over the concatenated head) flattens every class score; the
+  whole tensor keeps a cosine of ~0.998, but the per-component judge sees the score block at ~0 and convert
+  refuses to ship it (exit 1, naming the output and the block);
+- `--target cosine=0.9` searches for the fewest layers to keep in float: plain int8 misses the target (step 0),
+  the search meets it, the bundle is written, and verify --eval on the evaluation photos agrees (its detections
+  against the fp32 model's, after the board's own decode and NMS).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).with_name("edgesdk"))
+MODEL_ID = "yolov8n-nudenet"
+POSTPROCESS = "kind: yolo\nhead: anchor-free\nnum_classes: 18\nconf_threshold: 0.1\n"
+
+
+def _zoo_model() -> Path:
+    spec = importlib.util.spec_from_file_location("zoo_fetch_int8", ROOT / "scripts" / "zoo_fetch.py")
+    zf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zf)
+    try:
+        return zf.fetch([MODEL_ID])[MODEL_ID]
+    except zf.ZooError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot fetch {MODEL_ID} under CI: {exc}", pytrace=False)
+        pytest.skip(f"cannot fetch {MODEL_ID}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's directory: the model, the photos, a postprocess file; nothing of the repository."""
+    d = tmp_path_factory.mktemp("int8-user")
+    model = _zoo_model()
+    (d / "yolov8n.onnx").write_bytes(model.read_bytes())
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "photos.py"), "--out", str(d / "photos")], check=True,
+                   capture_output=True)
+    (d / "yolo.yaml").write_text(POSTPROCESS)
+    return d
+
+
+def _run(user: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    r = subprocess.run([CLI, *args], cwd=user, capture_output=True, text=True, timeout=timeout, check=False)
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r
+
+
+COMMON = ("convert", "yolov8n.onnx", "--board", "rpi4", "--precision", "int8", "--calib", "photos/calib",
+          "--sample", "photos/eval", "--input-shape", "images=1,3,320,320", "--postprocess", "yolo.yaml")
+
+
+def test_plain_int8_detector_is_refused_by_the_component_judge(user: Path) -> None:
+    r = _run(user, *COMMON, "--engine", "onnxruntime", "--calib-method", "minmax", "-o", "plain")
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = " ".join(r.stderr.split())
+    assert "output 'output0'" in err and "component axis 1 [4-21]" in err and "cosine" in err, err
+    assert not (user / "plain").exists()
+
+
+def test_mixed_precision_meets_a_target_plain_int8_misses(user: Path) -> None:
+    r = _run(user, *COMMON, "--target", "cosine=0.9", "--calib-method", "minmax", "-o", "mixed", "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    (q,) = res["quantization"]
+    steps = q["search"]["steps"]
+    assert steps[0]["kept"] == [] and steps[0]["metric"] < 0.9 and not steps[0]["meets"], steps[0]
+    assert q["search"]["reached"] and q["search"]["metric"] >= 0.9
+    assert 1 <= len(q["kept_in_float"]) < 233 // 2, q["kept_in_float"]
+    assert q["target"] == {"metric": "cosine", "value": 0.9}
+    assert q["eval"] == "8 --sample input(s)"
+    assert res["reference"]["kind"] == "sample"
+    mf = json.loads((user / "mixed" / "manifest.json").read_text())
+    assert mf["tolerance"]["cosine_min"] == 0.9 and mf["postprocess"]["kind"] == "yolo"
+    assert any("kept in float" in n for n in mf["notes"])
+
+    # verify on the evaluation photos: per component within the bundle's tolerance, and detections that agree
+    v = _run(user, "verify", "mixed", "--eval", "photos/eval", "--no-layers", "--json")
+    assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-2000:]
+    rep = json.loads(v.stdout)
+    (out,) = rep["outputs"]
+    assert [c["indexes"] for c in out["components"]] == ["0-3", "4-21"]
+    assert all(c["ok"] for c in out["components"])
+    (task,) = rep["eval"]["tasks"]
+    assert task["metric"] == "map50" and task["value"] is not None and task["value"] >= 0.5, task
+    # a target verify must hold the bundle to: exit 1 when missed
+    miss = _run(user, "verify", "mixed", "--eval", "photos/eval", "--no-layers", "--target", "map50=1.01")
+    assert miss.returncode in (1, 2) and "map50" in (miss.stdout + miss.stderr)
