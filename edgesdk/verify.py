@@ -157,31 +157,23 @@ def per_layer(model_path: Path, samples: list[dict[str, Any]], threshold: float,
 
     import numpy as np
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edgesdk.conversion import ort_session, with_outputs
     from edgesdk.graph.load import load_model, load_weights
+    from edgesdk.toolchains.adapters._ort_tool import _quantize
 
     m = load_model(model_path, input_shapes)
     full = load_weights(m)
     names = [o for n in m.nodes for o in n.output if o and o in m.tensors and m.tensors[o].dtype == "float32"]
     fp = ort_session(with_outputs(full, names, m.tensors))
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(samples)
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            return next(self.it, None)
-
-    import logging
-
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quantize_static's advice lines
     with tempfile.TemporaryDirectory(prefix="edgesdk-verify-") as d:
-        src, dst = Path(d) / "fp32.onnx", Path(d) / "qdq.onnx"
+        src, dst, cal = Path(d) / "fp32.onnx", Path(d) / "qdq.onnx", Path(d) / "calib.npz"
         onnx.save_model(full, str(src))
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        np.savez(cal, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+        # the adapter's own quantization: below opset 13 it upgrades the model first (per-channel DequantizeLinear
+        # needs `axis`), or quantizes weights per tensor
+        _quantize(str(src), str(cal), str(dst), True)
         q_proto = onnx.load(str(dst))
     # What the next layer sees in the simulation: X -> QuantizeLinear -> DequantizeLinear -> X'. Reading X'
     # (not X) also keeps fused activations right: quantize_static drops a Relu into its Conv's quantization.
