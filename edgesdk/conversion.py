@@ -19,8 +19,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from edgesdk.convert_base import (
@@ -170,8 +171,14 @@ def random_feed(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, Any]:
 
 def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, runner: Runner | None,
                          plans: list[dict[str, Any]], reports: list[SegmentReport], staged: list[tuple[str, Path]],
-                         notes: list[str], warnings: list[str], toolchains: dict[str, dict[str, str]]) -> Segment | None:
+                         notes: list[str], warnings: list[str], toolchains: dict[str, dict[str, str]],
+                         feed: Mapping[str, Any] | None = None, expected: Mapping[str, Any] | None = None,
+                         model_name: str = "") -> Segment | None:
     """One accelerator segment: host steps, then the vendor compiler when it is here.
+
+    The host int8 simulation (the accelerator's quantization scheme on onnxruntime) is checked against the fp32
+    reference like every CPU artifact: an accelerator whose int8 destroys an output (a YOLO head's scores) is
+    refused here, before a bundle is written, not found by verify later.
 
     With the compiler: the segment runs on the accelerator, its host int8 simulation is its CPU version.
     Without it: everything up to the compiler is done and kept under vendor/<segment>/ with COMPILE.txt (the
@@ -192,6 +199,10 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     staged.append((sim_rel, cplan.outputs["sim"]))
     plain = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in job.inputs)
     plain_out = tuple(TensorSpec(o.name, o.shape, o.dtype) for o in job.outputs)
+    sim_art = SimpleNamespace(files={"model": cplan.outputs["sim"]}, inputs=plain, outputs=plain_out, options={})
+    chk = _check("onnxruntime", sim_art, feed, expected, "int8")
+    if not chk.ok:
+        raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (host int8 simulation)")])
     toolchains[accel.id] = {accel.id: venv_ok.detail}
     if venv_ok.ok:
         execute(vend, runner)
@@ -531,7 +542,10 @@ def convert(
                 say(f"{sid}: {accel.engine} toolchain")
                 job = ConversionJob(sid, seg_onnx, work, "int8", ins, outs, calib_data, dict(accel_options or {}))
                 acc_res = _convert_accelerator(accel, job, s, dry_run, runner, plans, reports, staged, notes,
-                                               warnings, toolchains)
+                                               warnings, toolchains,
+                                               None if dry_run else {t.name: ref_env[t.name] for t in s.inputs},
+                                               None if dry_run else {t.name: ref_env[t.name] for t in s.outputs},
+                                               orig.name)
                 if acc_res is not None:
                     segments.append(acc_res)
                 continue
