@@ -562,7 +562,7 @@ def convert(
 
                 ev = write_npz(work / f"{sid}_eval.npz", seg_eval[s.index]) if s.index in seg_eval else None
                 task_ctx = None
-                if set(t.name for t in s.outputs) == set(plan.model_outputs):
+                if {t.name for t in s.outputs} == set(plan.model_outputs):
                     task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
                                             for n in plan.model_outputs],
                                 "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}

@@ -175,8 +175,8 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
         scores = tuple(tried)
         how = f"best worst-component cosine on {len(held)} held-back calibration samples"
     else:
-        method, how = "minmax", f"default: {count} calibration samples are too few to hold some back " \
-                                f"(at least {MIN_FOR_CHOICE})"
+        method = "minmax"
+        how = f"default: {count} calibration samples are too few to hold some back (at least {MIN_FOR_CHOICE})"
     if target is None:
         return Int8Plan(sid, method, how, scores, seconds=time.perf_counter() - t0)
     if eval_npz is None:

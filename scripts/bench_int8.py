@@ -34,7 +34,6 @@ table (or, with --json, the rows and the run's date, machine and versions).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import importlib.util
 import json
@@ -47,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,19 +272,7 @@ def charset(model: Path, out: Path) -> Path | None:
 
 # -- one bundle ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr meanwhile: engines loaded in this process (MNN) print to the C stdout,
-    which would corrupt the --json output."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+from edgesdk.runtime.__main__ import native_stdout_to_stderr
 
 
 def latency_ms(bundle: Path, runs: int) -> float:
@@ -331,7 +317,7 @@ def measure(bundle: Path, spec: ModelSpec, ev: Path, verify_args: list[str], wor
                    cosine_whole=min(o["cosine_mean"] for o in outs),
                    engines=sorted({f"{e['engine']} {e['version']}" for e in v.data["engines"]}),
                    verify_notes=[n for n in v.data["notes"] if "host int8 simulation" not in n])
-    with stdout_to_stderr():
+    with native_stdout_to_stderr():
         try:
             row["latency_ms"] = round(latency_ms(bundle, runs), 2)
             row["load1"] = round(os.getloadavg()[0], 1)  # the machine is shared: a latency means little under load
