@@ -272,7 +272,7 @@ def charset(model: Path, out: Path) -> Path | None:
 
 # -- one bundle ---------------------------------------------------------------------------------------
 
-from edgesdk.runtime.__main__ import native_stdout_to_stderr
+from edgesdk.runtime.__main__ import native_stdout_to_stderr  # MNN prints from C to fd 1
 
 
 def latency_ms(bundle: Path, runs: int) -> float:
