@@ -81,6 +81,7 @@ class VerifyReport:
     notes: tuple[str, ...] = field(default=())
     evaluation: EvalSummary | None = None
     target: TargetCheck | None = None
+    sensitivity: tuple[dict[str, Any], ...] = ()  # the layers that hurt most when quantized alone (--sensitivity)
 
     @property
     def tolerance_ok(self) -> bool:
@@ -103,6 +104,9 @@ class VerifyReport:
                     "layers": [x.to_dict() for x in self.layers]} if self.layers else None,
                 "eval": self.evaluation.to_dict() if self.evaluation else None,
                 "target": self.target.to_dict() if self.target else None,
+                "sensitivity": {"what": "each layer alone quantized (its inputs and outputs through the calibrated "
+                                        "Q/DQ of onnxruntime int8), the worst output cosine; most harmful first",
+                                "layers": list(self.sensitivity)} if self.sensitivity else None,
                 "notes": list(self.notes)}
 
 
@@ -234,7 +238,7 @@ def _target_check(target: tuple[str, float], outs: tuple[OutputMetrics, ...], ev
 def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path | None = None,
            layers: bool = True, limit: int | None = None, eval_dir: str | Path | None = None,
            task: str | None = None, postprocess: str | Path | None = None, charset: str | Path | None = None,
-           blank: int = 0, target: str | None = None) -> VerifyReport:
+           blank: int = 0, target: str | None = None, sensitivity: bool = False) -> VerifyReport:
     """Run `bundle` with its engines on this machine and compare its outputs with the fp32 model.
 
     eval_dir: real images (preprocessed as the manifest declares, like `data`); adds the task metrics
@@ -384,9 +388,42 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
                 thr = None
                 notes.append(f"per-layer comparison skipped: the onnxruntime int8 simulation failed: "
                              f"{type(exc).__name__}: {_first_line(exc)}")
+    hurts: list[dict[str, Any]] = []
+    if sensitivity:
+        if model_path is None or tflite_src:
+            notes.append("sensitivity skipped: it needs the fp32 ONNX model (--model)")
+        else:
+            hurts = _sensitivity(model_path, samples, notes)
     tol = {"max_abs_rel": mf.tolerance.max_abs_rel, "cosine_min": mf.tolerance.cosine_min}
     return VerifyReport(b, mf.bundle_id, mf.precision, len(samples), source, compared, outs, engines, tol,
-                        tuple(lay), thr, first, tuple(notes), evaluation, check)
+                        tuple(lay), thr, first, tuple(notes), evaluation, check, tuple(hurts))
+
+
+#: verify --sensitivity lists this many layers.
+SENSITIVITY_TOP = 10
+
+
+def _sensitivity(model_path: Path, samples: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """The layers that hurt most when each alone is int8 (edgesdk.quantize.sensitivity), calibrated and measured on
+    the verification samples, as the per-layer view is."""
+    import tempfile
+
+    import numpy as np
+
+    from edgesdk.quantize import sensitivity
+
+    with tempfile.TemporaryDirectory(prefix="edgesdk-verify-sens-") as d:
+        cal = Path(d) / "samples.npz"
+        np.savez(cal, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+        try:
+            ranked = sensitivity(model_path, cal, samples)
+        except EdgeSDKError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the view is extra: the verdict stands
+            notes.append(f"sensitivity skipped: the onnxruntime int8 simulation failed: {type(exc).__name__}: "
+                         f"{_first_line(exc)}")
+            return []
+    return [x.to_dict() for x in ranked[:SENSITIVITY_TOP]]
 
 
 def evaluate_accuracy(bundle: str | Path, images: Any, labels: Any, output: str | None = None) -> float:

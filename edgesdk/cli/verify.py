@@ -18,6 +18,8 @@ def verify_cmd(
                                       help="The fp32 model (default: the one the manifest names)."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of --data."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer comparison for int8 bundles."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="Also quantize each layer alone (onnxruntime "
+                                     "int8) and list the layers that hurt the outputs most (slow on big models)."),
     eval_dir: Path | None = typer.Option(None, "--eval", metavar="DIR",
                                          help="Real images: also report each output's task metric (mAP@0.5, top-1, "
                                               "mIoU, CER) against the fp32 model on them."),
@@ -48,7 +50,7 @@ def verify_cmd(
     from edgesdk.verify import verify
 
     rep = verify(bundle, data=data, model=model, layers=layers, limit=limit, eval_dir=eval_dir, task=task,
-                 postprocess=postprocess, charset=charset, blank=blank, target=target)
+                 postprocess=postprocess, charset=charset, blank=blank, target=target, sensitivity=sensitivity)
     if json_out:
         print_json(rep.to_dict())
     else:
@@ -73,6 +75,10 @@ def verify_cmd(
                 mark = "  <- first below threshold" if rep.first_bad_layer and x.tensor == rep.first_bad_layer.tensor \
                     else ""
                 console.print(f"    {x.node:<40} {x.op_type:<16} {x.cosine:.5f}{mark}", highlight=False)
+        if rep.sensitivity:
+            console.print("  layers that hurt most when quantized alone (worst output cosine, onnxruntime int8):")
+            for x in rep.sensitivity:
+                console.print(f"    {x['node']:<40} {x['op_type']:<16} {x['alone_cosine']:.5f}", highlight=False)
         if rep.evaluation is not None:
             ev = rep.evaluation
             console.print(f"  task metrics on {ev.images} image(s) of {ev.directory}, against the fp32 model's own "

@@ -74,3 +74,16 @@ def test_bad_sample_dir_is_exit_2_naming_the_flag(tmp_path: Path) -> None:
                                      "--sample", str(d)])
         assert r.exit_code == 2 and "sample dir" in r.output, r.output
         assert not (tmp_path / "b").exists()
+
+
+def test_verify_sensitivity_ranks_layers_by_their_own_int8_error(tmp_path: Path) -> None:
+    """verify --sensitivity: each layer alone quantized, most harmful first (issue 16, item 4)."""
+    photos = _photos(tmp_path / "photos")
+    _convert(tmp_path / "b", "--precision", "int8", "--calib", str(photos / "calib"), "--sample", str(photos / "eval"))
+    r = CliRunner().invoke(app, ["verify", str(tmp_path / "b"), "--data", str(photos / "eval"), "--no-layers",
+                                 "--sensitivity", "--json"])
+    assert r.exit_code in (0, 1), r.output
+    sens = json.loads(r.stdout)["sensitivity"]
+    cos = [x["alone_cosine"] for x in sens["layers"]]
+    assert len(cos) >= 3 and cos == sorted(cos) and cos[0] < cos[-1] <= 1.0
+    assert all(x["op_type"] and x["node"] for x in sens["layers"])
