@@ -216,7 +216,7 @@ def finish_bundle(out: str | Path, force: bool, parts: BundleParts, ref_in: Mapp
         manifest = Manifest(
             board=parts.board, precision=parts.precision, inputs=parts.inputs, outputs=parts.outputs,
             segments=tuple(parts.segments), files={}, source_model=source, reference_inputs=ref_inputs,
-            reference_outputs=ref_outputs, reference_source=dict(parts.reference_source),
+            reference_outputs=ref_outputs, reference_source=dict(parts.reference_source) or None,
             tolerance=parts.tolerance or TOLERANCES[parts.precision], preprocess=parts.preprocess,
             postprocess=parts.postprocess, toolchains=parts.toolchains, engines=engine_versions(dict.fromkeys(engines)),
             notes=tuple(parts.notes), edgesdk_version=__version__,

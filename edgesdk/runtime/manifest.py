@@ -313,8 +313,9 @@ class Manifest:
     source_model: dict[str, Any]  # {"name", "sha256", "opset"}
     reference_inputs: dict[str, str] = field(default_factory=dict)  # tensor name -> .npy path
     reference_outputs: dict[str, str] = field(default_factory=dict)
-    #: where the reference inputs came from: {"kind": "sample" | "calibration" | "random", "dir", "file"}
-    reference_source: dict[str, Any] = field(default_factory=dict)
+    #: where the reference inputs came from: {"kind": "sample" | "calibration" | "random", "dir", "file"}; None
+    #: (left out of manifest.json, so bundles made before it keep their content id) when not recorded
+    reference_source: dict[str, Any] | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
     preprocess: Preprocess | None = None
     postprocess: Postprocess | None = None
@@ -367,7 +368,7 @@ class Manifest:
             source_model=r.get("source_model", dict),
             reference_inputs={k: r.relpath(f"reference_inputs.{k}", v) for k, v in ref_in.items()},
             reference_outputs={k: r.relpath(f"reference_outputs.{k}", v) for k, v in ref_out.items()},
-            reference_source=r.get("reference_source", dict, {}),
+            reference_source=r.get("reference_source", dict, None),
             tolerance=Tolerance.parse(tol) if tol else Tolerance(),
             preprocess=Preprocess.parse(pre) if pre else None,
             postprocess=Postprocess.parse(post) if post else None,

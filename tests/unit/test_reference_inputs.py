@@ -87,3 +87,20 @@ def test_verify_sensitivity_ranks_layers_by_their_own_int8_error(tmp_path: Path)
     cos = [x["alone_cosine"] for x in sens["layers"]]
     assert len(cos) >= 3 and cos == sorted(cos) and cos[0] < cos[-1] <= 1.0
     assert all(x["op_type"] and x["node"] for x in sens["layers"])
+
+
+def test_bundles_made_before_reference_source_keep_their_content_id(tmp_path: Path) -> None:
+    """A manifest without the field (every bundle made before it, signed ones on boards too) must hash as before:
+    the field is left out of manifest.json when not recorded, never written as {}."""
+    import dataclasses
+
+    _convert(tmp_path / "b")
+    mf = load_manifest(tmp_path / "b")
+    old = dataclasses.replace(mf, reference_source=None)
+    d = old.to_dict()
+    assert "reference_source" not in d
+    d.pop("bundle_id")
+    d["bundle_id"] = old.content_id()
+    from edgesdk.runtime.manifest import Manifest
+
+    assert Manifest.from_dict(d).content_id() == d["bundle_id"]
