@@ -173,7 +173,7 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
                          plans: list[dict[str, Any]], reports: list[SegmentReport], staged: list[tuple[str, Path]],
                          notes: list[str], warnings: list[str], toolchains: dict[str, dict[str, str]],
                          feed: Mapping[str, Any] | None = None, expected: Mapping[str, Any] | None = None,
-                         model_name: str = "") -> Segment | None:
+                         model_name: str = "", split_outputs: frozenset[str] | None = None) -> Segment | None:
     """One accelerator segment: host steps, then the vendor compiler when it is here.
 
     The host int8 simulation (the accelerator's quantization scheme on onnxruntime) is checked against the fp32
@@ -200,7 +200,7 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     plain = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in job.inputs)
     plain_out = tuple(TensorSpec(o.name, o.shape, o.dtype) for o in job.outputs)
     sim_art = SimpleNamespace(files={"model": cplan.outputs["sim"]}, inputs=plain, outputs=plain_out, options={})
-    chk = _check("onnxruntime", sim_art, feed, expected, "int8")
+    chk = _check("onnxruntime", sim_art, feed, expected, "int8", None, split_outputs)
     if not chk.ok:
         raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (host int8 simulation)")])
     toolchains[accel.id] = {accel.id: venv_ok.detail}
@@ -260,14 +260,14 @@ class SegmentOutcome:
 
 
 def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
-           precision: str, tolerance: Any = None) -> Attempt:
+           precision: str, tolerance: Any = None, split_outputs: frozenset[str] | None = None) -> Attempt:
     """Load and run the artifact on its own engine and compare it with onnxruntime on the segment's input."""
     from edgesdk.toolchains.check import check_artifact
 
     if feed is None or expected is None:
         return Attempt(engine, precision, True, "ok", "not checked (no reference input)")
     chk = check_artifact(engine, dict(art.files), tuple(art.inputs), tuple(art.outputs), dict(art.options),
-                         feed, expected, tolerance or TOLERANCES[precision])
+                         feed, expected, tolerance or TOLERANCES[precision], split_outputs)
     cos = min(chk.cosine.values(), default=None)  # the worst output
     mx = max(chk.max_abs.values(), default=None)
     return Attempt(engine, precision, chk.ok, "ok" if chk.ok else chk.stage, chk.message, chk.seconds, mx, cos)
@@ -276,7 +276,8 @@ def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapp
 def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapter: Callable[[str], Adapter],
                     runner: Runner | None, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
                     nodes: int, explicit: bool, model_name: str, dry_run: bool = False,
-                    progress: Progress | None = None, tolerance: Any = None) -> SegmentOutcome:
+                    progress: Progress | None = None, tolerance: Any = None,
+                    split_outputs: frozenset[str] | None = None) -> SegmentOutcome:
     """Convert one CPU segment with the first engine of `chain` whose artifact converts, loads, runs and
     matches onnxruntime on `feed` (the segment's reference input; `expected` its onnxruntime outputs).
 
@@ -317,7 +318,7 @@ def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapte
         seconds = time.perf_counter() - t0
         if progress:
             progress(f"{sid}: checking the {engine} artifact on {engine}")
-        chk = _check(engine, art, feed, expected, prec, tolerance if prec == job.precision else None)
+        chk = _check(engine, art, feed, expected, prec, tolerance if prec == job.precision else None, split_outputs)
         if not chk.ok:
             attempts.append(chk)
             if explicit:
@@ -353,7 +354,6 @@ def convert(
     precision: str | None = None,
     engine: str | None = None,
     calib: str | Path | None = None,
-    sample: str | Path | None = None,
     preprocess: str | Path | Preprocess | Mapping[str, Any] | None = None,
     postprocess: Postprocess | str | Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -369,6 +369,7 @@ def convert(
     trust_model: bool = False,
     target: str | None = None,
     calib_method: str | None = None,
+    sample: str | Path | None = None,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
@@ -405,6 +406,13 @@ def convert(
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     prof = get_board(board)
     tflite_notes: list[str] = []
+    from edgesdk.precision_plan import check_options, eval_arrays
+    from edgesdk.precision_plan import split as precision_split
+
+    tgt, cmethod = check_options(precision or "fp32", engine, target, calib_method)
+    if _is_tflite(model) and (target is not None or calib_method is not None):
+        raise InputError(f"{Path(model).name} is a .tflite: --target and --calib-method apply to an ONNX/PyTorch "
+                         "model edgesdk quantizes itself (a .tflite keeps its own quantization)")
     if _is_tflite(model):
         if "tflite" in prof.engines and engine in (None, "tflite"):
             from edgesdk.tflite_source import convert_tflite
@@ -416,10 +424,6 @@ def convert(
         tflite_notes.append(f"{Path(model).name} is a .tflite: converted to ONNX (tf2onnx) for "
                             f"{engine or 'this board'}; its inputs keep the file's layout")
     precision = precision or "fp32"
-    from edgesdk.precision_plan import check_options, eval_arrays
-    from edgesdk.precision_plan import split as precision_split
-
-    tgt, cmethod = check_options(precision, engine, target, calib_method)
     eng, notes = choose_engine(prof, precision, engine)
     notes = tflite_notes + notes
     explicit = engine is not None
@@ -455,13 +459,13 @@ def convert(
             cset = load_calibration(calib, [InputSpec(i.name, i.shape, i.dtype) for i in model_ins],
                                     pre if pre is not None else None, limit=calib_limit)
             warnings += cset.warnings
+        sset = load_sample_set(sample, model_ins, pre)
         if not dry_run:  # after every input check: bad input is exit 2 even where a converter is missing
             if explicit:
                 adapter(eng).check_env().require()
             adapter(FALLBACK_ENGINE).check_env().require()
 
         model_in_specs = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in model_ins)
-        sset = load_sample_set(sample, model_ins, pre)
         ref_in, ref_source, ref_warn = reference_feed(sset, cset, lambda: random_feed(model_in_specs))
         warnings += ref_warn
         say("preparing the graph (onnxslim, checked on onnxruntime)")
@@ -506,7 +510,7 @@ def convert(
         calib_idx, held = ([], []) if cset is None else \
             precision_split(cset.count, sset is not None or tgt is None)
         eval_in, eval_source = (None, None)
-        if cset is not None and ort_int8:
+        if cset is not None and ort_int8 and tgt is not None:
             eval_in, eval_source = eval_arrays(sset.arrays if sset is not None else None, cset.arrays, held)
         if cset is not None and precision == "int8":
             seg_calib = _segment_inputs(full, m, plan.segments, {k: v[calib_idx] for k, v in cset.arrays.items()})
@@ -517,6 +521,8 @@ def convert(
         segments: list[Segment] = []
         quant: list[dict[str, Any]] = []
         tolerance: Tolerance | None = None  # the bundle's, when --target sets it (else the precision's)
+        # judged per component: the model's outputs only (an intermediate feature map's dead channel is no block)
+        model_out_names = frozenset(plan.model_outputs)
         plans: list[dict[str, Any]] = []
         staged: list[tuple[str, Path]] = []
         toolchains: dict[str, dict[str, str]] = {}
@@ -545,15 +551,16 @@ def convert(
                                                warnings, toolchains,
                                                None if dry_run else {t.name: ref_env[t.name] for t in s.inputs},
                                                None if dry_run else {t.name: ref_env[t.name] for t in s.outputs},
-                                               orig.name)
+                                               orig.name, model_out_names)
                 if acc_res is not None:
                     segments.append(acc_res)
                 continue
             planned = s.engine if s.engine in CPU_ENGINES else FALLBACK_ENGINE
             chain = engine_chain(prof2, planned, precision, explicit)
-            if tgt is not None and chain[0][0] != FALLBACK_ENGINE:
+            if (tgt is not None or cmethod not in (None, "auto")) and chain[0][0] != FALLBACK_ENGINE:
                 chain = [(FALLBACK_ENGINE, "int8")]
-                notes.append(f"segment {sid}: --target runs mixed precision on {FALLBACK_ENGINE} (not {planned})")
+                flag = "--target runs mixed precision" if tgt is not None else f"--calib-method {cmethod} runs"
+                notes.append(f"segment {sid}: {flag} on {FALLBACK_ENGINE} (not {planned})")
             if chain[0][1] != precision:
                 notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
             options: dict[str, Any] = {}
@@ -572,16 +579,17 @@ def convert(
                 options = ip.options()
                 if ip.tolerance() is not None:
                     seg_tol = ip.tolerance()
+                    floors = [c for c in (tolerance.cosine_min if tolerance else None, seg_tol.cosine_min)
+                              if c is not None]
                     tolerance = seg_tol if tolerance is None else Tolerance(
-                        max(tolerance.max_abs_rel, seg_tol.max_abs_rel),
-                        min(tolerance.cosine_min or 1.0, seg_tol.cosine_min or 1.0))
+                        max(tolerance.max_abs_rel, seg_tol.max_abs_rel), min(floors) if floors else None)
                 quant.append(ip.to_dict())
                 notes.append(ip.summary())
             job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data, options)
             feed = None if dry_run else {t.name: ref_env[t.name] for t in s.inputs}
             expected = None if dry_run else {t.name: ref_env[t.name] for t in s.outputs}
             res = convert_segment(job, chain, adapter, runner, feed, expected, len(s.nodes), explicit,
-                                  orig.name, dry_run, say, tolerance)
+                                  orig.name, dry_run, say, tolerance, model_out_names)
             reports.append(res.report)
             if res.plan is not None:
                 plans.append(res.plan)

@@ -157,19 +157,29 @@ def components(refs: Sequence[Any]) -> tuple[Component, ...]:
     """
     import numpy as np
 
-    arrs = [np.asarray(r, np.float64) for r in refs]
-    if not arrs or any(a.shape != arrs[0].shape for a in arrs) or arrs[0].ndim < 2:
+    if not refs:
         return ()
-    stack = np.stack(arrs)  # samples first
-    if not np.all(np.isfinite(stack)):
+    shape = np.shape(refs[0])
+    if len(shape) < 2 or any(np.shape(r) != shape for r in refs):
         return ()
-    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
-    for ax in range(arrs[0].ndim):
-        n = arrs[0].shape[ax]
+    # per-index min and max along every axis, one sample at a time (no stacked copy of N samples)
+    lo_hi: list[tuple[Any, Any]] = []
+    for r0 in refs:
+        r = np.asarray(r0, np.float32)
+        if not np.all(np.isfinite(r)):
+            return ()
+        for ax in range(len(shape)):
+            others = tuple(i for i in range(len(shape)) if i != ax)
+            mn, mx = r.min(axis=others), r.max(axis=others)
+            if len(lo_hi) <= ax:
+                lo_hi.append((mn, mx))
+            else:
+                lo_hi[ax] = (np.minimum(lo_hi[ax][0], mn), np.maximum(lo_hi[ax][1], mx))
+    best: tuple[float, int, Any, Any] | None = None
+    for ax, n in enumerate(shape):
         if n < 2 or n > COMPONENT_MAX_AXIS:
             continue
-        moved = np.moveaxis(stack, ax + 1, 0).reshape(n, -1)
-        scale = moved.max(axis=1) - moved.min(axis=1)
+        scale = (lo_hi[ax][1] - lo_hi[ax][0]).astype(np.float64)
         top = float(scale.max())
         if top <= 0:
             continue
@@ -193,32 +203,22 @@ def components(refs: Sequence[Any]) -> tuple[Component, ...]:
     if best is None:
         return ()
     _, ax, hi, lo = best
+    mn, mx = lo_hi[ax]
 
     def comp(ix: Any) -> Component:
-        part = np.take(stack, ix, axis=ax + 1)
-        return Component(ax, tuple(int(i) for i in ix), float(np.ptp(part)))
+        return Component(ax, tuple(int(i) for i in ix), float(mx[ix].max()) - float(mn[ix].min()))
 
     return comp(hi), comp(lo)
-
-
-def _pair_metrics(g: Any, r: Any) -> tuple[float, float, float]:
-    """(cosine, max abs error, range of the reference) of finite values of one sample."""
-    import numpy as np
-
-    fin = np.isfinite(r) & np.isfinite(g)
-    gv, rv = g[fin], r[fin]
-    if not gv.size:
-        return 1.0, 0.0, 0.0
-    return cosine(gv, rv), float(np.max(np.abs(gv - rv))), float(np.ptp(rv))
 
 
 def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None  # JSON has no inf/NaN
 
 
-def compare(name: str, got: Sequence[Any], ref: Sequence[Any], tol: Any) -> OutputMetrics:
+def compare(name: str, got: Sequence[Any], ref: Sequence[Any], tol: Any, split: bool = True) -> OutputMetrics:
     """Metrics of one output over N samples (got[i] against ref[i]), and whether they are within `tol`
-    (anything with `max_abs_rel` and `cosine_min`, e.g. the manifest's Tolerance)."""
+    (anything with `max_abs_rel` and `cosine_min`, e.g. the manifest's Tolerance). split: also judge the output's
+    components (see the module docstring); convert turns it off for intermediate segment boundaries."""
     import numpy as np
 
     problems: list[str] = []
@@ -259,15 +259,22 @@ def compare(name: str, got: Sequence[Any], ref: Sequence[Any], tol: Any) -> Outp
         problems.append(f"cosine {min(cos):.5f} < {tol.cosine_min:g}")
     comp_metrics: list[ComponentMetrics] = []
     shaped = not any("shape" in p or "NaN" in p for p in problems)
-    for c in (components(ref) if shaped else ()):
+    for c in (components(ref) if shaped and split else ()):
         # pooled over the samples: a sample where the block is near silent (a photo with no detection) weighs
         # little, as it should; its error still counts against the block's range over every sample
-        gs, rs = [], []
+        dot = ng = nr = 0.0
+        cerr = 0.0
         for g0, r0 in zip(got, ref):
-            r = np.asarray(r0, np.float64)
-            rs.append(c.take(r).ravel())
-            gs.append(c.take(np.asarray(g0, np.float64).reshape(r.shape)).ravel())
-        ccos, cerr, _ = _pair_metrics(np.concatenate(gs), np.concatenate(rs))
+            r = c.take(np.asarray(r0, np.float64))
+            g = c.take(np.asarray(g0, np.float64).reshape(np.shape(r0)))
+            fin = np.isfinite(r) & np.isfinite(g)
+            gv, rv = g[fin], r[fin]
+            dot += float(np.dot(gv, rv))
+            ng += float(np.dot(gv, gv))
+            nr += float(np.dot(rv, rv))
+            if gv.size:
+                cerr = max(cerr, float(np.max(np.abs(gv - rv))))
+        ccos = 1.0 if ng == 0 and nr == 0 else 0.0 if ng == 0 or nr == 0 else dot / math.sqrt(ng * nr)
         crel = cerr / (c.scale if c.scale > 0 else 1.0)
         crel_tol = max(tol.max_abs_rel, COMPONENT_REL_MIN)
         bad = []

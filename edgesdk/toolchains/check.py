@@ -71,8 +71,12 @@ class ArtifactCheck:
 
 def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorSpec, ...],
                    outputs: tuple[TensorSpec, ...], options: Mapping[str, Any], feed: Mapping[str, np.ndarray],
-                   reference: Mapping[str, np.ndarray], tolerance: Tolerance) -> ArtifactCheck:
+                   reference: Mapping[str, np.ndarray], tolerance: Tolerance,
+                   split_outputs: frozenset[str] | None = None) -> ArtifactCheck:
     """Load `files` on `engine`, run `feed`, compare with `reference`; see the module docstring.
+
+    split_outputs: the outputs judged per component as well (None: every output); convert passes the model's
+    outputs, so an intermediate feature map with a dead channel is not cut into blocks.
 
     files: role -> path, as an adapter's Artifact has them. inputs/outputs/options: the artifact's (the
     manifest's) tensor specs and engine options. feed and reference are keyed by the specs' `name` (the model's
@@ -83,8 +87,8 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
     that does not match the specs); everything the engine does is in the answer.
     """
     from edgesdk.runtime import engines as _engines
-    from edgesdk.runtime.session import _in_converter, _out_converter, engine_spec, guarded_load
     from edgesdk.runtime.reference import compare
+    from edgesdk.runtime.session import _in_converter, _out_converter, engine_spec, guarded_load
 
     t0 = time.perf_counter()
     _check_call(engine, files, inputs, outputs, feed, reference, tolerance, _engines.REGISTRY)
@@ -145,7 +149,8 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
         except Exception:  # noqa: BLE001, S110 - closing must not hide the answer
             pass
 
-    metrics = tuple(compare(t.name, [got[t.name]], [reference[t.name]], tolerance) for t in outputs)
+    metrics = tuple(compare(t.name, [got[t.name]], [reference[t.name]], tolerance,
+                            split=split_outputs is None or t.name in split_outputs) for t in outputs)
     max_abs = {m.name: m.max_abs for m in metrics}
     cos = {m.name: m.cosine_min for m in metrics}
     bad = [m for m in metrics if not m.ok]

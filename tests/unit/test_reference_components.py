@@ -96,3 +96,13 @@ def test_fp32_engine_noise_in_a_small_block_is_not_a_failure():
     assert len(m.components) == 2 and m.ok, m.problems
     got[:, 4:] *= 1.2  # a real fault in the scores: 20% off
     assert not compare("output0", [got.astype(np.float32)], [ref], TOLERANCES["fp32"]).ok
+
+
+def test_split_off_judges_the_whole_tensor_only():
+    """convert judges per component only the model's outputs: a segment boundary's feature map with a dead
+    channel is not cut into blocks (split=False)."""
+    ref = _head(np.random.default_rng(7))
+    got = ref.copy()
+    got[:, 4:] = 0.0
+    m = compare("feat", [got], [ref], TOLERANCES["int8"], split=False)
+    assert m.components == () and m.ok
