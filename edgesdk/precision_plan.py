@@ -207,14 +207,12 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
 
 
 def _reference_cosine(model: Path, feed: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
-    import onnxruntime as ort
-
-    from edgesdk.convert_base import TOLERANCES
-    from edgesdk.runtime.reference import compare
+    """The chosen model's worst-component cosine on the reference input (the judge quantize's metrics use)."""
+    from edgesdk.quantize import _session, _worst_cosine
 
     names = list(expected)
-    got = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(names, dict(feed))
-    return min(compare(n, [g], [expected[n]], TOLERANCES["int8"]).cosine_min for n, g in zip(names, got))
+    got = dict(zip(names, _session(model).run(names, dict(feed))))
+    return _worst_cosine(names, [got], [expected])
 
 
 def eval_arrays(sample_arrays: Mapping[str, Any] | None, calib_arrays: Mapping[str, Any], held: Sequence[int]

@@ -154,6 +154,13 @@ def _find_model(bundle: Path, manifest: Any, model: str | Path | None) -> tuple[
     return p, None
 
 
+def _save_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    """Feeds (batch axis 1) as the calibration .npz format: N samples stacked on axis 0, one array per input."""
+    import numpy as np
+
+    np.savez(path, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+
+
 def per_layer(model_path: Path, samples: list[dict[str, Any]], threshold: float,
               input_shapes: Mapping[str, Any] | None = None) -> tuple[list[LayerMetric], Any]:
     """fp32 vs onnxruntime QDQ int8 simulation, every float node output, in topological order."""
@@ -174,7 +181,7 @@ def per_layer(model_path: Path, samples: list[dict[str, Any]], threshold: float,
     with tempfile.TemporaryDirectory(prefix="edgesdk-verify-") as d:
         src, dst, cal = Path(d) / "fp32.onnx", Path(d) / "qdq.onnx", Path(d) / "calib.npz"
         onnx.save_model(full, str(src))
-        np.savez(cal, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+        _save_samples(cal, samples)
         # the adapter's own quantization: below opset 13 it upgrades the model first (per-channel DequantizeLinear
         # needs `axis`), or quantizes weights per tensor
         _quantize(str(src), str(cal), str(dst), True)
@@ -410,13 +417,11 @@ def _sensitivity(model_path: Path, samples: list[dict[str, Any]], notes: list[st
     the verification samples, as the per-layer view is."""
     import tempfile
 
-    import numpy as np
-
     from edgesdk.quantize import sensitivity
 
     with tempfile.TemporaryDirectory(prefix="edgesdk-verify-sens-") as d:
         cal = Path(d) / "samples.npz"
-        np.savez(cal, **{k: np.concatenate([s[k] for s in samples]) for k in samples[0]})
+        _save_samples(cal, samples)
         try:
             ranked = sensitivity(model_path, cal, samples[:8])
         except Exception as exc:  # noqa: BLE001 - the view is extra: the verdict stands
