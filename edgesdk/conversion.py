@@ -557,15 +557,23 @@ def convert(
                 continue
             planned = s.engine if s.engine in CPU_ENGINES else FALLBACK_ENGINE
             chain = engine_chain(prof2, planned, precision, explicit)
+            confirm_on = None  # a --target confirmed on the segment's own engine (edgesdk.precision_plan.confirm)
             if (tgt is not None or cmethod not in (None, "auto")) and chain[0][0] != FALLBACK_ENGINE:
-                chain = [(FALLBACK_ENGINE, "int8")]
-                flag = "--target runs mixed precision" if tgt is not None else f"--calib-method {cmethod} runs"
-                notes.append(f"segment {sid}: {flag} on {FALLBACK_ENGINE} (not {planned})")
+                if cmethod in (None, "auto") and chain[0][1] == "int8" and \
+                        getattr(_adapter_class(chain[0][0]), "int8_exclude", False):
+                    confirm_on = chain[0][0]
+                else:
+                    chain = [(FALLBACK_ENGINE, "int8")]
+                    flag = "--target runs mixed precision" if tgt is not None else f"--calib-method {cmethod} runs"
+                    notes.append(f"segment {sid}: {flag} on {FALLBACK_ENGINE} (not {planned}, which cannot keep "
+                                 "named layers in float)" if tgt is not None else
+                                 f"segment {sid}: {flag} on {FALLBACK_ENGINE} (not {planned})")
             if chain[0][1] != precision:
                 notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
             options: dict[str, Any] = {}
-            if chain[0] == (FALLBACK_ENGINE, "int8") and calib_data is not None and not dry_run:
-                from edgesdk.precision_plan import plan_int8, write_npz
+            res = None
+            if (chain[0] == (FALLBACK_ENGINE, "int8") or confirm_on) and calib_data is not None and not dry_run:
+                from edgesdk.precision_plan import latency_estimate, plan_int8, write_npz
 
                 ev = write_npz(work / f"{sid}_eval.npz", seg_eval[s.index]) if s.index in seg_eval else None
                 task_ctx = None
@@ -573,9 +581,19 @@ def convert(
                     task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
                                             for n in plan.model_outputs],
                                 "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+                estimate = latency_estimate({n: m.costs[node_index[n]].flops for n in s.nodes},
+                                            prof.peaks.cpu_int8_gops.value * 1e9,
+                                            prof.peaks.cpu_fp32_gflops.value * 1e9)
                 ip = plan_int8(sid, seg_onnx, calib_data.arrays, ev, eval_source, cmethod or "auto", tgt, task_ctx,
                                say, {t.name: ref_env[t.name] for t in s.inputs},
-                               {t.name: ref_env[t.name] for t in s.outputs})
+                               {t.name: ref_env[t.name] for t in s.outputs}, estimate)
+                if confirm_on is not None and ev is not None:
+                    ip, res = _confirm_on_engine(ip, confirm_on, s, seg_onnx, ev, task_ctx, calib_data, ins, outs,
+                                                 adapter, runner, {t.name: ref_env[t.name] for t in s.inputs},
+                                                 {t.name: ref_env[t.name] for t in s.outputs}, orig.name, say,
+                                                 model_out_names, estimate, notes, warnings)
+                    if res is None:
+                        chain = [(FALLBACK_ENGINE, "int8")]
                 options = ip.options()
                 if ip.tolerance() is not None:
                     seg_tol = ip.tolerance()
@@ -588,8 +606,9 @@ def convert(
             job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data, options)
             feed = None if dry_run else {t.name: ref_env[t.name] for t in s.inputs}
             expected = None if dry_run else {t.name: ref_env[t.name] for t in s.outputs}
-            res = convert_segment(job, chain, adapter, runner, feed, expected, len(s.nodes), explicit,
-                                  orig.name, dry_run, say, tolerance, model_out_names)
+            if res is None:
+                res = convert_segment(job, chain, adapter, runner, feed, expected, len(s.nodes), explicit,
+                                      orig.name, dry_run, say, tolerance, model_out_names)
             reports.append(res.report)
             if res.plan is not None:
                 plans.append(res.plan)
@@ -625,6 +644,48 @@ def convert(
                              time.perf_counter() - t_start, False, prep.to_dict(), ref_source, tuple(quant))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, task_ctx: Any, calib_data: CalibData,
+                       ins: tuple, outs: tuple, adapter: Callable[[str], Adapter], runner: Runner | None,
+                       feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
+                       say: Callable[[str], None], split_outputs: frozenset[str], estimate: Any,
+                       notes: list[str], warnings: list[str]) -> tuple[Any, SegmentOutcome | None]:
+    """A --target's layers built into the segment's own engine and measured there (edgesdk.precision_plan.confirm).
+
+    Returns (the plan, the accepted outcome); (the onnxruntime plan, None) when the engine cannot reach the target or
+    cannot build or run the model: the segment then goes to onnxruntime, whose search met it, and the notes say so."""
+    from edgesdk.precision_plan import confirm
+    from edgesdk.quantize import load_samples
+    from edgesdk.toolchains.check import run_artifact
+
+    sid = f"s{s.index}"
+    feeds = load_samples(ev)
+    built: dict[str, SegmentOutcome] = {}
+    # the artifact check proves load and run here; the target, not the int8 tolerance, is the criterion
+    loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)
+
+    def build(kept: tuple[str, ...]) -> tuple[list[dict[str, Any]], int]:
+        job = ConversionJob(sid, seg_onnx, seg_onnx.parent, "int8", ins, outs, calib_data, {"exclude_nodes": list(kept)})
+        out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True,
+                              model_name, False, say, loose, split_outputs)
+        seg, staged = out.segment, dict(out.staged)
+        files = {role: staged[rel] for role, rel in seg.files.items()}
+        got = run_artifact(engine, files, tuple(seg.inputs), tuple(seg.outputs), dict(seg.options), feeds)
+        built["last"] = out
+        return got, out.report.bytes
+
+    try:
+        plan = confirm(ip, engine, seg_onnx, ev, task_ctx, build, say, estimate)
+    except EdgeSDKError as exc:
+        why = f"segment {sid}: {engine} int8 with the searched layers kept in float: {exc}; the segment goes to " \
+              f"{FALLBACK_ENGINE} int8, whose search met --target with {len(ip.kept)} layer(s) kept in float"
+        notes.append(why)
+        warnings.append(why)
+        return replace(ip, notes=(*ip.notes, why)), None
+    out = built["last"]
+    cos = out.report.check.cosine if out.report.check is not None else None
+    return replace(plan, reference_cosine=cos if cos is not None else plan.reference_cosine), out
 
 
 def _save_segment(proto: Any, path: Path, seg: Any, feed: Mapping[str, Any] | None) -> None:

@@ -10,9 +10,13 @@ The mechanics are edgesdk.quantize (choose_method, sensitivity, search); this mo
   edgesdk.evaluate's on the segment's outputs, which must then be the model's outputs;
 - the result: the adapter's job options {"calibrate_method", "exclude_nodes"} and a report of every step.
 
-Why onnxruntime only, today: quantize_static's nodes_to_exclude keeps a named node in float and its calibration
-methods are selectable in-process; MNN's skip list and TFLite's selective quantization are not wired yet (said
-where a target is asked of them).
+The search runs on onnxruntime's QDQ model in-process (fast: one quantize + run per step), whatever the segment's
+engine. For another engine that can keep named layers in float (an adapter with `int8_exclude`: MNN's
+skip_quant_op_names, TFLite's selective quantization), the layers found are then confirmed on that engine's own
+artifact (`confirm`): built, run on the evaluation split on the host, measured with the same metric; while it
+misses, more layers of the ranking are kept (doubling), at most MAX_ENGINE_BUILDS builds. An engine that cannot
+reach the target gives the segment to onnxruntime, whose search met it (a recorded fallback): nothing is shipped
+below the target.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
 TOLERANCE_MARGIN = 0.005
 #: Sensitivity runs on at most this many evaluation samples (it keeps every fp32 tensor of each in memory).
 SENSITIVITY_SAMPLES = 8
+#: At most this many artifacts of the segment's own engine are built to confirm a target there.
+MAX_ENGINE_BUILDS = 3
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,23 @@ class Int8Plan:
     reference_cosine: float | None = None  # the chosen model's worst-component cosine on the reference input
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    engine: str = "onnxruntime"  # the engine the kept layers were confirmed on
+    confirm_steps: tuple[Any, ...] = ()  # edgesdk.quantize.SearchStep, measured on `engine`'s own artifacts
+    final_kept: tuple[str, ...] | None = None  # what `engine` needed (None: the search's answer)
 
     @property
     def kept(self) -> tuple[str, ...]:
+        if self.final_kept is not None:
+            return self.final_kept
         return tuple(self.search.kept) if self.search is not None and self.search.reached else ()
+
+    @property
+    def metric_value(self) -> float | None:
+        """The target metric of what is shipped: the confirming engine's, else the search's."""
+        met = [s for s in self.confirm_steps if s.meets]
+        if met:
+            return float(met[-1].metric)
+        return self.search.metric if self.search is not None else None
 
     def tolerance(self) -> Any:
         """The bundle's tolerance when a target chose the layers (None without one): the board must reproduce what
@@ -84,7 +103,9 @@ class Int8Plan:
             metric, value = self.target
             if self.search.reached:
                 s += (f"; target {metric}={value:g} met with {len(self.kept)} layer(s) kept in float "
-                      f"({metric} {self.search.metric:.5f}, {len(self.search.steps)} step(s) on {self.eval_source})")
+                      f"({metric} {self.metric_value:.5f}, {len(self.search.steps)} search step(s) on onnxruntime"
+                      f"{f', {len(self.confirm_steps)} build(s) on {self.engine}' if self.confirm_steps else ''}"
+                      f", on {self.eval_source})")
                 tol = self.tolerance()
                 if tol is not None:
                     s += (f"; the bundle's check (verify, smoke test): cosine >= {tol.cosine_min:g} per component "
@@ -100,7 +121,9 @@ class Int8Plan:
                 "eval": self.eval_source, "kept_in_float": list(self.kept),
                 "search": self.search.to_dict() if self.search is not None else None,
                 "sensitivity_top": list(self.ranking),
-                "reference_cosine": self.reference_cosine, "seconds": round(self.seconds, 3), "notes": list(self.notes)}
+                "reference_cosine": self.reference_cosine, "seconds": round(self.seconds, 3), "notes": list(self.notes),
+                "engine": self.engine, "engine_steps": [x.to_dict() for x in self.confirm_steps],
+                "metric": self.metric_value}
 
 
 def split(count: int, have_sample: bool) -> tuple[list[int], list[int]]:
@@ -111,19 +134,20 @@ def split(count: int, have_sample: bool) -> tuple[list[int], list[int]]:
     return [i for i in range(count) if i not in set(held)], held
 
 
-def _metric(name: str, seg_onnx: Path, samples: Sequence[Mapping[str, Any]], task_ctx: Mapping[str, Any] | None
-            ) -> tuple[Callable[[Path], float], bool]:
-    """(metric(quantized segment path) -> value, higher_is_better)."""
+def _judge(name: str, seg_onnx: Path, samples: Sequence[Mapping[str, Any]], task_ctx: Mapping[str, Any] | None
+           ) -> tuple[Callable[[Sequence[Mapping[str, Any]]], float], list[str], bool]:
+    """(judge(outputs per sample) -> value, the output names it reads, higher_is_better), against the fp32 segment's
+    outputs on `samples` (computed once, here). The one judge of the search (onnxruntime) and of `confirm` (the
+    segment's own engine)."""
     from edgesdk.evaluate import TARGET_METRICS
-    from edgesdk.quantize import output_cosine
+    from edgesdk.quantize import _fp32_outputs, _worst_cosine
 
     if name == "cosine":
-        return output_cosine(seg_onnx, samples), True
+        names, refs = _fp32_outputs(seg_onnx, samples)
+        return (lambda got: _worst_cosine(names, got, refs)), names, True
     if task_ctx is None:
         raise InputError(f"--target {name}: a task metric needs the whole model in one CPU segment (its outputs are "
                          "the model's); use --target cosine=VALUE for this plan")
-    import onnxruntime as ort
-
     from edgesdk.evaluate import TASK_METRIC, evaluate, plan_tasks
 
     outputs, post, input_hw, task = (task_ctx["outputs"], task_ctx["postprocess"], task_ctx["input_hw"],
@@ -134,27 +158,54 @@ def _metric(name: str, seg_onnx: Path, samples: Sequence[Mapping[str, Any]], tas
         raise InputError(f"--target {name}: no output of this model is judged by {name} (its outputs: "
                          f"{[(o.name, list(o.shape)) for o in outputs]}); declare the decoder (a yolo postprocess) "
                          "or choose another metric")
-    names = [o.name for o in outputs]
-    fp = ort.InferenceSession(str(seg_onnx), providers=["CPUExecutionProvider"])
-    refs = [dict(zip(names, fp.run(names, dict(s)))) for s in samples]
+    names, refs = _fp32_outputs(seg_onnx, samples)
 
-    def metric(q: Path) -> float:
-        sess = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
-        got = [dict(zip(names, sess.run(names, dict(s)))) for s in samples]
-        res = evaluate(plans, got, refs, post, names)
+    def judge(got: Sequence[Mapping[str, Any]]) -> float:
+        res = evaluate(plans, list(got), refs, post, names)
         vals = [r.value for r in res]
         if any(v is None for v in vals):
             raise ModelError(f"--target {name}: the fp32 model gives nothing to judge {name} on the evaluation "
                              f"samples ({'; '.join(n for r in res for n in r.notes)})")
         return min(vals) if TARGET_METRICS[name] == "min" else max(vals)  # type: ignore[type-var]
 
-    return metric, TARGET_METRICS[name] == "min"
+    return judge, names, TARGET_METRICS[name] == "min"
+
+
+def _metric(name: str, seg_onnx: Path, samples: Sequence[Mapping[str, Any]], task_ctx: Mapping[str, Any] | None
+            ) -> tuple[Callable[[Path], float], Callable[[Sequence[Mapping[str, Any]]], float], bool]:
+    """(metric(quantized onnx path) -> value on onnxruntime, the judge of outputs, higher_is_better)."""
+    from edgesdk.quantize import _session
+
+    judge, names, higher = _judge(name, seg_onnx, samples, task_ctx)
+
+    def metric(q: Path) -> float:
+        sess = _session(q)
+        missing = [n for n in names if n not in {o.name for o in sess.get_outputs()}]
+        if missing:
+            raise ModelError(f"{q} has no output(s) {missing} of {seg_onnx}")
+        return judge([dict(zip(names, sess.run(names, dict(smp)))) for smp in samples])
+
+    return metric, judge, higher
+
+
+def latency_estimate(flops: Mapping[str, float], int8_ops_per_s: float, fp32_flops_per_s: float
+                     ) -> Callable[[Sequence[str]], float]:
+    """estimate(kept) -> ms: the segment's compute at the board's int8 peak, the kept layers' at its fp32 peak (the
+    same peak-figure model as inspect's estimate, compute only: what keeping layers in float costs)."""
+    total = float(sum(flops.values()))
+
+    def estimate(kept: Sequence[str]) -> float:
+        fk = float(sum(flops.get(n, 0.0) for n in kept))
+        return 1e3 * ((total - fk) / int8_ops_per_s + fk / fp32_flops_per_s)
+
+    return estimate
 
 
 def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, eval_source: str | None,
               method: str, target: tuple[str, float] | None, task_ctx: Mapping[str, Any] | None,
               say: Callable[[str], None], ref_feed: Mapping[str, Any] | None = None,
-              ref_expected: Mapping[str, Any] | None = None) -> Int8Plan:
+              ref_expected: Mapping[str, Any] | None = None,
+              estimate: Callable[[Sequence[str]], float] | None = None) -> Int8Plan:
     """The calibration method and the layers kept in float for one onnxruntime int8 segment.
 
     calib_npz: the segment's calibration arrays (already without the held-back samples when those are the eval
@@ -185,14 +236,15 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
         raise InputError(f"--target needs evaluation samples: --sample DIR, or at least {HOLDOUT_EVERY} calibration "
                          f"samples (it has {count})")
     samples = load_samples(eval_npz)
-    metric, higher = _metric(target[0], seg_onnx, samples, task_ctx)
+    metric, _judge_outputs, higher = _metric(target[0], seg_onnx, samples, task_ctx)
     say(f"{sid}: measuring each layer's int8 sensitivity on {min(len(samples), SENSITIVITY_SAMPLES)} evaluation "
         "sample(s)")
     ranking = sensitivity(seg_onnx, calib_npz, samples[:SENSITIVITY_SAMPLES], method=method)
     say(f"{sid}: searching for the fewest layers to keep in float ({target[0]} >= {target[1]:g})"
         if higher else f"{sid}: searching for the fewest layers to keep in float ({target[0]} <= {target[1]:g})")
     chosen = calib_npz.with_name(f"{sid}_mixed_chosen.onnx")
-    res = search(seg_onnx, calib_npz, ranking, metric, target[1], higher_is_better=higher, method=method, out=chosen)
+    res = search(seg_onnx, calib_npz, ranking, metric, target[1], higher_is_better=higher, method=method, out=chosen,
+                 estimate=estimate)
     ref_cos = None
     if res.reached and ref_feed is not None and ref_expected is not None:
         ref_cos = _reference_cosine(chosen, ref_feed, ref_expected)
@@ -204,6 +256,48 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
                          f"{res.note} (steps: {steps}); nothing was written. Lower the target, or convert as fp16/"
                          "fp32")
     return plan
+
+
+def confirm(plan: Int8Plan, engine: str, seg_onnx: Path, eval_npz: Path, task_ctx: Mapping[str, Any] | None,
+            build: Callable[[tuple[str, ...]], tuple[Sequence[Mapping[str, Any]], int]],
+            say: Callable[[str], None], estimate: Callable[[Sequence[str]], float] | None = None,
+            max_builds: int = MAX_ENGINE_BUILDS) -> Int8Plan:
+    """The search's layers confirmed on `engine`'s own artifact (see the module docstring).
+
+    build(kept) -> (the artifact's outputs on every evaluation sample, artifact bytes); it raises
+    edgesdk.errors.EdgeSDKError when the engine cannot build or run it (then the plan is not confirmed: the caller
+    falls back). Returns the plan with the engine's steps; raises ModelError when `engine` misses the target within
+    `max_builds` builds or the ranking runs out (the caller gives the segment to onnxruntime)."""
+    from edgesdk.quantize import SearchStep, _meets, load_samples
+
+    if plan.target is None or plan.search is None or not plan.search.reached:
+        raise ValueError("confirm needs a plan whose search reached its target")
+    metric, value = plan.target
+    samples = load_samples(eval_npz)
+    judge, _names, higher = _judge(metric, seg_onnx, samples, task_ctx)
+    ranking = [r["node"] for r in plan.ranking]
+    kept = list(plan.search.kept)
+    # the whole ranking is longer than the report's top 20: the search's own order first, then the rest
+    order = list(dict.fromkeys([*kept, *ranking]))
+    steps: list[Any] = []
+    while True:
+        say(f"{plan.segment}: building on {engine} with {len(kept)} layer(s) kept in float")
+        got, size = build(tuple(kept))
+        v = float(judge(got))
+        ok = _meets(v, value, higher)
+        steps.append(SearchStep(tuple(kept), v, int(size), ok, estimate(kept) if estimate is not None else None,
+                                engine))
+        if ok:
+            from dataclasses import replace
+
+            return replace(plan, engine=engine, confirm_steps=tuple(steps), final_kept=tuple(kept))
+        grow = max(1, len(kept))
+        more = [n for n in order if n not in kept][:grow]
+        if not more or len(steps) >= max_builds:
+            tried = "; ".join(f"{len(x.kept)} kept: {metric} {x.metric:.5f}" for x in steps)
+            raise ModelError(f"segment {plan.segment}: {engine} misses --target {metric}={value:g} with the layers "
+                             f"onnxruntime needed and more ({tried})")
+        kept = [*kept, *more]
 
 
 def _reference_cosine(model: Path, feed: Mapping[str, Any], expected: Mapping[str, Any]) -> float:
@@ -242,12 +336,29 @@ def check_options(precision: str, engine: str | None, target: str | None, calib_
         raise InputError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
     if (target is not None or calib_method is not None) and precision != "int8":
         raise InputError(f"--target and --calib-method apply to --precision int8, not {precision}")
-    if (target is not None or calib_method not in (None, "auto", "minmax")) and engine not in (None, "onnxruntime"):
-        raise InputError(f"--target/--calib-method on --engine {engine}: mixed precision and the calibration-method "
-                         "choice run on onnxruntime in this release (MNN's skip list and TFLite's selective "
-                         "quantization are not wired yet); use --engine onnxruntime or leave --engine out")
+    if calib_method not in (None, "auto", "minmax") and engine not in (None, "onnxruntime"):
+        raise InputError(f"--calib-method {calib_method} on --engine {engine}: {calib_method} is onnxruntime's "
+                         "calibration; use --engine onnxruntime or leave --engine out")
+    if target is not None and engine not in (None, "onnxruntime") and not _keeps_layers(engine):
+        raise InputError(f"--target on --engine {engine}: {engine} cannot keep named layers in float (engines that "
+                         f"can: {', '.join(_engines_keeping_layers())}); use one of those or leave --engine out")
     return (parse_target(target) if target is not None else None), calib_method
 
 
-__all__ = ["CALIB_METHODS", "HOLDOUT_EVERY", "MIN_FOR_CHOICE", "Int8Plan", "check_options", "eval_arrays",
-           "plan_int8", "split", "write_npz"]
+def _keeps_layers(engine: str) -> bool:
+    from edgesdk.toolchains.adapters import adapter_class
+
+    try:
+        return bool(getattr(adapter_class(engine), "int8_exclude", False))
+    except Exception:  # noqa: BLE001 - an unknown engine is choose_engine's error (with did-you-mean)
+        return True
+
+
+def _engines_keeping_layers() -> list[str]:
+    from edgesdk.toolchains.adapters import ADAPTERS, adapter_class
+
+    return sorted(k for k in ADAPTERS if getattr(adapter_class(k), "int8_exclude", False))
+
+
+__all__ = ["CALIB_METHODS", "HOLDOUT_EVERY", "MAX_ENGINE_BUILDS", "MIN_FOR_CHOICE", "Int8Plan", "check_options",
+           "confirm", "eval_arrays", "latency_estimate", "plan_int8", "split", "write_npz"]

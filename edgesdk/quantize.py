@@ -99,15 +99,21 @@ class LayerSensitivity:
 
 @dataclass(frozen=True)
 class SearchStep:
-    """One round of the mixed-precision search: these layers kept in float, the metric, the model's size."""
+    """One round of the mixed-precision search: these layers kept in float, the metric, the model's size, the
+    board's estimated compute time for that split (edgesdk.precision_plan.latency_estimate) and the engine that
+    was measured (onnxruntime's QDQ model during the search; the target engine's own artifact when confirming)."""
 
     kept: tuple[str, ...]
     metric: float
     size_bytes: int
     meets: bool
+    estimate_ms: float | None = None
+    engine: str = "onnxruntime"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept": list(self.kept), "metric": self.metric, "size_bytes": self.size_bytes, "meets": self.meets}
+        return {"kept": list(self.kept), "metric": self.metric, "size_bytes": self.size_bytes, "meets": self.meets,
+                "estimate_ms": None if self.estimate_ms is None else round(self.estimate_ms, 3),
+                "engine": self.engine}
 
 
 @dataclass(frozen=True)
@@ -510,10 +516,10 @@ def choose_method(model: str | Path, calib_npz: str | Path, holdout: Sequence[in
 
 def search(model: str | Path, calib_npz: str | Path, ranking: Sequence[LayerSensitivity | str], metric: Metric,
            target: float, higher_is_better: bool = True, max_steps: int = MAX_STEPS, method: str = "minmax",
-           out: str | Path | None = None) -> SearchResult:
+           out: str | Path | None = None, estimate: Callable[[Sequence[str]], float] | None = None) -> SearchResult:
     """The smallest prefix of `ranking` (most sensitive first) to keep in float so that metric(quantized) meets
     `target`: plain int8 first, then 1, 2, 4, ... layers kept until it holds, then bisection between the last miss
-    and the first hit. Every quantize+measure round is a step. Not reached when even the whole ranking in float
+    and the first hit. Every quantize+measure round is a step (with `estimate(kept)`, its estimated latency). Not reached when even the whole ranking in float
     misses, or `max_steps` ran out before a hit. With `out`, the chosen model is written there (when reached).
 
     Assumes the metric improves as layers are kept in float (what the ranking is for); the bisection's answer is the
@@ -532,7 +538,8 @@ def search(model: str | Path, calib_npz: str | Path, ranking: Sequence[LayerSens
         def trial(k: int) -> bool:
             q = _run_quantize(src, calib_npz, Path(d) / f"kept{k}.onnx", method, names[:k], note)
             value = float(metric(q.path))
-            steps.append(SearchStep(tuple(names[:k]), value, q.size_bytes, _meets(value, target, higher_is_better)))
+            steps.append(SearchStep(tuple(names[:k]), value, q.size_bytes, _meets(value, target, higher_is_better),
+                                    estimate(names[:k]) if estimate is not None else None))
             models[k] = q.path
             return steps[-1].meets
 

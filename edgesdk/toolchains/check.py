@@ -88,7 +88,7 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
     """
     from edgesdk.runtime import engines as _engines
     from edgesdk.runtime.reference import compare
-    from edgesdk.runtime.session import _in_converter, _out_converter, engine_spec, guarded_load
+    from edgesdk.runtime.session import engine_spec, guarded_load
 
     t0 = time.perf_counter()
     _check_call(engine, files, inputs, outputs, feed, reference, tolerance, _engines.REGISTRY)
@@ -127,18 +127,9 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
         except Exception as exc:  # noqa: BLE001 - the engine's own exception type, unknown to the adapter
             return fail("load", f"{engine} could not load {_names(paths)}: {type(exc).__name__}: {exc}")
         try:
-            efeed = {}
-            for t in inputs:
-                conv = _in_converter(t)
-                x = np.asarray(feed[t.name])
-                efeed[t.engine_name or t.name] = np.ascontiguousarray(conv(x) if conv is not None else x)
-            res = inst.run(efeed)
-            got = {}
-            for t in outputs:
-                en = t.engine_name or t.name
-                if en not in res:
-                    return fail("run", f"{engine} returned no output {en!r} (it returned {sorted(res)})")
-                got[t.name] = _out_converter(t)(np.asarray(res[en]))
+            got = _run_once(inst, engine, inputs, outputs, feed)
+        except _NoOutput as exc:
+            return fail("run", str(exc))
         except EngineFailure as exc:
             return fail("run", str(exc))
         except Exception as exc:  # noqa: BLE001 - as above, for run
@@ -160,6 +151,61 @@ def check_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorS
         return ArtifactCheck(False, engine, "verify", f"{engine} output differs from the reference: {msg}",
                              max_abs, cos, seconds, metrics)
     return ArtifactCheck(True, engine, "verify", "", max_abs, cos, seconds, metrics)
+
+
+class _NoOutput(Exception):
+    pass
+
+
+def _run_once(inst: Any, engine: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+              feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One run of a loaded engine, fed and read as Session feeds and reads it (layout, quantization)."""
+    from edgesdk.runtime.session import _in_converter, _out_converter
+
+    efeed = {}
+    for t in inputs:
+        conv = _in_converter(t)
+        x = np.asarray(feed[t.name])
+        efeed[t.engine_name or t.name] = np.ascontiguousarray(conv(x) if conv is not None else x)
+    res = inst.run(efeed)
+    got = {}
+    for t in outputs:
+        en = t.engine_name or t.name
+        if en not in res:
+            raise _NoOutput(f"{engine} returned no output {en!r} (it returned {sorted(res)})")
+        got[t.name] = _out_converter(t)(np.asarray(res[en]))
+    return got
+
+
+def run_artifact(engine: str, files: Mapping[str, Path], inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], options: Mapping[str, Any],
+                 feeds: list[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The artifact's outputs on each of `feeds` (keyed and laid out like check_artifact's), on the host.
+
+    For measuring a converted segment on many samples (mixed precision's confirmation); a crash-prone engine is
+    loaded once in the guarded child first, as check_artifact does. Raises EngineFailure naming the engine and
+    the files for anything that goes wrong."""
+    from edgesdk.runtime import engines as _engines
+    from edgesdk.runtime.session import engine_spec, guarded_load
+
+    paths = {role: Path(p) for role, p in files.items()}
+    cls = _engines.require(engine)
+    e_in, e_out = tuple(engine_spec(t) for t in inputs), tuple(engine_spec(t) for t in outputs)
+    if cls.crash_prone:
+        guarded_load(engine, paths, e_in, e_out, options)
+    inst = cls()
+    try:
+        inst.load(paths, e_in, e_out, options)
+        return [_run_once(inst, engine, inputs, outputs, f) for f in feeds]
+    except (EngineFailure, EngineUnavailable):
+        raise
+    except Exception as exc:  # the engine's own exception type
+        raise EngineFailure(f"{engine} could not run {_names(paths)}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        try:
+            inst.close()
+        except Exception:  # noqa: BLE001, S110 - closing must not hide the answer
+            pass
 
 
 # -- ncnn: the layer types of a .param against the layers this ncnn has -----------------------------------
@@ -275,4 +321,4 @@ def _names(paths: Mapping[str, Path]) -> str:
 
 
 __all__ = ["PNNX_LEFTOVERS", "STAGES", "ArtifactCheck", "check_artifact", "ncnn_layer_problem", "ncnn_param_layers",
-           "ncnn_unknown_layers"]
+           "ncnn_unknown_layers", "run_artifact"]

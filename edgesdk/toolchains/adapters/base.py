@@ -108,6 +108,8 @@ class Adapter:
     pip_args: ClassVar[tuple[str, ...]] = ()
     #: Seconds one conversion command may take.
     timeout: ClassVar[float] = 900.0
+    #: int8 can keep the ONNX nodes named in job.options["exclude_nodes"] in float (mixed precision, --target).
+    int8_exclude: ClassVar[bool] = False
 
     def __init__(self, venv: Path | None = None) -> None:
         self.venv = Path(venv) if venv is not None else toolchain_venv(self.id)

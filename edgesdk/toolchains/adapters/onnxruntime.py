@@ -20,6 +20,7 @@ class OnnxRuntimeAdapter(Adapter):
     id = "onnxruntime"
     engine = "onnxruntime"
     precisions = ("fp32", "int8")
+    int8_exclude = True
     unsupported = {"fp16": "edgesdk does not make fp16 ONNX for the CPU fallback (onnxruntime's CPU kernels run "
                            "fp16 models slower than fp32); use fp32 or int8"}
 
