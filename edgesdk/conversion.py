@@ -173,7 +173,8 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
                          plans: list[dict[str, Any]], reports: list[SegmentReport], staged: list[tuple[str, Path]],
                          notes: list[str], warnings: list[str], toolchains: dict[str, dict[str, str]],
                          feed: Mapping[str, Any] | None = None, expected: Mapping[str, Any] | None = None,
-                         model_name: str = "", split_outputs: frozenset[str] | None = None) -> Segment | None:
+                         model_name: str = "", split_outputs: frozenset[str] | None = None,
+                         tolerance: Tolerance | None = None) -> Segment | None:
     """One accelerator segment: host steps, then the vendor compiler when it is here.
 
     The host int8 simulation (the accelerator's quantization scheme on onnxruntime) is checked against the fp32
@@ -200,7 +201,7 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     plain = tuple(TensorSpec(i.name, i.shape, i.dtype) for i in job.inputs)
     plain_out = tuple(TensorSpec(o.name, o.shape, o.dtype) for o in job.outputs)
     sim_art = SimpleNamespace(files={"model": cplan.outputs["sim"]}, inputs=plain, outputs=plain_out, options={})
-    chk = _check("onnxruntime", sim_art, feed, expected, "int8", None, split_outputs)
+    chk = _check("onnxruntime", sim_art, feed, expected, "int8", tolerance, split_outputs)
     if not chk.ok:
         raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (host int8 simulation)")])
     toolchains[accel.id] = {accel.id: venv_ok.detail}
@@ -512,6 +513,27 @@ def convert(
         eval_in, eval_source = (None, None)
         if cset is not None and ort_int8 and tgt is not None:
             eval_in, eval_source = eval_arrays(sset.arrays if sset is not None else None, cset.arrays, held)
+        quant: list[dict[str, Any]] = []
+        tolerance: Tolerance | None = None  # the bundle's, when --target sets it (else the precision's)
+        keep_cpu: dict[str, str] = {}  # accelerator layers a --target keeps in float, on the CPU
+        if tgt is not None and accel is not None and cset is not None and eval_in is not None:
+            keep_cpu, acc_plans = _accelerator_keep(accel, plan, m, full, inits, node_index, work,
+                                                    {k: v[calib_idx] for k, v in cset.arrays.items()}, eval_in,
+                                                    eval_source, tgt, ref_env, ref_out, postprocess, pre, prof, say)
+            for ip in acc_plans:
+                quant.append(ip.to_dict())
+                notes.append(ip.summary())
+                tolerance = _merge_tolerance(tolerance, ip.tolerance())
+            if keep_cpu:
+                plan = analyze(m, prof2, whole_model=not explicit, keep_cpu=keep_cpu).plan
+                notes.append(f"--target keeps {len(keep_cpu)} accelerator layer(s) in float on the CPU "
+                             f"({', '.join(list(keep_cpu)[:5])}{', ...' if len(keep_cpu) > 5 else ''}): the partition "
+                             f"now has {len(plan.segments)} segment(s)")
+                boundary = list(dict.fromkeys(t.name for s in plan.segments for t in (*s.inputs, *s.outputs)
+                                              if t.name not in ref_in))
+                ref_env = dict(ref_in)
+                ref_env.update(zip(boundary, _reference_run(with_outputs(full, boundary, m.tensors), boundary, ref_in,
+                                                            f"{orig.name} (segment boundaries)")))
         if cset is not None and precision == "int8":
             seg_calib = _segment_inputs(full, m, plan.segments, {k: v[calib_idx] for k, v in cset.arrays.items()})
             if eval_in is not None:
@@ -519,8 +541,6 @@ def convert(
 
         reports: list[SegmentReport] = []
         segments: list[Segment] = []
-        quant: list[dict[str, Any]] = []
-        tolerance: Tolerance | None = None  # the bundle's, when --target sets it (else the precision's)
         # judged per component: the model's outputs only (an intermediate feature map's dead channel is no block)
         model_out_names = frozenset(plan.model_outputs)
         plans: list[dict[str, Any]] = []
@@ -551,7 +571,7 @@ def convert(
                                                warnings, toolchains,
                                                None if dry_run else {t.name: ref_env[t.name] for t in s.inputs},
                                                None if dry_run else {t.name: ref_env[t.name] for t in s.outputs},
-                                               orig.name, model_out_names)
+                                               orig.name, model_out_names, tolerance)
                 if acc_res is not None:
                     segments.append(acc_res)
                 continue
@@ -572,7 +592,13 @@ def convert(
                 notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
             options: dict[str, Any] = {}
             res = None
-            if (chain[0] == (FALLBACK_ENGINE, "int8") or confirm_on) and calib_data is not None and not dry_run:
+            kept_here = [n for n in s.nodes if n in keep_cpu]
+            if kept_here:  # the accelerator's search chose these layers: float here, the rest int8
+                chain = [(FALLBACK_ENGINE, "int8")]
+                options = {"calibrate_method": "minmax", "exclude_nodes": kept_here}
+                notes.append(f"segment {sid}: {FALLBACK_ENGINE} int8 with {len(kept_here)} layer(s) kept in float "
+                             f"(moved off {accel.engine if accel else 'the accelerator'} by --target)")
+            elif (chain[0] == (FALLBACK_ENGINE, "int8") or confirm_on) and calib_data is not None and not dry_run:
                 from edgesdk.precision_plan import latency_estimate, plan_int8, write_npz
 
                 ev = write_npz(work / f"{sid}_eval.npz", seg_eval[s.index]) if s.index in seg_eval else None
@@ -595,12 +621,7 @@ def convert(
                     if res is None:
                         chain = [(FALLBACK_ENGINE, "int8")]
                 options = ip.options()
-                if ip.tolerance() is not None:
-                    seg_tol = ip.tolerance()
-                    floors = [c for c in (tolerance.cosine_min if tolerance else None, seg_tol.cosine_min)
-                              if c is not None]
-                    tolerance = seg_tol if tolerance is None else Tolerance(
-                        max(tolerance.max_abs_rel, seg_tol.max_abs_rel), min(floors) if floors else None)
+                tolerance = _merge_tolerance(tolerance, ip.tolerance())
                 quant.append(ip.to_dict())
                 notes.append(ip.summary())
             job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data, options)
@@ -644,6 +665,58 @@ def convert(
                              time.perf_counter() - t_start, False, prep.to_dict(), ref_source, tuple(quant))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _merge_tolerance(a: Tolerance | None, b: Tolerance | None) -> Tolerance | None:
+    """The bundle's tolerance from two segments' (--target): the looser of each criterion."""
+    if a is None or b is None:
+        return a or b
+    floors = [c for c in (a.cosine_min, b.cosine_min) if c is not None]
+    return Tolerance(max(a.max_abs_rel, b.max_abs_rel), min(floors) if floors else None)
+
+
+def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node_index: Mapping[str, int],
+                      work: Path, calib: Mapping[str, Any], eval_in: Mapping[str, Any], eval_source: str | None,
+                      tgt: tuple[str, float], ref_env: Mapping[str, Any], ref_out: Mapping[str, Any],
+                      postprocess: Any, pre: Any, prof: Any, say: Callable[[str], None]) -> tuple[dict[str, str], list]:
+    """--target on an int8-only accelerator: each accelerator segment's search on its host int8 simulation (the
+    accelerator's scheme, edgesdk.simulate), and the layers it keeps in float, which go to the CPU (name -> why).
+
+    The accelerator has no float: the kept layers leave it, so the partition changes (recorded as a fallback of those
+    nodes, kind "fallback"). Raises ModelError (nothing written) when a segment cannot meet the target at all."""
+    from edgesdk.graph.extract import segment_model
+    from edgesdk.precision_plan import latency_estimate, plan_int8, write_npz
+    from edgesdk.simulate import ENGINE_SCHEME
+
+    scheme = ENGINE_SCHEME.get(accel.engine)
+    segs = [s for s in plan.segments if s.target == "accelerator"]
+    seg_calib = _segment_inputs(full, m, segs, calib)
+    seg_eval = _segment_inputs(full, m, segs, eval_in)
+    keep: dict[str, str] = {}
+    plans = []
+    for s in segs:
+        sid = f"s{s.index}"
+        seg_onnx = work / f"{sid}_{accel.engine}_search.onnx"
+        feed = {t.name: ref_env[t.name] for t in s.inputs}
+        _save_segment(segment_model(m, full, s, inits, node_index), seg_onnx, s, feed)
+        cal = write_npz(work / f"{sid}_{accel.engine}_search_calib.npz", seg_calib[s.index])
+        ev = write_npz(work / f"{sid}_{accel.engine}_search_eval.npz", seg_eval[s.index])
+        task_ctx = None
+        if {t.name for t in s.outputs} == set(plan.model_outputs):
+            task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
+                                    for n in plan.model_outputs],
+                        "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+        estimate = latency_estimate({n: m.costs[node_index[n]].flops for n in s.nodes},
+                                    prof.accelerator.tops.value * 1e12, prof.peaks.cpu_fp32_gflops.value * 1e9)
+        say(f"{sid}: --target on {accel.engine}: searching its host int8 simulation ({scheme} scheme)")
+        ip = plan_int8(sid, seg_onnx, cal, ev, eval_source, "minmax", tgt, task_ctx, say, feed,
+                       {t.name: ref_env[t.name] for t in s.outputs}, estimate, scheme=scheme)
+        ip = replace(ip, engine=f"{accel.engine} (host int8 simulation)")
+        for n in ip.kept:
+            keep[n] = (f"kept in float for --target {tgt[0]}={tgt[1]:g}: {accel.engine} runs int8 only, so the layer "
+                       "runs on the CPU")
+        plans.append(ip)
+    return keep, plans
 
 
 def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, task_ctx: Any, calib_data: CalibData,

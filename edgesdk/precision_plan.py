@@ -205,7 +205,7 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
               method: str, target: tuple[str, float] | None, task_ctx: Mapping[str, Any] | None,
               say: Callable[[str], None], ref_feed: Mapping[str, Any] | None = None,
               ref_expected: Mapping[str, Any] | None = None,
-              estimate: Callable[[Sequence[str]], float] | None = None) -> Int8Plan:
+              estimate: Callable[[Sequence[str]], float] | None = None, scheme: str | None = None) -> Int8Plan:
     """The calibration method and the layers kept in float for one onnxruntime int8 segment.
 
     calib_npz: the segment's calibration arrays (already without the held-back samples when those are the eval
@@ -219,7 +219,9 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
     with np.load(calib_npz, allow_pickle=False) as z:
         count = len(z[z.files[0]])
     scores: tuple[dict[str, Any], ...] = ()
-    if method != "auto":
+    if scheme is not None:  # an accelerator segment: its compiler's calibration, simulated (edgesdk.simulate)
+        method, how = "minmax", f"the {scheme} scheme's own (host int8 simulation)"
+    elif method != "auto":
         how = "forced (--calib-method)"
     elif count >= MIN_FOR_CHOICE:
         _, held = split(count, True)
@@ -239,12 +241,12 @@ def plan_int8(sid: str, seg_onnx: Path, calib_npz: Path, eval_npz: Path | None, 
     metric, _judge_outputs, higher = _metric(target[0], seg_onnx, samples, task_ctx)
     say(f"{sid}: measuring each layer's int8 sensitivity on {min(len(samples), SENSITIVITY_SAMPLES)} evaluation "
         "sample(s)")
-    ranking = sensitivity(seg_onnx, calib_npz, samples[:SENSITIVITY_SAMPLES], method=method)
+    ranking = sensitivity(seg_onnx, calib_npz, samples[:SENSITIVITY_SAMPLES], method=method, scheme=scheme)
     say(f"{sid}: searching for the fewest layers to keep in float ({target[0]} >= {target[1]:g})"
         if higher else f"{sid}: searching for the fewest layers to keep in float ({target[0]} <= {target[1]:g})")
     chosen = calib_npz.with_name(f"{sid}_mixed_chosen.onnx")
     res = search(seg_onnx, calib_npz, ranking, metric, target[1], higher_is_better=higher, method=method, out=chosen,
-                 estimate=estimate)
+                 estimate=estimate, scheme=scheme)
     ref_cos = None
     if res.reached and ref_feed is not None and ref_expected is not None:
         ref_cos = _reference_cosine(chosen, ref_feed, ref_expected)

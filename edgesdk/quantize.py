@@ -209,14 +209,23 @@ def _calib_shapes(calib_npz: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def _run_quantize(src: Path, calib: str | Path, out: Path, method: str, exclude: Sequence[str],
-                  prepared_note: str | None, per_channel: bool = True) -> Quantized:
+                  prepared_note: str | None, per_channel: bool = True, scheme: str | None = None) -> Quantized:
+    """One quantize_static call; with `scheme`, an accelerator's host int8 simulation (edgesdk.simulate: its
+    symmetry, per-tensor or per-channel weights, power-of-two scales) instead of the onnxruntime CPU int8."""
     _quiet()
     try:
-        info = _quantize(str(src), str(calib), str(out), per_channel, method=method, exclude=list(exclude))
+        if scheme is not None:
+            from edgesdk.simulate import SCHEMES
+            from edgesdk.simulate import quantize as simulate
+
+            simulate(src, calib, out, scheme, exclude)
+            info = {"per_channel": SCHEMES[scheme].per_channel, "opset": None}
+        else:
+            info = _quantize(str(src), str(calib), str(out), per_channel, method=method, exclude=list(exclude))
     except ValueError as exc:  # no array for an input, unknown node names, unknown method
         raise InputError(f"quantize with {calib}: {exc}") from exc
-    return Quantized(out, method, bool(info["per_channel"]), tuple(exclude), prepared_note or info["opset"],
-                     out.stat().st_size)
+    return Quantized(out, method if scheme is None else f"{scheme} scheme", bool(info["per_channel"]), tuple(exclude),
+                     prepared_note or info["opset"], out.stat().st_size)
 
 
 def quantize_ort(model: str | Path, calib_npz: str | Path, out: str | Path, method: str = "minmax",
@@ -433,7 +442,7 @@ def _single_layer_errors(fp_path: Path, qdq_path: Path, samples: Sequence[Feed]
 
 
 def sensitivity(model: str | Path, calib_npz: str | Path, samples: Sequence[Feed],
-                method: str = "minmax") -> list[LayerSensitivity]:
+                method: str = "minmax", scheme: str | None = None) -> list[LayerSensitivity]:
     """Every node quantize_static quantizes (per-channel weights, `method` calibration on `calib_npz`), ranked by the
     error it adds when it alone is quantized, measured on `samples` (the most harmful first).
 
@@ -451,7 +460,7 @@ def sensitivity(model: str | Path, calib_npz: str | Path, samples: Sequence[Feed
     shapes = {k: tuple(v.shape) for k, v in samples[0].items()}
     with tempfile.TemporaryDirectory(prefix="edgesdk-sensitivity-") as d:
         src, note = _prepare(model, shapes, Path(d))
-        qdq = _run_quantize(src, calib_npz, Path(d) / "qdq.onnx", method, (), note)
+        qdq = _run_quantize(src, calib_npz, Path(d) / "qdq.onnx", method, (), note, scheme=scheme)
         single = list(_single_layer_errors(src, qdq.path, samples))
         try:
             layers, _ = per_layer(src, list(samples), LAYER_COSINE, shapes)
@@ -516,7 +525,8 @@ def choose_method(model: str | Path, calib_npz: str | Path, holdout: Sequence[in
 
 def search(model: str | Path, calib_npz: str | Path, ranking: Sequence[LayerSensitivity | str], metric: Metric,
            target: float, higher_is_better: bool = True, max_steps: int = MAX_STEPS, method: str = "minmax",
-           out: str | Path | None = None, estimate: Callable[[Sequence[str]], float] | None = None) -> SearchResult:
+           out: str | Path | None = None, estimate: Callable[[Sequence[str]], float] | None = None,
+           scheme: str | None = None) -> SearchResult:
     """The smallest prefix of `ranking` (most sensitive first) to keep in float so that metric(quantized) meets
     `target`: plain int8 first, then 1, 2, 4, ... layers kept until it holds, then bisection between the last miss
     and the first hit. Every quantize+measure round is a step (with `estimate(kept)`, its estimated latency). Not reached when even the whole ranking in float
@@ -536,7 +546,7 @@ def search(model: str | Path, calib_npz: str | Path, ranking: Sequence[LayerSens
         src, note = _prepare(model, _calib_shapes(calib_npz), Path(d))
 
         def trial(k: int) -> bool:
-            q = _run_quantize(src, calib_npz, Path(d) / f"kept{k}.onnx", method, names[:k], note)
+            q = _run_quantize(src, calib_npz, Path(d) / f"kept{k}.onnx", method, names[:k], note, scheme=scheme)
             value = float(metric(q.path))
             steps.append(SearchStep(tuple(names[:k]), value, q.size_bytes, _meets(value, target, higher_is_better),
                                     estimate(names[:k]) if estimate is not None else None))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,10 @@ def make_pow2(model: Any) -> Any:
     return model
 
 
-def quantize(model: str | Path, calib: str | Path, out: str | Path, scheme: str) -> Path:
-    """Quantize `model` (ONNX) to a QDQ ONNX following `scheme`, calibrated on the arrays of `calib` (.npz)."""
+def quantize(model: str | Path, calib: str | Path, out: str | Path, scheme: str, exclude: Sequence[str] = ()
+             ) -> Path:
+    """Quantize `model` (ONNX) to a QDQ ONNX following `scheme`, calibrated on the arrays of `calib` (.npz); the
+    nodes `exclude` stay in float (mixed precision's search on an accelerator: those layers then go to the CPU)."""
     import logging
 
     import onnx
@@ -108,7 +111,8 @@ def quantize(model: str | Path, calib: str | Path, out: str | Path, scheme: str)
     sc = SCHEMES[scheme]
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
     _quantize(str(model), str(calib), str(out), sc.per_channel,
-              extra_options={"ActivationSymmetric": sc.activation_symmetric, "WeightSymmetric": True})
+              extra_options={"ActivationSymmetric": sc.activation_symmetric, "WeightSymmetric": True},
+              exclude=list(exclude))
     if sc.power_of_two:
         m = make_pow2(onnx.load(str(out)))
         onnx.save(m, str(out))

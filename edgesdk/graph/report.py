@@ -31,14 +31,36 @@ class Analysis:
     plan: PartitionPlan
 
 
+def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
+    """`support` with the accelerator nodes named in `nodes` (name -> why) placed on the board's CPU engine that
+    takes them: int8 mixed precision keeps those layers in float, which an int8-only accelerator cannot (a recorded
+    fallback, kind "fallback", its reason the precision's)."""
+    from dataclasses import replace
+
+    from edgesdk.graph.support import cpu_engine_for
+
+    out = []
+    for i, p in enumerate(support.placements):
+        if p.node in nodes and p.target == "accelerator":
+            spec = cpu_engine_for(model, support.chain, i)
+            p = replace(p, engine=spec.engine, target="cpu", kind="fallback", reasons=(nodes[p.node],),
+                        refused_by=(*p.refused_by, p.engine))
+        out.append(p)
+    return replace(support, placements=tuple(out))
+
+
 def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,
-            min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, whole_model: bool = True) -> Analysis:
+            min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, whole_model: bool = True,
+            keep_cpu: Mapping[str, str] | None = None) -> Analysis:
     """Support check and partition of a loaded model for one board.
 
     On a board without an accelerator, a model its first CPU engine cannot take whole goes whole to the
     board's next CPU engine that takes every node (`whole_model`), rather than being cut between engines:
-    the plan says so in its notes. With `whole_model=False` (an explicit --engine) the board's order stands."""
+    the plan says so in its notes. With `whole_model=False` (an explicit --engine) the board's order stands.
+    `keep_cpu`: accelerator nodes moved to the CPU (keep_on_cpu)."""
     support = check_support(model, board, tables)
+    if keep_cpu:
+        support = keep_on_cpu(model, support, keep_cpu)
     if whole_model and board.accelerator is None:
         first = board.engines[0]
         refused = [p for p in support.placements if p.engine != first]

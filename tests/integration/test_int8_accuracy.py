@@ -99,3 +99,27 @@ def test_mixed_precision_meets_a_target_plain_int8_misses(user: Path) -> None:
     # a target verify must hold the bundle to: exit 1 when missed
     miss = _run(user, "verify", "mixed", "--eval", "photos/eval", "--no-layers", "--target", "map50=1.01")
     assert miss.returncode in (1, 2) and "map50" in (miss.stdout + miss.stderr)
+
+
+def test_target_on_an_accelerator_moves_the_kept_layers_to_the_cpu(user: Path) -> None:
+    """coral-usb (int8-only Edge TPU): its host int8 simulation flattens the scores like plain int8 does; --target
+    searches that simulation (the edgetpu scheme), and the layers it keeps leave the accelerator for an onnxruntime
+    segment that runs them in float. The partition changes (recorded as a fallback) and the detections agree."""
+    args = [a if a != "rpi4" else "coral-usb" for a in COMMON]
+    r = _run(user, *args, "--target", "cosine=0.9", "-o", "coral", "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    acc = [q for q in res["quantization"] if q["engine"] == "edgetpu (host int8 simulation)"]
+    assert acc, res["quantization"]
+    kept = [n for q in acc for n in q["kept_in_float"]]
+    assert kept and all(q["search"]["reached"] for q in acc)
+    first = next(q for q in acc if q["kept_in_float"])["search"]["steps"][0]
+    assert first["kept"] == [] and not first["meets"] and first["estimate_ms"] is not None, first
+    assert any(f"{len(kept)} accelerator layer(s) in float on the CPU" in n for n in res["notes"]), res["notes"]
+    mf = json.loads((user / "coral" / "manifest.json").read_text())
+    assert any("moved off edgetpu by --target" in n for n in mf["notes"]), mf["notes"]
+    assert mf["tolerance"]["cosine_min"] <= 0.9
+    v = _run(user, "verify", "coral", "--eval", "photos/eval", "--no-layers", "--json")
+    assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-2000:]
+    (task,) = json.loads(v.stdout)["eval"]["tasks"]
+    assert task["metric"] == "map50" and task["value"] is not None and task["value"] >= 0.5, task
