@@ -17,7 +17,8 @@ def verify_cmd(
     model: Path | None = typer.Option(None, "--model", metavar="MODEL.onnx",
                                       help="The fp32 model (default: the one the manifest names)."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of --data."),
-    layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer comparison for int8 bundles."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", "--per-layer/--no-per-layer",
+                                help="Per-layer comparison for int8 bundles (RKNN's accuracy_analysis form)."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="Also quantize each layer alone (onnxruntime "
                                      "int8) and list the layers that hurt the outputs most (slow on big models)."),
     eval_dir: Path | None = typer.Option(None, "--eval", metavar="DIR",
