@@ -258,6 +258,7 @@ class SegmentOutcome:
     staged: tuple[tuple[str, Path], ...] = ()
     plan: dict[str, Any] | None = None
     toolchain: tuple[str, str, str] | None = None  # (engine, toolchain id, version)
+    notes: tuple[str, ...] = ()  # the adapter's own (Artifact.notes: e.g. which kept layers run in float)
 
 
 def _check(engine: str, art: Any, feed: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
@@ -338,7 +339,8 @@ def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapte
         size = sum(p.stat().st_size for p in art.files.values())
         report = SegmentReport(sid, engine, prec, nodes, seconds, size, planned, reason, tuple(attempts), chk)
         seg = Segment(sid, engine, files, art.inputs, art.outputs, prec, False, dict(art.options), None, reason)
-        return SegmentOutcome(seg, report, tuple(staged), None, (engine, a.id, env.version or ""))
+        return SegmentOutcome(seg, report, tuple(staged), None, (engine, a.id, env.version or ""),
+                              tuple(f"segment {sid} ({engine}): {n}" for n in art.notes))
     raise ConversionFailed(sid, model_name, attempts)
 
 
@@ -638,6 +640,7 @@ def convert(
                 notes.append(res.report.fallback_reason)
                 warnings.append(res.report.fallback_reason)
             staged.extend(res.staged)
+            notes.extend(res.notes)
             if res.toolchain:
                 toolchains[res.toolchain[0]] = {res.toolchain[1]: res.toolchain[2]}
             if res.segment is not None:
