@@ -383,7 +383,8 @@ def convert(
     input, which verify, the smoke test and the profiler judge on (default: the first calibration sample, else
     random, and then a warning). trust_model: a TorchScript archive is code: refused unless True, and then loaded and exported in a confined
     child process (edgesdk.frontends). target ("cosine=0.99", "map50=0.9", ...): int8 mixed precision, the fewest
-    layers kept in float for the metric to meet it on the evaluation split (edgesdk.precision_plan; onnxruntime);
+    layers kept in float for the metric to meet it on the evaluation split (edgesdk.precision_plan: searched on
+    onnxruntime, confirmed on an MNN/TFLite segment's own build; an accelerator's kept layers move to the CPU);
     calib_method: auto (tried on held-back samples, the onnxruntime default), minmax, entropy or percentile.
     prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
     input. Bad input raises

@@ -65,7 +65,8 @@ def convert_cmd(
     target: str | None = typer.Option(None, "--target", metavar="METRIC=VALUE",
                                       help="int8 mixed precision: keep the fewest layers in float so that METRIC "
                                       "(cosine, map50, top1, miou; cer at most) meets VALUE on --sample DIR (else "
-                                      "held-back calibration samples). onnxruntime."),
+                                      "held-back calibration samples). onnxruntime, MNN, TFLite; on an "
+                                      "accelerator the kept layers run on the CPU."),
     input_shape: list[str] | None = INPUT_SHAPE_OPTION,
     vai_version: str | None = typer.Option(None, "--vai-version", help="kv260: Vitis AI release of the board image "
                                            "(2.5, 3.0, 3.5); sets the DPU fingerprint in arch.json."),
