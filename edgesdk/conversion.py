@@ -555,13 +555,15 @@ def convert(
             proto = segment_model(m, full, s, inits, node_index)
             _save_segment(proto, seg_onnx, s, None if dry_run else {t.name: ref_env[t.name] for t in s.inputs})
             calib_data = None
+            calib_images = None  # the segment's calibration images (decoded, resized), when it reads the image input
             if s.index in seg_calib:
                 arrays = work / f"{sid}_calib.npz"
                 np.savez(arrays, **{k: v for k, v in seg_calib[s.index].items()})
                 images = mean = normal = None
                 if cset is not None and cset.images is not None and pre is not None and \
                         [t.name for t in s.inputs] == [model_ins[0].name]:
-                    images = _write_images(cset.images[calib_idx], work / f"{sid}_calib_images")
+                    calib_images = cset.images[calib_idx]
+                    images = _write_images(calib_images, work / f"{sid}_calib_images")
                     mean, normal = mnn_mean_normal(pre, cset.images.shape[-1])
                 calib_data = CalibData(arrays, len(calib_idx), images, mean, normal,
                                        pre.color if pre else "RGB")
@@ -595,6 +597,20 @@ def convert(
                 notes.append(f"segment {sid} runs on {chain[0][0]}, which has no {precision}: converted as fp32")
             options: dict[str, Any] = {}
             res = None
+            from edgesdk.precision_plan import ENGINE_METHOD_OPTION
+
+            engine_choice = None  # the engine's own calibration method, tried on held-back samples
+            if precision == "int8" and not dry_run and calib_data is not None and chain[0][1] == "int8" and \
+                    chain[0][0] in ENGINE_METHOD_OPTION and cmethod in (None, "auto") and \
+                    not any(n in keep_cpu for n in s.nodes):
+                engine_choice = _engine_method_choice(
+                    chain[0][0], s, seg_onnx, calib_data, seg_calib[s.index], calib_images, ins, outs, adapter,
+                    runner, {t.name: ref_env[t.name] for t in s.inputs}, {t.name: ref_env[t.name] for t in s.outputs},
+                    orig.name, say, model_out_names, work)
+                notes.append(f"segment {sid}: {chain[0][0]} int8 calibration {engine_choice['summary']}")
+            base_opts = ({ENGINE_METHOD_OPTION[chain[0][0]]: engine_choice["method"]}
+                         if engine_choice is not None and engine_choice["method"] is not None else {})
+            options.update(base_opts)
             kept_here = [n for n in s.nodes if n in keep_cpu]
             if kept_here:  # the accelerator's search chose these layers: float here, the rest int8
                 chain = [(FALLBACK_ENGINE, "int8")]
@@ -620,13 +636,18 @@ def convert(
                     ip, res = _confirm_on_engine(ip, confirm_on, s, seg_onnx, ev, task_ctx, calib_data, ins, outs,
                                                  adapter, runner, {t.name: ref_env[t.name] for t in s.inputs},
                                                  {t.name: ref_env[t.name] for t in s.outputs}, orig.name, say,
-                                                 model_out_names, estimate, notes, warnings)
+                                                 model_out_names, estimate, notes, warnings, base_opts)
                     if res is None:
                         chain = [(FALLBACK_ENGINE, "int8")]
-                options = ip.options()
+                options = {**base_opts, **ip.options()}
                 tolerance = _merge_tolerance(tolerance, ip.tolerance())
-                quant.append(ip.to_dict())
+                quant.append({**ip.to_dict(), "engine_method": engine_choice})
+                engine_choice = None
                 notes.append(ip.summary())
+            if engine_choice is not None:
+                quant.append({"segment": sid, "engine": chain[0][0], "method": engine_choice["method"],
+                              "method_how": engine_choice["how"], "method_scores": engine_choice["scores"],
+                              "target": None, "kept_in_float": []})
             job = ConversionJob(sid, seg_onnx, work, chain[0][1], ins, outs, calib_data, options)
             feed = None if dry_run else {t.name: ref_env[t.name] for t in s.inputs}
             expected = None if dry_run else {t.name: ref_env[t.name] for t in s.outputs}
@@ -669,6 +690,66 @@ def convert(
                              time.perf_counter() - t_start, False, prep.to_dict(), ref_source, tuple(quant))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: CalibData, arrays: Mapping[str, Any],
+                          images: Any, ins: tuple, outs: tuple, adapter: Callable[[str], Adapter],
+                          runner: Runner | None, feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
+                          say: Callable[[str], None], split_outputs: frozenset[str], work: Path) -> dict[str, Any]:
+    """The engine's own int8 calibration method (MNN KL/ADMM/EMA, TFLite per-channel/per-tensor weights), tried, not
+    assumed: each builds the segment calibrated on the calibration samples less every 4th, and is scored on those
+    held-back ones (edgesdk.precision_plan.choose_engine_method). Too few samples: the adapter's default, said."""
+    import numpy as np
+
+    from edgesdk.precision_plan import (
+        ENGINE_METHOD_OPTION,
+        MIN_FOR_CHOICE,
+        choose_engine_method,
+        engine_methods,
+    )
+    from edgesdk.precision_plan import split as precision_split
+    from edgesdk.quantize import load_samples
+    from edgesdk.toolchains.check import run_artifact
+
+    sid, n = f"s{s.index}", calib_data.count
+    first = next(iter(arrays.values()))
+    methods = engine_methods(engine, n, first.shape[1:])
+    if n < MIN_FOR_CHOICE or len(methods) < 2:
+        why = (f"{n} calibration samples are too few to hold some back (at least {MIN_FOR_CHOICE})"
+               if n < MIN_FOR_CHOICE else "it offers one method here")
+        return {"method": None, "scores": [], "how": f"default: {why}", "summary": f"the adapter's default ({why})"}
+    train, held = precision_split(n, False)
+    d = work / f"{sid}_{engine}_method_trials"
+    d.mkdir(parents=True, exist_ok=True)
+    cal = d / "calib.npz"
+    np.savez(cal, **{k: v[train] for k, v in arrays.items()})
+    held_npz = d / "held.npz"
+    np.savez(held_npz, **{k: v[held] for k, v in arrays.items()})
+    img_dir = _write_images(images[train], d / "images") if images is not None else None
+    cd = CalibData(cal, len(train), img_dir, calib_data.mean, calib_data.normal, calib_data.color)
+    feeds = load_samples(held_npz)
+    loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)  # load and run; the held-back score decides
+
+    def build(method: str) -> list[dict[str, Any]]:
+        t = d / method
+        t.mkdir(exist_ok=True)
+        job = ConversionJob(sid, seg_onnx, t, "int8", ins, outs, cd, {ENGINE_METHOD_OPTION[engine]: method})
+        out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True,
+                              model_name, False, None, loose, split_outputs)
+        staged = dict(out.staged)
+        files = {role: staged[rel] for role, rel in out.segment.files.items()}
+        return run_artifact(engine, files, tuple(out.segment.inputs), tuple(out.segment.outputs),
+                            dict(out.segment.options), feeds)
+
+    best, scores = choose_engine_method(sid, engine, methods, seg_onnx, held_npz, build, say)
+    shutil.rmtree(d, ignore_errors=True)
+    tried = ", ".join(f"{x['method']} {x['score']:.5f}" if x["score"] is not None else f"{x['method']} failed"
+                      for x in scores)
+    if best is None:
+        return {"method": None, "scores": scores, "how": "every method failed on the held-back samples; the "
+                "adapter's default", "summary": f"the adapter's default (every trial failed: {tried})"}
+    how = f"best worst-component cosine on {len(held)} held-back calibration samples"
+    return {"method": best, "scores": scores, "how": how, "summary": f"{best} ({how}): {tried}"}
 
 
 def _merge_tolerance(a: Tolerance | None, b: Tolerance | None) -> Tolerance | None:
@@ -727,7 +808,8 @@ def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, t
                        ins: tuple, outs: tuple, adapter: Callable[[str], Adapter], runner: Runner | None,
                        feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
                        say: Callable[[str], None], split_outputs: frozenset[str], estimate: Any,
-                       notes: list[str], warnings: list[str]) -> tuple[Any, SegmentOutcome | None]:
+                       notes: list[str], warnings: list[str], base_options: Mapping[str, Any] | None = None
+                       ) -> tuple[Any, SegmentOutcome | None]:
     """A --target's layers built into the segment's own engine and measured there (edgesdk.precision_plan.confirm).
 
     Returns (the plan, the accepted outcome); (the onnxruntime plan, None) when the engine cannot reach the target or
@@ -743,7 +825,8 @@ def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, t
     loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)
 
     def build(kept: tuple[str, ...]) -> tuple[list[dict[str, Any]], int]:
-        job = ConversionJob(sid, seg_onnx, seg_onnx.parent, "int8", ins, outs, calib_data, {"exclude_nodes": list(kept)})
+        job = ConversionJob(sid, seg_onnx, seg_onnx.parent, "int8", ins, outs, calib_data,
+                            {**(base_options or {}), "exclude_nodes": list(kept)})
         out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True,
                               model_name, False, say, loose, split_outputs)
         seg, staged = out.segment, dict(out.staged)

@@ -347,6 +347,53 @@ def check_options(precision: str, engine: str | None, target: str | None, calib_
     return (parse_target(target) if target is not None else None), calib_method
 
 
+#: The job option that selects an engine's own int8 calibration (its adapter's `int8_methods`).
+ENGINE_METHOD_OPTION = {"mnn": "mnn_feature_method", "tflite": "tflite_quant_type"}
+
+
+def engine_methods(engine: str, count: int, sample_shape: Sequence[int]) -> tuple[str, ...]:
+    """The calibration methods of `engine` worth trying on `count` samples of `sample_shape` (without the batch):
+    the adapter's `int8_methods`, less MNN's ADMM above its size limit (ADMM optimises over the whole set at once:
+    a 224x224 MobileNetV3 with 64 images ran over 9 minutes; the adapter uses KL there too)."""
+    from edgesdk.toolchains.adapters import adapter_class
+
+    methods = tuple(getattr(adapter_class(engine), "int8_methods", ()))
+    if engine == "mnn":
+        from edgesdk.toolchains.adapters.mnn import ADMM_MAX_ELEMENTS
+
+        if count * math.prod(int(d) for d in sample_shape) > ADMM_MAX_ELEMENTS:
+            methods = tuple(m for m in methods if m != "ADMM")
+    return methods
+
+
+def choose_engine_method(sid: str, engine: str, methods: Sequence[str], seg_onnx: Path, held_npz: Path,
+                         build: Callable[[str], Sequence[Mapping[str, Any]]], say: Callable[[str], None]
+                         ) -> tuple[str | None, list[dict[str, Any]]]:
+    """The engine's own calibration method that scores best on held-back samples: each of `methods` is built
+    (build(method) -> the artifact's outputs on the held-back samples, calibrated on the others) and scored by the
+    reference judge's worst per-component cosine against the fp32 segment. A method whose build or run fails scores
+    None with its reason. Returns (the best, ties to the one tried first; None when none worked, [{method, score,
+    error}])."""
+    from edgesdk.errors import EdgeSDKError
+    from edgesdk.quantize import load_samples
+
+    samples = load_samples(held_npz)
+    judge, _names, _higher = _judge("cosine", seg_onnx, samples, None)
+    scores: list[dict[str, Any]] = []
+    for m in methods:
+        say(f"{sid}: trying {engine} int8 calibration {m} on {len(samples)} held-back calibration samples")
+        try:
+            v = float(judge(build(m)))
+            scores.append({"method": m, "score": None if math.isnan(v) else v})
+        except EdgeSDKError as exc:
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), str(exc))
+            scores.append({"method": m, "score": None, "error": first[:300]})
+    ok = [x for x in scores if x["score"] is not None]
+    if not ok:
+        return None, scores
+    return str(max(ok, key=lambda x: x["score"])["method"]), scores
+
+
 def _keeps_layers(engine: str) -> bool:
     from edgesdk.toolchains.adapters import adapter_class
 
@@ -362,5 +409,6 @@ def _engines_keeping_layers() -> list[str]:
     return sorted(k for k in ADAPTERS if getattr(adapter_class(k), "int8_exclude", False))
 
 
-__all__ = ["CALIB_METHODS", "HOLDOUT_EVERY", "MAX_ENGINE_BUILDS", "MIN_FOR_CHOICE", "Int8Plan", "check_options",
-           "confirm", "eval_arrays", "latency_estimate", "plan_int8", "split", "write_npz"]
+__all__ = ["CALIB_METHODS", "ENGINE_METHOD_OPTION", "HOLDOUT_EVERY", "MAX_ENGINE_BUILDS", "MIN_FOR_CHOICE", "Int8Plan",
+           "check_options", "choose_engine_method", "confirm", "engine_methods", "eval_arrays", "latency_estimate",
+           "plan_int8", "split", "write_npz"]

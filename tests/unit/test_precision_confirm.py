@@ -115,3 +115,34 @@ def test_target_on_an_engine_that_cannot_keep_layers_is_refused_before_anything_
         check_options("int8", "mnn", None, "entropy")
     assert "entropy is onnxruntime's calibration" in str(e.value)
     assert check_options("int8", "onnxruntime", "cosine=0.9", "auto")[0] == ("cosine", 0.9)
+
+
+def test_engine_method_choice_keeps_the_best_held_back_score_and_says_why_a_method_failed(seg) -> None:
+    from edgesdk.errors import ToolchainError
+    from edgesdk.precision_plan import choose_engine_method
+
+    model, ev, refs = seg
+    noise = {"KL": 0.05, "ADMM": 0.01}
+
+    def build(method: str) -> list[dict[str, np.ndarray]]:
+        if method == "EMA":
+            raise ToolchainError("mnnquant", ["python", "-c", "..."], 1, "Segmentation fault")
+        rng = np.random.default_rng(3)
+        return [{"y": r + noise[method] * rng.normal(size=r.shape).astype(np.float32)} for r in refs]
+
+    best, scores = choose_engine_method("s0", "mnn", ("KL", "ADMM", "EMA"), model, ev, build, lambda _m: None)
+    assert best == "ADMM"
+    assert [x["method"] for x in scores] == ["KL", "ADMM", "EMA"]
+    assert scores[1]["score"] > scores[0]["score"] > 0.9
+    assert scores[2]["score"] is None and scores[2]["error"].startswith("mnnquant exited with 1")
+    none, failed = choose_engine_method("s0", "mnn", ("EMA",), model, ev, build, lambda _m: None)
+    assert none is None and failed[0]["score"] is None
+
+
+def test_mnn_admm_is_not_tried_above_its_size_limit() -> None:
+    from edgesdk.precision_plan import engine_methods
+
+    assert engine_methods("mnn", 8, (3, 32, 32)) == ("KL", "ADMM", "EMA")
+    assert "ADMM" not in engine_methods("mnn", 64, (3, 224, 224))
+    assert engine_methods("tflite", 8, (3, 32, 32)) == ("per-channel", "per-tensor")
+    assert engine_methods("onnxruntime", 8, (3, 32, 32)) == ()
