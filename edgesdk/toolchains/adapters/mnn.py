@@ -6,7 +6,9 @@ through the wheel's console scripts: those import a module that uploads usage da
 
 int8 options (job.options): `mnn_feature_method` (one of `int8_methods`, MNN's activation calibration),
 `mnn_weight_method` (one of `weight_methods`) and `exclude_nodes` (ONNX node names of the segment kept in
-float: mixed precision). How a kept node stays float in MNN 3.6.1 (read in its source, checked on YOLOv8n):
+float: mixed precision). mnnquant exits 0 even when its calibration run failed, with int8 weights and no
+activation scale (float activations): the plain int8 plan checks its model for scales (FEATURE_METHOD's comment).
+How a kept node stays float in MNN 3.6.1 (read in its source, checked on YOLOv8n):
 
 - names: MNN names each imported op after its ONNX node's first output; its own fusions (Sigmoid + Mul -> SiLU)
   drop the absorbed node, which is mapped to the op computed through it. At run time MNN's geometry turns data
@@ -85,7 +87,9 @@ print(f"{len(commands)} commands" + (f", {len(doc['ops'])} ops" if "ops" in doc 
 #: ADMM optimises over the whole set at once and is slow on big inputs (a 224x224 MobileNetV3 with 64
 #: images ran over 9 minutes), so above ADMM_MAX_ELEMENTS (samples x C x H x W) KL is used. ADMM runs the whole
 #: set as one batch: a model whose shapes fix a batch of 1 (YOLOv8n's Reshapes) fails that run, and mnnquant
-#: still writes a model, with int8 weights and no activation scale (exit 0); the kept-nodes path's edit refuses it.
+#: still writes a model, with int8 weights and no activation scale (exit 0), which MNN runs with float activations.
+#: The plain int8 plan checks the model (check-int8: activation_scales, int8_shortfall) and calibrates it again with
+#: KL when ADMM was the default; a method asked for that fails is refused. The kept-nodes path's edit refuses it.
 FEATURE_METHOD = "ADMM"
 ADMM_MAX_ELEMENTS = 4_000_000
 WEIGHT_METHOD = "MAX_ABS"
@@ -157,8 +161,6 @@ class MnnAdapter(Adapter):
         if kept and method == "EMA":
             raise InputError(f"segment {job.segment}: mnn_feature_method EMA cannot keep exclude_nodes in float "
                              "(MNN 3.6.1's EMA calibration ignores skip_quant_op_names); use KL or ADMM")
-        float_model = job.work / f"{job.segment}_mnn_float.mnn"
-        config_path = job.work / f"{job.segment}_mnnquant.json"
         config = {
             "format": fmt, "mean": list(cal.mean or (0.0,) * c), "normal": list(cal.normal or (1.0,) * c),
             "width": w, "height": h, "path": str(cal.images) + "/", "used_image_num": cal.count,
@@ -166,16 +168,51 @@ class MnnAdapter(Adapter):
         }
         # keepInputFormat 0: with the default (1) mnnquant's calibration mis-reads the input (checked: chance-level
         # accuracy); the model then takes its input as NC4HW4, which the runtime feeds via MNN.expr.convert.
-        conv = self._convert(job, float_model, ("--keepInputFormat", "0"), "ONNX -> MNN fp32, the model mnnquant reads")
+        conv = self._convert(job, job.work / f"{job.segment}_mnn_float.mnn", ("--keepInputFormat", "0"),
+                             "ONNX -> MNN fp32, the model mnnquant reads")
         purpose = f"int8: {method} activation calibration on {cal.count} images, {wmethod} weights"
         notes = (f"feature_quantize_method {method}", "input format NC4HW4 (keepInputFormat 0)")
         if not kept:
-            write = FileWrite(config_path, (json.dumps(config, indent=2) + "\n").encode(),
-                              "mnnquant configuration: the declared preprocessing as MNN's (pixel - mean) * normal")
-            quant = Command("mnnquant", (str(self.python), "-c", _QUANT, str(float_model), str(out), str(config_path)),
-                            cwd=job.work, timeout=self.timeout, purpose=purpose)
-            return ConversionPlan(self.id, self.engine, "int8", (write,), (conv, quant), {"model": out}, notes)
+            return self._plain_plan(job, config, conv, purpose, notes, retry=chosen is None and method == "ADMM")
         return self._mixed_plan(job, kept, config, conv, purpose, notes)
+
+    def _plain_plan(self, job: ConversionJob, config: dict[str, Any], conv: Command, purpose: str,
+                    notes: tuple[str, ...], retry: bool) -> ConversionPlan:
+        """int8 of the whole segment: mnnquant, then a check that its model has activation scales (mnnquant exits 0
+        with int8 weights and float activations when its calibration run fails: ADMM's one batch on a model with a
+        fixed batch of 1). With `retry` (ADMM by default, not asked for) such a model is calibrated again with KL;
+        otherwise describe() refuses it."""
+        seg, work, py = job.segment, job.work, str(self.python)
+        p = {k: work / f"{seg}_{k}" for k in ("mnn_float.mnn", "mnnquant.json", "mnnquant_kl.json",
+                                             "mnn_int8_check.json", "mnn.mnn")}
+        method = config["feature_quantize_method"]
+        writes = [FileWrite(p["mnnquant.json"], (json.dumps(config, indent=2) + "\n").encode(),
+                            "mnnquant configuration: the declared preprocessing as MNN's (pixel - mean) * normal")]
+        check = (self.host_python, "-m", "edgesdk.toolchains.adapters.mnn", "check-int8", "--segment", seg,
+                 "--python", py, "--model", str(p["mnn.mnn"]), "--config", str(p["mnnquant.json"]),
+                 "--report", str(p["mnn_int8_check.json"]), "--timeout", f"{self.timeout:g}")
+        said = f"after mnnquant, a check that its {method} calibration wrote activation scales (else refused)"
+        if retry:
+            kl = {**config, "feature_quantize_method": "KL"}
+            writes.append(FileWrite(p["mnnquant_kl.json"], (json.dumps(kl, indent=2) + "\n").encode(),
+                                    "mnnquant configuration for the KL retry (used only when ADMM wrote no "
+                                    "activation scales)"))
+            check += ("--float", str(p["mnn_float.mnn"]), "--retry-config", str(p["mnnquant_kl.json"]))
+            said = ("after mnnquant, a check that ADMM wrote activation scales: ADMM runs every calibration image in "
+                    "one batch, which a model with a fixed batch of 1 fails (mnnquant still exits 0, with float "
+                    "activations); then KL calibrates instead")
+        else:
+            check += ("--forced",) if job.options.get("mnn_feature_method") else ()
+        cmds = (
+            conv,
+            Command("mnnquant", (py, "-c", _QUANT, str(p["mnn_float.mnn"]), str(p["mnn.mnn"]),
+                                 str(p["mnnquant.json"])), cwd=work, timeout=self.timeout, purpose=purpose),
+            Command("edgesdk-mnn", check, cwd=work, timeout=2 * self.timeout, produces=(p["mnn_int8_check.json"],),
+                    purpose="check that the int8 model has activation scales (int8 activations, not only int8 "
+                            "weights)" + ("; if ADMM wrote none, run mnnquant again with KL" if retry else "")),
+        )
+        return ConversionPlan(self.id, self.engine, "int8", tuple(writes), cmds, {"model": p["mnn.mnn"]},
+                              (*notes, said))
 
     def _int8_options(self, job: ConversionJob) -> tuple[str | None, str, list[str]]:
         """job.options' mnn_feature_method, mnn_weight_method and exclude_nodes, checked (InputError names the option)."""
@@ -261,8 +298,75 @@ class MnnAdapter(Adapter):
             rep["runtime"] = runtime_status(rep, json.loads(commands.read_text()).get("commands") or [])
             report.write_text(json.dumps(rep, indent=1) + "\n")
             notes = kept_notes(job.segment, rep)
+        elif job.precision == "int8" and not job.options.get("exclude_nodes"):
+            notes = self._checked_int8(job)
         return Artifact({"model": plan.outputs["model"]}, plain_specs(job.inputs), plain_specs(job.outputs), options,
                         notes)
+
+    def _checked_int8(self, job: ConversionJob) -> tuple[str, ...]:
+        """The plain int8 plan's check report: ConversionRefused when the model has no (or too few) activation
+        scales, the notes when KL replaced ADMM."""
+        path = job.work / f"{job.segment}_mnn_int8_check.json"
+        if not path.is_file():
+            raise ConversionRefused("mnnquant", f"segment {job.segment}: {path.name} is missing: the plan's check that "
+                                    "mnnquant wrote activation scales did not run, so the model may be float")
+        rep = json.loads(path.read_text())
+        if rep.get("refused"):
+            raise ConversionRefused("mnnquant", rep["refused"])
+        return tuple(n for n in (rep.get("note"),) if n)
+
+
+# -- plain int8: did mnnquant calibrate the activations? -------------------------------------------------------------
+
+def activation_scales(net: Mapping[str, Any]) -> dict[str, int]:
+    """How much of mnnquant's model (MNN's JSON form) is int8 for real: its convolutions with int8 weights
+    (`quanParameter`), how many of those have an activation scale on their output, and the non-zero activation
+    scales in all. A failed calibration leaves the int8 weights and no scale: MNN then runs float activations."""
+    scaled = {d.get("index") for d in net.get("extraTensorDescribe") or []
+              if (d.get("quantInfo") or {}).get("scale")}
+    convs = [o for o in net.get("oplists") or []
+             if o.get("type") in CONV_TYPES and (o.get("main") or {}).get("quanParameter")]
+    with_scale = sum(1 for o in convs if set(o.get("outputIndexes") or []) & scaled)
+    return {"int8_convolutions": len(convs), "with_scale": with_scale, "scales": len(scaled)}
+
+
+def int8_shortfall(stats: Mapping[str, int], method: str) -> str | None:
+    """Why a model mnnquant wrote (exit 0) is not int8 (None when it is): no activation scale at all, or scales on
+    fewer than half of its int8 convolutions (those then take and give float tensors)."""
+    n, k, total = stats["int8_convolutions"], stats["with_scale"], stats["scales"]
+    if total == 0:
+        return f"mnnquant's {method} calibration wrote no activation scale ({n} convolution(s) with int8 weights)"
+    if n and k < n / 2:
+        return (f"mnnquant's {method} calibration wrote activation scales for only {k} of the {n} convolution(s) with "
+                f"int8 weights ({total} scale(s) in all)")
+    return None
+
+
+def _run_tool(argv: Sequence[str], timeout: float, what: str) -> str:
+    """Run one MNN tool (the toolchain venv) for a host step; ValueError with its output's tail when it fails."""
+    import subprocess
+
+    try:
+        r = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ValueError(f"{what} timed out after {timeout:g} s") from exc
+    out = r.stdout.decode("utf-8", "replace")
+    if r.returncode != 0:
+        tail = " | ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-600:]
+        raise ValueError(f"{what} exited with {r.returncode}: {tail or '(no output)'}")
+    return out
+
+
+def _model_stats(python: str, model: Path, timeout: float) -> dict[str, int]:
+    """activation_scales of a .mnn, through MNN's JSON dump (a temporary file next to it)."""
+    dump = model.with_name(model.name + ".check.json")
+    try:
+        _run_tool((python, "-c", _CONVERT, "-f", "MNN", "--modelFile", str(model), "--JsonFile", str(dump)), timeout,
+                  f"mnnconvert (MNN -> JSON of {model.name})")
+        return activation_scales(json.loads(dump.read_text()))
+    finally:
+        dump.unlink(missing_ok=True)
 
 
 # -- kept nodes: ONNX -> MNN ops -> run-time commands ---------------------------------------------------------------
@@ -564,9 +668,54 @@ def _edit(args: Any) -> str:
             f"zero), {len(e['tables_removed'])} UnaryOp table(s) removed, {e['scales_left']} scale(s) left")
 
 
+def _check_int8(args: Any) -> str:
+    model, seg, timeout = Path(args.model), args.segment, float(args.timeout)
+    config = json.loads(Path(args.config).read_text())
+    method, count = config.get("feature_quantize_method", "?"), config.get("used_image_num", "?")
+    stats = _model_stats(args.python, model, timeout)
+    why = int8_shortfall(stats, method)
+    rep: dict[str, Any] = {"segment": seg, "method": method, "stats": stats, "refused": None, "note": None}
+    if why and method == "ADMM":
+        why += (f"; ADMM calibrates all {count} images in one batch, which fails on a model whose shapes fix the "
+                "batch at 1 (mnnquant still exits 0)")
+    if why and args.retry_config:
+        kl = json.loads(Path(args.retry_config).read_text())["feature_quantize_method"]
+        rep["first"] = {"method": method, "stats": stats, "reason": why}
+        try:
+            _run_tool((args.python, "-c", _QUANT, args.float, str(model), args.retry_config), timeout,
+                      f"mnnquant ({kl} retry)")
+            stats = _model_stats(args.python, model, timeout)
+            again = int8_shortfall(stats, kl)
+        except ValueError as exc:
+            again = str(exc)
+        rep.update(method=kl, stats=stats)
+        if again:
+            why = f"{why}; the {kl} retry failed too: {again}"
+        else:
+            why = None
+            first = rep["first"]["stats"]
+            what = ("wrote no activation scales" if not first["scales"] else
+                    f"wrote activation scales for only {first['with_scale']} of {first['int8_convolutions']} int8 "
+                    "convolution(s)")
+            rep["note"] = (f"{method} {what} (fixed batch); calibrated with {kl}: {stats['with_scale']} of "
+                           f"{stats['int8_convolutions']} int8 convolution(s) have activation scales "
+                           f"({stats['scales']} in all)")
+    if why:
+        asked = "mnn_feature_method " + method if args.forced else f"{method}, the default here"
+        hint = "; use mnn_feature_method KL" if method == "ADMM" and not args.retry_config else ""
+        rep["refused"] = (f"segment {seg}: {why}: the model would claim int8 but run float activations "
+                          f"(calibration: {asked}){hint}")
+    Path(args.report).write_text(json.dumps(rep, indent=1) + "\n")
+    s = rep["stats"]
+    head = f"segment {seg}: {rep['method']}: {s['with_scale']} of {s['int8_convolutions']} int8 convolution(s) " \
+           f"with activation scales, {s['scales']} scale(s)"
+    return head + (f"; refused: {rep['refused']}" if rep["refused"] else f"; {rep['note']}" if rep["note"] else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edgesdk.toolchains.adapters.mnn skip-config|edit ...`: the plan's host steps (exit 1 with the
-    reason on stderr, which the executor puts in its ToolchainError)."""
+    """`python -m edgesdk.toolchains.adapters.mnn skip-config|edit|check-int8 ...`: the plan's host steps (exit 1
+    with the reason on stderr, which the executor puts in its ToolchainError; check-int8 writes a refusal in its
+    report, which describe() raises as ConversionRefused so the engine chain moves on with the reason)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="edgesdk.toolchains.adapters.mnn")
@@ -577,9 +726,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("edit")
     for flag in ("--segment", "--model", "--report", "--out"):
         e.add_argument(flag, required=True)
+    c = sub.add_parser("check-int8")
+    for flag in ("--segment", "--python", "--model", "--config", "--report"):
+        c.add_argument(flag, required=True)
+    c.add_argument("--timeout", type=float, default=900.0)
+    c.add_argument("--forced", action="store_true", help="the method was asked for (mnn_feature_method)")
+    c.add_argument("--float", help="the float model mnnquant read (for the retry)")
+    c.add_argument("--retry-config", help="mnnquant config to calibrate again with when the first wrote no scales")
     args = ap.parse_args(argv)
+    if args.cmd == "check-int8" and bool(args.float) != bool(args.retry_config):
+        ap.error("check-int8: --float and --retry-config go together")
+    steps = {"skip-config": _skip_config, "edit": _edit, "check-int8": _check_int8}
     try:
-        print(_skip_config(args) if args.cmd == "skip-config" else _edit(args))
+        print(steps[args.cmd](args))
     except (ValueError, OSError, KeyError) as exc:
         print(f"edgesdk-mnn {args.cmd}: {exc}", file=sys.stderr)
         return 1
