@@ -9,7 +9,11 @@ evaluation photos and judged against onnxruntime's fp32 outputs:
 - the output Concat kept in float (`exclude_nodes`): both blocks get their own precision back (boxes ~0.997, the
   per-photo score cosine 0.2 -> 0.67), and in the final model's debug session the Concat runs in float while the
   convolutions still run int8;
-- every node kept: the int8 model computes what the fp32 one does (nothing the mapping misses stays int8).
+- every node kept: the int8 model computes what the fp32 one does (nothing the mapping misses stays int8);
+- plain int8 on 12 photos (the calibration photos less every 4th, as convert's method trial calibrates), where
+  ADMM is the default: ADMM's one-batch calibration run fails on YOLOv8n's fixed batch and mnnquant writes float
+  activations (exit 0); the plan's check calibrates again with KL, so the model runs int8 (or is refused), and an
+  ADMM asked for is refused.
 """
 
 from __future__ import annotations
@@ -91,18 +95,19 @@ def seg(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     mean, normal = mnn_mean_normal(pre, ins[0].shape[1])
     calib = CalibData(d / "s0_calib.npz", cset.count, images, mean, normal, pre.color)
     return {"dir": d, "onnx": onnx_path, "proto": proto, "inputs": ins, "outputs": outs, "calib": calib,
-            "feeds": feeds, "refs": refs}
+            "feeds": feeds, "refs": refs, "images": cset.images}
 
 
-def _build(seg: dict[str, Any], tag: str, kept: list[str]) -> tuple[Any, float]:
+def _build(seg: dict[str, Any], tag: str, kept: list[str], calib: Any = None,
+           options: dict[str, Any] | None = None) -> tuple[Any, float]:
     from edgesdk.toolchains.adapters import ConversionJob
     from edgesdk.toolchains.adapters.mnn import MnnAdapter
     from edgesdk.toolchains.executor import execute
 
     work = seg["dir"] / tag
     work.mkdir()
-    job = ConversionJob("s0", seg["onnx"], work, "int8", seg["inputs"], seg["outputs"], seg["calib"],
-                        {"exclude_nodes": kept} if kept else {})
+    job = ConversionJob("s0", seg["onnx"], work, "int8", seg["inputs"], seg["outputs"], calib or seg["calib"],
+                        {**({"exclude_nodes": kept} if kept else {}), **(options or {})})
     a = MnnAdapter()
     plan = a.plan(job)
     t0 = time.perf_counter()
@@ -178,3 +183,65 @@ def test_every_node_kept_computes_the_fp32_model(seg: dict[str, Any]) -> None:
     cmds = _commands(art.files["model"])
     assert not [n for n, t in cmds if "DT_INT8" in t], cmds
     assert not any("still run int8" in n for n in art.notes), art.notes
+
+
+def _calib12(seg: dict[str, Any]) -> Any:
+    """The calibration photos less every 4th (convert's held-back split), written as mnnquant reads them."""
+    from dataclasses import replace
+
+    from edgesdk.conversion import _write_images
+    from edgesdk.precision_plan import split
+
+    train, held = split(seg["calib"].count, False)
+    assert len(train) == 12 and held, (train, held)
+    d = seg["dir"]
+    with np.load(seg["calib"].arrays) as z:
+        np.savez(d / "s0_calib12.npz", **{k: z[k][train] for k in z.files})
+    return replace(seg["calib"], arrays=d / "s0_calib12.npz", count=len(train),
+                   images=_write_images(seg["images"][train], d / "s0_calib12_images"))
+
+
+def _scales(model: Path) -> dict[str, int]:
+    """activation_scales of an .mnn, read through MNN's JSON dump (the toolchain venv)."""
+    from edgesdk.toolchains.adapters.mnn import _CONVERT, MnnAdapter, activation_scales
+
+    dump = model.with_suffix(".dump.json")
+    subprocess.run([str(MnnAdapter().python), "-c", _CONVERT, "-f", "MNN", "--modelFile", str(model), "--JsonFile",
+                    str(dump)], check=True, capture_output=True)
+    return activation_scales(json.loads(dump.read_text()))
+
+
+def test_plain_int8_on_12_photos_is_int8_for_real_or_refused(seg: dict[str, Any]) -> None:
+    from edgesdk.toolchains.adapters import ConversionRefused
+    from edgesdk.toolchains.adapters.mnn import ADMM_MAX_ELEMENTS
+
+    cal = _calib12(seg)
+    assert cal.count * int(np.prod(seg["inputs"][0].shape)) <= ADMM_MAX_ELEMENTS  # the default here is ADMM
+    try:
+        art, seconds = _build(seg, "plain12", [], cal)
+    except ConversionRefused as exc:  # refused with the reason is fine; a silent float model is not
+        assert "segment s0" in str(exc) and "activation" in str(exc), exc
+        return
+    cfg = json.loads((seg["dir"] / "plain12" / "s0_mnnquant.json").read_text())
+    assert cfg["feature_quantize_method"] == "ADMM" and cfg["used_image_num"] == 12, cfg
+    stats = _scales(art.files["model"])
+    j = _judge(seg, art)
+    print(f"plain int8, 12 photos, {seconds:.1f} s: {stats}, notes {art.notes}: {j}")
+    assert stats["int8_convolutions"] > 0 and stats["with_scale"] >= 0.9 * stats["int8_convolutions"], stats
+    # what MNN runs: the convolutions in int8, not int8 weights on float activations
+    convs = [t for _, t in _commands(art.files["model"]) if t.startswith("Convolution")]
+    assert sum("DT_INT8" in t for t in convs) >= 0.9 * len(convs), convs
+    rep = json.loads((seg["dir"] / "plain12" / "s0_mnn_int8_check.json").read_text())
+    if rep.get("first"):  # ADMM wrote no scales (YOLOv8n's fixed batch): the artifact says KL replaced it
+        assert rep["method"] == "KL" and any("calibrated with KL" in n for n in art.notes), (rep, art.notes)
+
+    # ADMM asked for: nothing to fall back on inside MNN, so a model without scales is refused with the reason
+    try:
+        forced, _ = _build(seg, "admm12", [], cal, {"mnn_feature_method": "ADMM"})
+    except ConversionRefused as exc:
+        msg = str(exc)
+        assert msg.startswith("mnnquant: segment s0:") and "mnn_feature_method ADMM" in msg, msg
+        assert rep.get("first"), "ADMM failed when asked for but not by default"
+        return
+    assert not rep.get("first"), "ADMM wrote scales when asked for but not by default"
+    assert _scales(forced.files["model"])["with_scale"] > 0

@@ -10,20 +10,34 @@ from pathlib import Path
 import pytest
 
 from edgesdk.errors import InputError
-from edgesdk.toolchains.adapters import CalibData, ConversionJob, IOSpec
-from edgesdk.toolchains.adapters.mnn import MnnAdapter, edit_int8, kept_notes, main, map_kept, runtime_status
+from edgesdk.toolchains.adapters import CalibData, ConversionJob, ConversionRefused, IOSpec
+from edgesdk.toolchains.adapters.mnn import (
+    MnnAdapter,
+    activation_scales,
+    edit_int8,
+    int8_shortfall,
+    kept_notes,
+    main,
+    map_kept,
+    runtime_status,
+)
 
 W = Path("/WORK")
 
 
-def _job(options: dict, onnx_path: Path = W / "s0.onnx", work: Path = W) -> ConversionJob:
-    cal = CalibData(work / "s0_calib.npz", 200, work / "s0_calib_images", (127.5,) * 3, (1 / 127.5,) * 3, "RGB")
+def _job(options: dict, onnx_path: Path = W / "s0.onnx", work: Path = W, count: int = 200) -> ConversionJob:
+    cal = CalibData(work / "s0_calib.npz", count, work / "s0_calib_images", (127.5,) * 3, (1 / 127.5,) * 3, "RGB")
     return ConversionJob("s0", onnx_path, work, "int8", (IOSpec("image", (1, 3, 32, 32)),),
                          (IOSpec("logits", (1, 10)),), cal, options)
 
 
 def _plan(options: dict, **kw):
     return MnnAdapter(venv=Path("/VENV"), python="/HOST/python").plan(_job(options, **kw))
+
+
+def _check_argv(plan) -> tuple[str, ...]:
+    (check,) = [c for c in plan.commands if c.tool == "mnn-check"]
+    return check.argv
 
 
 def test_methods_are_mnnquant_s_own() -> None:
@@ -49,7 +63,8 @@ def test_methods_reach_the_config() -> None:
     cfg = json.loads(plan.writes[0].content)
     assert cfg["feature_quantize_method"] == "KL" and cfg["weight_quantize_method"] == "ADMM"
     assert "skip_quant_op_names" not in cfg
-    assert plan.commands[-1].purpose.endswith("KL activation calibration on 200 images, ADMM weights")
+    (quant,) = [c for c in plan.commands if c.tool == "mnnquant"]
+    assert quant.purpose.endswith("KL activation calibration on 200 images, ADMM weights")
 
 
 def test_kept_nodes_plan_maps_after_the_float_convert_and_edits_after_mnnquant() -> None:
@@ -239,3 +254,146 @@ def test_data_movement_mnn_inserted_before_kept_ops_only_is_kept_too() -> None:
     rep = map_kept(nodes, graph, ["/add"])
     assert rep["inserted"] == ["c_out___tr4y"] and rep["float_tensors"] == ["y", "c_out___tr4y"]
     assert map_kept(nodes, graph, ["/c"])["inserted"] == []  # it feeds an int8 op: it stays int8
+
+
+# -- plain int8: mnnquant exits 0 with float activations when its calibration run fails ------------------------------
+
+def _dumped(conv_scales: list[float | None]) -> dict:
+    """An int8 model as MNN's JSON dump shows it: an input, a float first Conv (mnnquant leaves the 3-channel input
+    layer float), then Convs with int8 weights (quanParameter); conv_scales: each int8 Conv's output scale (None: no
+    quantInfo, 0.0: a zero scale)."""
+    names = ["x", "c0", *[f"c{i + 1}" for i in range(len(conv_scales))]]
+    ops = [{"name": "x", "type": "Input", "outputIndexes": [0]}]
+    ops.append({"name": "c0", "type": "Convolution", "main_type": "Convolution2D", "inputIndexes": [0],
+                "outputIndexes": [1], "main": {"weight": [0.1] * 27}})
+    for i in range(len(conv_scales)):
+        ops.append({"name": names[i + 2], "type": "ConvolutionDepthwise" if i % 2 else "Convolution",
+                    "main_type": "Convolution2D", "inputIndexes": [i + 1], "outputIndexes": [i + 2],
+                    "main": {"quanParameter": {"buffer": [1, 2], "scaleIn": 0.0, "scaleOut": 0.0}}})
+    extra = [{"index": i + 2, "quantInfo": {"scale": sc, "zero": 0.0, "type": "DT_INT8"}}
+             for i, sc in enumerate(conv_scales) if sc is not None]
+    net = {"tensorName": names, "oplists": ops}
+    if extra:
+        net["extraTensorDescribe"] = [{"index": 0, "quantInfo": {"scale": 0.02}}, *extra]
+    return net
+
+
+def test_activation_scales_count_the_int8_convolutions_that_have_one() -> None:
+    full = activation_scales(_dumped([0.1, 0.2, 0.3, 0.4]))
+    assert full == {"int8_convolutions": 4, "with_scale": 4, "scales": 5}  # the input's scale counts, c0 is float
+    assert int8_shortfall(full, "KL") is None
+    # ADMM's failed batch run on YOLOv8n: int8 weights, no extraTensorDescribe at all
+    none = activation_scales(_dumped([None] * 4))
+    assert none == {"int8_convolutions": 4, "with_scale": 0, "scales": 0}
+    assert int8_shortfall(none, "ADMM") == ("mnnquant's ADMM calibration wrote no activation scale (4 convolution(s) "
+                                            "with int8 weights)")
+    # zero scales are no scales; one of four is far fewer than the convolutions it quantized; two of four is enough
+    few = activation_scales(_dumped([0.1, 0.0, None, 0.0]))
+    assert few == {"int8_convolutions": 4, "with_scale": 1, "scales": 2}
+    assert "only 1 of the 4 convolution(s)" in int8_shortfall(few, "EMA")
+    assert int8_shortfall(activation_scales(_dumped([0.1, 0.2, None, None])), "KL") is None
+    assert "no activation scale (0 convolution" in int8_shortfall(activation_scales({"oplists": []}), "KL")
+
+
+def test_plain_int8_plan_checks_the_scales_and_retries_a_default_admm_with_kl() -> None:
+    plan = _plan({})  # 200 x 3 x 32 x 32: ADMM by default
+    assert [c.tool for c in plan.commands] == ["mnnconvert", "mnnquant", "mnn-check"]
+    argv = _check_argv(plan)
+    assert argv[0] == "/VENV/bin/python" and "def check_int8" in argv[2]  # the toolchain venv runs it (MNN's _tools)
+    assert argv[3:7] == (str(W / "s0_mnn.mnn"), str(W / "s0_mnnquant.json"), str(W / "s0_mnn_int8_check.json"), "s0")
+    assert argv[7:] == ("--retry", str(W / "s0_mnn_float.mnn"), str(W / "s0_mnnquant_kl.json"))
+    writes = {w.path.name: json.loads(w.content) for w in plan.writes}
+    assert writes["s0_mnnquant.json"]["feature_quantize_method"] == "ADMM"
+    assert writes["s0_mnnquant_kl.json"] == {**writes["s0_mnnquant.json"], "feature_quantize_method": "KL"}
+    assert any("then KL calibrates instead" in n for n in plan.notes)
+    # asked for: checked, never replaced
+    forced = _plan({"mnn_feature_method": "ADMM"})
+    assert _check_argv(forced)[7:] == ("--forced",) and len(forced.writes) == 1
+    # KL by default above ADMM's size limit: checked, nothing to retry with
+    big = _plan({}, count=2000)
+    assert json.loads(big.writes[0].content)["feature_quantize_method"] == "KL"
+    assert _check_argv(big)[7:] == () and len(big.writes) == 1
+
+
+FAKE_TOOLS = """
+import json, os, shutil
+def mnnconvert(argv):  # -f MNN --modelFile M --JsonFile J: the fake .mnn files hold their JSON dump
+    shutil.copy(argv[argv.index("--modelFile") + 1], argv[argv.index("--JsonFile") + 1])
+def mnnquant(argv):  # FLOAT OUT CONFIG: writes the model of the config's method (METHOD.json beside the config)
+    with open(argv[3]) as f:
+        method = json.load(f)["feature_quantize_method"]
+    shutil.copy(os.path.join(os.path.dirname(argv[3]), method + ".json"), argv[2])
+"""
+
+
+def _run_plain(tmp_path: Path, options: dict, nets: dict[str, dict]) -> tuple[MnnAdapter, ConversionJob, object]:
+    """The plain int8 plan executed without MNN: mnnconvert and mnnquant faked (each method writes its model in
+    `nets`), the plan's check script run by this interpreter with a fake `_tools` module."""
+    import subprocess
+    import sys
+
+    from edgesdk.toolchains.executor import execute
+
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "_tools.py").write_text(FAKE_TOOLS)
+    for method, net in nets.items():
+        (tmp_path / f"{method}.json").write_text(json.dumps(net))
+    job = _job(options, onnx_path=tmp_path / "s0.onnx", work=tmp_path)
+    adapter = MnnAdapter(venv=Path("/VENV"), python="/HOST/python")
+    plan = adapter.plan(job)
+
+    def runner(cmd):
+        if cmd.tool == "mnnconvert":
+            Path(cmd.argv[cmd.argv.index("--MNNModel") + 1]).write_text("float model")
+            return 0, ""
+        if cmd.tool == "mnnquant":
+            method = json.loads(Path(cmd.argv[-1]).read_text())["feature_quantize_method"]
+            Path(cmd.argv[-2]).write_text((tmp_path / f"{method}.json").read_text())
+            return 0, "Quantize model done!"
+        r = subprocess.run([sys.executable, *cmd.argv[1:]], capture_output=True, text=True, check=False,
+                           env={"PYTHONPATH": str(tmp_path / "fake")})
+        return r.returncode, r.stdout + r.stderr
+
+    execute(plan, runner)
+    return adapter, job, plan
+
+
+def test_default_admm_without_scales_is_calibrated_again_with_kl(tmp_path: Path) -> None:
+    adapter, job, plan = _run_plain(tmp_path, {}, {"ADMM": _dumped([None] * 4), "KL": _dumped([0.1] * 4)})
+    art = adapter.describe(job, plan)
+    (note,) = art.notes
+    assert note == ("ADMM wrote no activation scales (fixed batch); calibrated with KL: 4 of 4 int8 convolution(s) "
+                    "have activation scales (5 in all)")
+    assert json.loads((tmp_path / "s0_mnn.mnn").read_text()) == _dumped([0.1] * 4)  # KL's model replaced ADMM's
+    rep = json.loads((tmp_path / "s0_mnn_int8_check.json").read_text())
+    assert rep["method"] == "KL" and rep["first"]["method"] == "ADMM" and rep["refused"] is None
+
+
+def test_admm_with_scales_is_kept_as_it_is(tmp_path: Path) -> None:
+    adapter, job, plan = _run_plain(tmp_path, {}, {"ADMM": _dumped([0.1] * 4), "KL": {"not": "used"}})
+    assert adapter.describe(job, plan).notes == ()
+    assert json.loads((tmp_path / "s0_mnn.mnn").read_text()) == _dumped([0.1] * 4)
+    assert json.loads((tmp_path / "s0_mnn_int8_check.json").read_text())["stats"]["with_scale"] == 4
+
+
+@pytest.mark.parametrize(("options", "nets", "said"), [
+    ({"mnn_feature_method": "ADMM"}, {"ADMM": _dumped([None] * 4)},
+     (r"segment s0: the int8 model would run float activations \(calibration mnn_feature_method ADMM\): "
+      r"mnnquant's ADMM calibration wrote no activation scale .*one batch.*use mnn_feature_method KL")),
+    ({"mnn_feature_method": "KL"}, {"KL": _dumped([0.1, None, None, None])},
+     r"calibration mnn_feature_method KL\): .*only 1 of the 4"),
+    ({}, {"ADMM": _dumped([None] * 4), "KL": _dumped([None] * 4)},
+     r"calibration ADMM, the default here\): .*; the KL retry failed too: mnnquant's KL calibration wrote no"),
+])
+def test_a_model_without_activation_scales_is_refused(tmp_path: Path, options: dict, nets: dict, said: str) -> None:
+    adapter, job, plan = _run_plain(tmp_path, options, nets)
+    with pytest.raises(ConversionRefused, match=said) as exc:
+        adapter.describe(job, plan)
+    assert exc.value.tool == "mnnquant"
+
+
+def test_describe_refuses_when_the_check_did_not_run(tmp_path: Path) -> None:
+    job = _job({}, work=tmp_path)
+    adapter = MnnAdapter(venv=Path("/VENV"), python="/HOST/python")
+    with pytest.raises(ConversionRefused, match="segment s0: s0_mnn_int8_check.json is missing"):
+        adapter.describe(job, adapter.plan(job))

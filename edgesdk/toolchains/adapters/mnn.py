@@ -88,7 +88,7 @@ print(f"{len(commands)} commands" + (f", {len(doc['ops'])} ops" if "ops" in doc 
 #: images ran over 9 minutes), so above ADMM_MAX_ELEMENTS (samples x C x H x W) KL is used. ADMM runs the whole
 #: set as one batch: a model whose shapes fix a batch of 1 (YOLOv8n's Reshapes) fails that run, and mnnquant
 #: still writes a model, with int8 weights and no activation scale (exit 0), which MNN runs with float activations.
-#: The plain int8 plan checks the model (check-int8: activation_scales, int8_shortfall) and calibrates it again with
+#: The plain int8 plan checks the model (check_int8: activation_scales, int8_shortfall) and calibrates it again with
 #: KL when ADMM was the default; a method asked for that fails is refused. The kept-nodes path's edit refuses it.
 FEATURE_METHOD = "ADMM"
 ADMM_MAX_ELEMENTS = 4_000_000
@@ -188,16 +188,15 @@ class MnnAdapter(Adapter):
         method = config["feature_quantize_method"]
         writes = [FileWrite(p["mnnquant.json"], (json.dumps(config, indent=2) + "\n").encode(),
                             "mnnquant configuration: the declared preprocessing as MNN's (pixel - mean) * normal")]
-        check = (self.host_python, "-m", "edgesdk.toolchains.adapters.mnn", "check-int8", "--segment", seg,
-                 "--python", py, "--model", str(p["mnn.mnn"]), "--config", str(p["mnnquant.json"]),
-                 "--report", str(p["mnn_int8_check.json"]), "--timeout", f"{self.timeout:g}")
+        check = (py, "-c", _check_script(), str(p["mnn.mnn"]), str(p["mnnquant.json"]), str(p["mnn_int8_check.json"]),
+                 seg)
         said = f"after mnnquant, a check that its {method} calibration wrote activation scales (else refused)"
         if retry:
             kl = {**config, "feature_quantize_method": "KL"}
             writes.append(FileWrite(p["mnnquant_kl.json"], (json.dumps(kl, indent=2) + "\n").encode(),
                                     "mnnquant configuration for the KL retry (used only when ADMM wrote no "
                                     "activation scales)"))
-            check += ("--float", str(p["mnn_float.mnn"]), "--retry-config", str(p["mnnquant_kl.json"]))
+            check += ("--retry", str(p["mnn_float.mnn"]), str(p["mnnquant_kl.json"]))
             said = ("after mnnquant, a check that ADMM wrote activation scales: ADMM runs every calibration image in "
                     "one batch, which a model with a fixed batch of 1 fails (mnnquant still exits 0, with float "
                     "activations); then KL calibrates instead")
@@ -207,7 +206,7 @@ class MnnAdapter(Adapter):
             conv,
             Command("mnnquant", (py, "-c", _QUANT, str(p["mnn_float.mnn"]), str(p["mnn.mnn"]),
                                  str(p["mnnquant.json"])), cwd=work, timeout=self.timeout, purpose=purpose),
-            Command("edgesdk-mnn", check, cwd=work, timeout=2 * self.timeout, produces=(p["mnn_int8_check.json"],),
+            Command("mnn-check", check, cwd=work, timeout=2 * self.timeout, produces=(p["mnn_int8_check.json"],),
                     purpose="check that the int8 model has activation scales (int8 activations, not only int8 "
                             "weights)" + ("; if ADMM wrote none, run mnnquant again with KL" if retry else "")),
         )
@@ -342,31 +341,83 @@ def int8_shortfall(stats: Mapping[str, int], method: str) -> str | None:
     return None
 
 
-def _run_tool(argv: Sequence[str], timeout: float, what: str) -> str:
-    """Run one MNN tool (the toolchain venv) for a host step; ValueError with its output's tail when it fails."""
-    import subprocess
+def check_int8(argv: Sequence[str]) -> int:
+    """The plain int8 plan's check step, run in the toolchain venv (`_check_script`): `MODEL CONFIG REPORT SEGMENT
+    [--forced] [--retry FLOAT_MODEL RETRY_CONFIG]`. Reads MODEL's activation scales through MNN's JSON dump; when
+    they fall short and a retry is given (ADMM by default), runs mnnquant again with RETRY_CONFIG (KL) over MODEL and
+    checks that. Writes REPORT: the stats, a refusal (describe() raises it) or the note saying KL replaced ADMM."""
+    import json
+    import os
 
-    try:
-        r = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ValueError(f"{what} timed out after {timeout:g} s") from exc
-    out = r.stdout.decode("utf-8", "replace")
-    if r.returncode != 0:
-        tail = " | ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-600:]
-        raise ValueError(f"{what} exited with {r.returncode}: {tail or '(no output)'}")
-    return out
+    import _tools
+
+    model, config_path, report, segment = argv[:4]
+    forced = "--forced" in argv[4:]
+    retry = argv[argv.index("--retry") + 1:argv.index("--retry") + 3] if "--retry" in argv[4:] else None
+
+    def stats_of(path: str) -> dict:
+        dump = path + ".check.json"
+        try:
+            _tools.mnnconvert(["mnnconvert", "-f", "MNN", "--modelFile", path, "--JsonFile", dump])
+            if not os.path.isfile(dump):
+                raise SystemExit(f"segment {segment}: mnnconvert wrote no JSON dump of {os.path.basename(path)}")
+            with open(dump) as f:
+                return activation_scales(json.load(f))
+        finally:
+            if os.path.isfile(dump):
+                os.remove(dump)
+
+    with open(config_path) as f:
+        config = json.load(f)
+    method, count = config.get("feature_quantize_method", "?"), config.get("used_image_num", "?")
+    stats = stats_of(model)
+    why = int8_shortfall(stats, method)
+    rep = {"segment": segment, "method": method, "stats": stats, "refused": None, "note": None}
+    if why and method == "ADMM":
+        why += (f"; ADMM calibrates all {count} images in one batch: a model whose shapes fix the batch at 1 fails "
+                "that run, and mnnquant still exits 0")
+    if why and retry:
+        with open(retry[1]) as f:
+            again_method = json.load(f).get("feature_quantize_method", "?")
+        rep["first"] = {"method": method, "stats": stats, "reason": why}
+        sys.stdout.flush()
+        _tools.mnnquant(["mnnquant", retry[0], model, retry[1]])
+        stats = stats_of(model)
+        again = int8_shortfall(stats, again_method)
+        rep.update(method=again_method, stats=stats)
+        if again:
+            why = f"{why}; the {again_method} retry failed too: {again}"
+        else:
+            first = rep["first"]["stats"]
+            what = ("wrote no activation scales (fixed batch)" if not first["scales"] else
+                    f"wrote activation scales for only {first['with_scale']} of {first['int8_convolutions']} int8 "
+                    "convolution(s)")
+            why, rep["note"] = None, (f"{method} {what}; calibrated with {again_method}: "
+                                      f"{stats['with_scale']} of {stats['int8_convolutions']} int8 convolution(s) "
+                                      f"have activation scales ({stats['scales']} in all)")
+    if why:
+        asked = f"mnn_feature_method {method}" if forced else f"{method}, the default here"
+        hint = "; use mnn_feature_method KL" if method == "ADMM" and not retry else ""
+        rep["refused"] = (f"segment {segment}: the int8 model would run float activations (calibration {asked}): "
+                          f"{why}{hint}")
+    with open(report, "w") as f:
+        json.dump(rep, f, indent=1)
+        f.write("\n")
+    s = rep["stats"]
+    print(f"segment {segment}: {rep['method']}: {s['with_scale']} of {s['int8_convolutions']} int8 convolution(s) "
+          f"with activation scales, {s['scales']} scale(s)"
+          + (f"; refused: {rep['refused']}" if rep["refused"] else f"; {rep['note']}" if rep["note"] else ""))
+    return 0
 
 
-def _model_stats(python: str, model: Path, timeout: float) -> dict[str, int]:
-    """activation_scales of a .mnn, through MNN's JSON dump (a temporary file next to it)."""
-    dump = model.with_name(model.name + ".check.json")
-    try:
-        _run_tool((python, "-c", _CONVERT, "-f", "MNN", "--modelFile", str(model), "--JsonFile", str(dump)), timeout,
-                  f"mnnconvert (MNN -> JSON of {model.name})")
-        return activation_scales(json.loads(dump.read_text()))
-    finally:
-        dump.unlink(missing_ok=True)
+def _check_script() -> str:
+    """check_int8 and the functions it calls, as a script for the toolchain venv's python (which has MNN's `_tools`,
+    not edgesdk): the same code the unit tests run on the host."""
+    import inspect
+
+    parts = [inspect.getsource(f) for f in (activation_scales, int8_shortfall, check_int8)]
+    return "\n".join(["from __future__ import annotations", "import sys", f"CONV_TYPES = {sorted(CONV_TYPES)!r}",
+                      *parts, "sys.exit(check_int8(sys.argv[1:]))", ""])
 
 
 # -- kept nodes: ONNX -> MNN ops -> run-time commands ---------------------------------------------------------------
@@ -668,54 +719,9 @@ def _edit(args: Any) -> str:
             f"zero), {len(e['tables_removed'])} UnaryOp table(s) removed, {e['scales_left']} scale(s) left")
 
 
-def _check_int8(args: Any) -> str:
-    model, seg, timeout = Path(args.model), args.segment, float(args.timeout)
-    config = json.loads(Path(args.config).read_text())
-    method, count = config.get("feature_quantize_method", "?"), config.get("used_image_num", "?")
-    stats = _model_stats(args.python, model, timeout)
-    why = int8_shortfall(stats, method)
-    rep: dict[str, Any] = {"segment": seg, "method": method, "stats": stats, "refused": None, "note": None}
-    if why and method == "ADMM":
-        why += (f"; ADMM calibrates all {count} images in one batch, which fails on a model whose shapes fix the "
-                "batch at 1 (mnnquant still exits 0)")
-    if why and args.retry_config:
-        kl = json.loads(Path(args.retry_config).read_text())["feature_quantize_method"]
-        rep["first"] = {"method": method, "stats": stats, "reason": why}
-        try:
-            _run_tool((args.python, "-c", _QUANT, args.float, str(model), args.retry_config), timeout,
-                      f"mnnquant ({kl} retry)")
-            stats = _model_stats(args.python, model, timeout)
-            again = int8_shortfall(stats, kl)
-        except ValueError as exc:
-            again = str(exc)
-        rep.update(method=kl, stats=stats)
-        if again:
-            why = f"{why}; the {kl} retry failed too: {again}"
-        else:
-            why = None
-            first = rep["first"]["stats"]
-            what = ("wrote no activation scales" if not first["scales"] else
-                    f"wrote activation scales for only {first['with_scale']} of {first['int8_convolutions']} int8 "
-                    "convolution(s)")
-            rep["note"] = (f"{method} {what} (fixed batch); calibrated with {kl}: {stats['with_scale']} of "
-                           f"{stats['int8_convolutions']} int8 convolution(s) have activation scales "
-                           f"({stats['scales']} in all)")
-    if why:
-        asked = "mnn_feature_method " + method if args.forced else f"{method}, the default here"
-        hint = "; use mnn_feature_method KL" if method == "ADMM" and not args.retry_config else ""
-        rep["refused"] = (f"segment {seg}: {why}: the model would claim int8 but run float activations "
-                          f"(calibration: {asked}){hint}")
-    Path(args.report).write_text(json.dumps(rep, indent=1) + "\n")
-    s = rep["stats"]
-    head = f"segment {seg}: {rep['method']}: {s['with_scale']} of {s['int8_convolutions']} int8 convolution(s) " \
-           f"with activation scales, {s['scales']} scale(s)"
-    return head + (f"; refused: {rep['refused']}" if rep["refused"] else f"; {rep['note']}" if rep["note"] else "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edgesdk.toolchains.adapters.mnn skip-config|edit|check-int8 ...`: the plan's host steps (exit 1
-    with the reason on stderr, which the executor puts in its ToolchainError; check-int8 writes a refusal in its
-    report, which describe() raises as ConversionRefused so the engine chain moves on with the reason)."""
+    """`python -m edgesdk.toolchains.adapters.mnn skip-config|edit ...`: the plan's host steps (exit 1 with the
+    reason on stderr, which the executor puts in its ToolchainError)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="edgesdk.toolchains.adapters.mnn")
@@ -726,19 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("edit")
     for flag in ("--segment", "--model", "--report", "--out"):
         e.add_argument(flag, required=True)
-    c = sub.add_parser("check-int8")
-    for flag in ("--segment", "--python", "--model", "--config", "--report"):
-        c.add_argument(flag, required=True)
-    c.add_argument("--timeout", type=float, default=900.0)
-    c.add_argument("--forced", action="store_true", help="the method was asked for (mnn_feature_method)")
-    c.add_argument("--float", help="the float model mnnquant read (for the retry)")
-    c.add_argument("--retry-config", help="mnnquant config to calibrate again with when the first wrote no scales")
     args = ap.parse_args(argv)
-    if args.cmd == "check-int8" and bool(args.float) != bool(args.retry_config):
-        ap.error("check-int8: --float and --retry-config go together")
-    steps = {"skip-config": _skip_config, "edit": _edit, "check-int8": _check_int8}
     try:
-        print(steps[args.cmd](args))
+        print(_skip_config(args) if args.cmd == "skip-config" else _edit(args))
     except (ValueError, OSError, KeyError) as exc:
         print(f"edgesdk-mnn {args.cmd}: {exc}", file=sys.stderr)
         return 1
