@@ -340,7 +340,8 @@ def convert_segment(job: ConversionJob, chain: Sequence[tuple[str, str]], adapte
         report = SegmentReport(sid, engine, prec, nodes, seconds, size, planned, reason, tuple(attempts), chk)
         seg = Segment(sid, engine, files, art.inputs, art.outputs, prec, False, dict(art.options), None, reason)
         return SegmentOutcome(seg, report, tuple(staged), None, (engine, a.id, env.version or ""),
-                              tuple(f"segment {sid} ({engine}): {n}" for n in art.notes))
+                              tuple(n if n.startswith(f"segment {sid}") else f"segment {sid} ({engine}): {n}"
+                                    for n in art.notes))
     raise ConversionFailed(sid, model_name, attempts)
 
 
