@@ -622,11 +622,7 @@ def convert(
                 from edgesdk.precision_plan import latency_estimate, plan_int8, write_npz
 
                 ev = write_npz(work / f"{sid}_eval.npz", seg_eval[s.index]) if s.index in seg_eval else None
-                task_ctx = None
-                if {t.name for t in s.outputs} == set(plan.model_outputs):
-                    task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
-                                            for n in plan.model_outputs],
-                                "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+                task_ctx = _task_context(s, plan, ref_out, postprocess, pre)
                 estimate = latency_estimate({n: m.costs[node_index[n]].flops for n in s.nodes},
                                             prof.peaks.cpu_int8_gops.value * 1e9,
                                             prof.peaks.cpu_fp32_gflops.value * 1e9)
@@ -753,6 +749,15 @@ def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: Calib
     return {"method": best, "scores": scores, "how": how, "summary": f"{best} ({how}): {tried}"}
 
 
+def _task_context(s: Any, plan: Any, ref_out: Mapping[str, Any], postprocess: Any, pre: Any) -> dict[str, Any] | None:
+    """What a task-metric target judges a segment on (precision_plan._judge): only a segment whose outputs are the
+    model's (None otherwise)."""
+    if {t.name for t in s.outputs} != set(plan.model_outputs):
+        return None
+    return {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype)) for n in plan.model_outputs],
+            "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+
+
 def _merge_tolerance(a: Tolerance | None, b: Tolerance | None) -> Tolerance | None:
     """The bundle's tolerance from two segments' (--target): the looser of each criterion."""
     if a is None or b is None:
@@ -787,11 +792,7 @@ def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node
         _save_segment(segment_model(m, full, s, inits, node_index), seg_onnx, s, feed)
         cal = write_npz(work / f"{sid}_{accel.engine}_search_calib.npz", seg_calib[s.index])
         ev = write_npz(work / f"{sid}_{accel.engine}_search_eval.npz", seg_eval[s.index])
-        task_ctx = None
-        if {t.name for t in s.outputs} == set(plan.model_outputs):
-            task_ctx = {"outputs": [TensorSpec(n, tuple(ref_out[n].shape), str(ref_out[n].dtype))
-                                    for n in plan.model_outputs],
-                        "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
+        task_ctx = _task_context(s, plan, ref_out, postprocess, pre)
         estimate = latency_estimate({n: m.costs[node_index[n]].flops for n in s.nodes},
                                     prof.accelerator.tops.value * 1e12, prof.peaks.cpu_fp32_gflops.value * 1e9)
         say(f"{sid}: --target on {accel.engine}: searching its host int8 simulation ({scheme} scheme)")
