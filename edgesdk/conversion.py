@@ -607,7 +607,7 @@ def convert(
                 engine_choice = _engine_method_choice(
                     chain[0][0], s, seg_onnx, calib_data, seg_calib[s.index], calib_images, ins, outs, adapter,
                     runner, {t.name: ref_env[t.name] for t in s.inputs}, {t.name: ref_env[t.name] for t in s.outputs},
-                    orig.name, say, model_out_names, work)
+                    orig.name, say, model_out_names, work, keep_layers=confirm_on is not None)
                 notes.append(f"segment {sid}: {chain[0][0]} int8 calibration {engine_choice['summary']}")
             base_opts = ({ENGINE_METHOD_OPTION[chain[0][0]]: engine_choice["method"]}
                          if engine_choice is not None and engine_choice["method"] is not None else {})
@@ -692,7 +692,8 @@ def convert(
 def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: CalibData, arrays: Mapping[str, Any],
                           images: Any, ins: tuple, outs: tuple, adapter: Callable[[str], Adapter],
                           runner: Runner | None, feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
-                          say: Callable[[str], None], split_outputs: frozenset[str], work: Path) -> dict[str, Any]:
+                          say: Callable[[str], None], split_outputs: frozenset[str], work: Path,
+                          keep_layers: bool = False) -> dict[str, Any]:
     """The engine's own int8 calibration method (MNN KL/ADMM/EMA, TFLite per-channel/per-tensor weights), tried, not
     assumed: each builds the segment calibrated on the calibration samples less every 4th, and is scored on those
     held-back ones (edgesdk.precision_plan.choose_engine_method). Too few samples: the adapter's default, said."""
@@ -710,7 +711,7 @@ def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: Calib
 
     sid, n = f"s{s.index}", calib_data.count
     first = next(iter(arrays.values()))
-    methods = engine_methods(engine, n, first.shape[1:])
+    methods = engine_methods(engine, n, first.shape[1:], keep_layers)
     if n < MIN_FOR_CHOICE or len(methods) < 2:
         why = (f"{n} calibration samples are too few to hold some back (at least {MIN_FOR_CHOICE})"
                if n < MIN_FOR_CHOICE else "it offers one method here")

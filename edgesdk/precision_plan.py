@@ -351,13 +351,18 @@ def check_options(precision: str, engine: str | None, target: str | None, calib_
 ENGINE_METHOD_OPTION = {"mnn": "mnn_feature_method", "tflite": "tflite_quant_type"}
 
 
-def engine_methods(engine: str, count: int, sample_shape: Sequence[int]) -> tuple[str, ...]:
+def engine_methods(engine: str, count: int, sample_shape: Sequence[int], keep_layers: bool = False
+                   ) -> tuple[str, ...]:
     """The calibration methods of `engine` worth trying on `count` samples of `sample_shape` (without the batch):
-    the adapter's `int8_methods`, less MNN's ADMM above its size limit (ADMM optimises over the whole set at once:
+    the adapter's `int8_methods` (with `keep_layers`, a --target's, only those that can keep layers in float:
+    `int8_exclude_methods`), less MNN's ADMM above its size limit (ADMM optimises over the whole set at once:
     a 224x224 MobileNetV3 with 64 images ran over 9 minutes; the adapter uses KL there too)."""
     from edgesdk.toolchains.adapters import adapter_class
 
-    methods = tuple(getattr(adapter_class(engine), "int8_methods", ()))
+    cls = adapter_class(engine)
+    methods = tuple(getattr(cls, "int8_methods", ()))
+    if keep_layers:
+        methods = tuple(m for m in methods if m in getattr(cls, "int8_exclude_methods", methods))
     if engine == "mnn":
         from edgesdk.toolchains.adapters.mnn import ADMM_MAX_ELEMENTS
 

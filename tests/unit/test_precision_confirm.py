@@ -146,3 +146,4 @@ def test_mnn_admm_is_not_tried_above_its_size_limit() -> None:
     assert "ADMM" not in engine_methods("mnn", 64, (3, 224, 224))
     assert engine_methods("tflite", 8, (3, 32, 32)) == ("per-channel", "per-tensor")
     assert engine_methods("onnxruntime", 8, (3, 32, 32)) == ()
+    assert engine_methods("mnn", 8, (3, 32, 32), keep_layers=True) == ("KL", "ADMM")  # EMA ignores the skip list

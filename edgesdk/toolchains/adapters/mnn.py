@@ -110,6 +110,8 @@ class MnnAdapter(Adapter):
     #: mnnquant's feature_quantize_method values (MNN 3.6.1 Helper::featureQuantizeMethod). EMA ignores
     #: skip_quant_op_names, so it cannot keep layers in float.
     int8_methods = ("KL", "ADMM", "EMA")
+    #: the methods that honour skip_quant_op_names (exclude_nodes): EMA does not
+    int8_exclude_methods = ("KL", "ADMM")
     #: mnnquant's weight_quantize_method values (Helper::weightQuantizeMethod), per output channel.
     weight_methods = ("MAX_ABS", "ADMM")
 
