@@ -759,6 +759,18 @@ def _task_context(s: Any, plan: Any, ref_out: Mapping[str, Any], postprocess: An
             "postprocess": postprocess, "input_hw": pre.size if pre is not None else None}
 
 
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An error in one line for a note: a tool's failure as its status and the last line it printed (not the command,
+    which can be a whole script), anything else its first line."""
+    if isinstance(exc, ToolchainError):
+        last = next((ln.strip() for ln in reversed(exc.stderr_tail.splitlines()) if ln.strip()), "")
+        status = "timed out" if exc.returncode is None else f"exited with {exc.returncode}"
+        text = f"{exc.tool} {status}" + (f": {last}" if last else "")
+    else:
+        text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _merge_tolerance(a: Tolerance | None, b: Tolerance | None) -> Tolerance | None:
     """The bundle's tolerance from two segments' (--target): the looser of each criterion."""
     if a is None or b is None:
@@ -841,8 +853,8 @@ def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, t
     try:
         plan = confirm(ip, engine, seg_onnx, ev, task_ctx, build, say, estimate)
     except EdgeSDKError as exc:
-        why = f"segment {sid}: {engine} int8 with the searched layers kept in float: {exc}; the segment goes to " \
-              f"{FALLBACK_ENGINE} int8, whose search met --target with {len(ip.kept)} layer(s) kept in float"
+        why = (f"segment {sid}: {engine} int8 with the searched layers kept in float: {_one_line(exc)}; the segment "
+               f"goes to {FALLBACK_ENGINE} int8, whose search met --target with {len(ip.kept)} layer(s) kept in float")
         notes.append(why)
         warnings.append(why)
         return replace(ip, notes=(*ip.notes, why)), None

@@ -147,3 +147,14 @@ def test_mnn_admm_is_not_tried_above_its_size_limit() -> None:
     assert engine_methods("tflite", 8, (3, 32, 32)) == ("per-channel", "per-tensor")
     assert engine_methods("onnxruntime", 8, (3, 32, 32)) == ()
     assert engine_methods("mnn", 8, (3, 32, 32), keep_layers=True) == ("KL", "ADMM")  # EMA ignores the skip list
+
+
+def test_a_tool_failure_becomes_one_readable_line_in_the_notes() -> None:
+    from edgesdk.conversion import _one_line
+    from edgesdk.errors import ToolchainError
+
+    exc = ToolchainError("mnn-check", ["python", "-c", "import sys\n" * 50], 1,
+                         "checking...\nsegment s0: the int8 model would run float activations\n")
+    line = _one_line(exc)
+    assert line == "mnn-check exited with 1: segment s0: the int8 model would run float activations"
+    assert "\n" not in _one_line(ValueError("first\nsecond")) and len(_one_line(ValueError("x" * 999))) == 400
