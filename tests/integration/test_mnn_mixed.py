@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.integration.conftest import zoo_model
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "yolov8n-nudenet"
@@ -43,14 +45,7 @@ def _unavailable(why: str) -> None:
 
 
 def _zoo_model() -> Path:
-    spec = importlib.util.spec_from_file_location("zoo_fetch_mnn_mixed", ROOT / "scripts" / "zoo_fetch.py")
-    zf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zf)
-    try:
-        return zf.fetch([MODEL_ID])[MODEL_ID]
-    except zf.ZooError as exc:
-        _unavailable(f"cannot fetch {MODEL_ID}: {exc}")
-        raise
+    return zoo_model(MODEL_ID)
 
 
 @pytest.fixture(scope="module")

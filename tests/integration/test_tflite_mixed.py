@@ -12,9 +12,7 @@ after Keras layers, not ONNX nodes). Real onnx2tf + TensorFlow + LiteRT:
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +27,7 @@ from edgesdk.errors import InputError
 from edgesdk.toolchains.adapters import CalibData, ConversionJob, ConversionRefused, IOSpec
 from edgesdk.toolchains.adapters.tflite import TfliteAdapter
 from tests.conftest import require_toolchains
+from tests.integration.conftest import zoo_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "yolov8n-nudenet"
@@ -198,15 +197,7 @@ def test_small_graph_kept_nodes_are_float_in_the_tflite(tmp_path: Path) -> None:
 
 
 def _zoo_model() -> Path:
-    spec = importlib.util.spec_from_file_location("zoo_fetch_tflite_mixed", ROOT / "scripts" / "zoo_fetch.py")
-    zf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zf)
-    try:
-        return zf.fetch([MODEL_ID])[MODEL_ID]
-    except zf.ZooError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot fetch {MODEL_ID} under CI: {exc}", pytrace=False)
-        pytest.skip(f"cannot fetch {MODEL_ID}: {exc}")
+    return zoo_model(MODEL_ID)
 
 
 @pytest.fixture(scope="module")
