@@ -8,28 +8,32 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesdk._data import data_dir
 from edgesdk.errors import ProfileError, UnknownBoardError
 
-#: Runtime engines edgesdk knows how to drive (on the board, in edgesdk.runtime).
-ENGINE_IDS: tuple[str, ...] = ("ncnn", "mnn", "tflite", "onnxruntime", "edgetpu", "vart", "bpu", "nnie")
-#: Toolchains edgesdk knows how to plan for (one folder each in toolchains/).
-TOOLCHAIN_IDS: tuple[str, ...] = (
-    "ncnn",
-    "mnn",
-    "tflite",
-    "onnxruntime",
-    "edgetpu",
-    "vitis-ai",
-    "nnie",
-    "horizon",
-)
 ISA_FEATURES = ("neon", "vfpv4", "fp16", "dotprod", "i8mm", "bf16", "sve", "crypto", "crc32")
 
-EngineId = Literal["ncnn", "mnn", "tflite", "onnxruntime", "edgetpu", "vart", "bpu", "nnie"]
-ToolchainId = Literal["ncnn", "mnn", "tflite", "onnxruntime", "edgetpu", "vitis-ai", "nnie", "horizon"]
+#: Engine and toolchain ids are checked against the toolchain records (toolchains/*/toolchain.yaml), not listed here.
+def _known_engine(v: str) -> str:
+    from edgesdk.toolchains.spec import engine_ids
+
+    if v not in engine_ids():
+        raise ValueError(f"unknown engine {v!r}; the toolchain records name {list(engine_ids())}")
+    return v
+
+
+def _known_toolchain(v: str) -> str:
+    from edgesdk.toolchains.spec import toolchain_ids
+
+    if v not in toolchain_ids():
+        raise ValueError(f"unknown toolchain {v!r}; toolchains/ has {list(toolchain_ids())}")
+    return v
+
+
+EngineId = Annotated[str, AfterValidator(_known_engine)]
+ToolchainId = Annotated[str, AfterValidator(_known_toolchain)]
 Source = Annotated[str, Field(min_length=3, description="where the fact comes from: URL, repo:path, or 'derived: ...'")]
 
 
@@ -84,7 +88,7 @@ class Peaks(_Strict):
 
 
 class Accelerator(_Strict):
-    kind: Literal["edgetpu", "dpu", "nnie", "bpu"]
+    kind: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="what the accelerator is: edgetpu, dpu, rknpu, ...")
     name: str
     tops: Figure
     dtypes: list[Literal["int8", "uint8", "int16", "fp16"]] = Field(min_length=1)
@@ -155,6 +159,7 @@ class BoardProfile(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     name: str
     description: str
+    aliases: list[str] = Field(default_factory=list, description="other names users type for this board")
     soc: Soc
     cpu: Cpu
     memory: Memory
@@ -254,17 +259,14 @@ def get_board(board_id: str, directory: str | Path | None = None) -> BoardProfil
         return boards[board_id]
     known = sorted(boards)
     suggestions = difflib.get_close_matches(board_id.lower(), known, n=2, cutoff=0.5)
-    # Common aliases people type.
-    aliases = {"pi4": "rpi4", "pi5": "rpi5", "coral": "coral-usb", "kria": "kv260", "rdk-x3": "x3", "hi3519": "hi3519a"}
-    alias = aliases.get(board_id.lower())
+    # Common aliases people type (each profile's `aliases`).
+    alias = next((b for b, p in boards.items() if board_id.lower() in (a.lower() for a in p.aliases)), None)
     if alias and alias not in suggestions:
         suggestions.insert(0, alias)
     raise UnknownBoardError(board_id, known, suggestions)
 
 
 __all__ = [
-    "ENGINE_IDS",
-    "TOOLCHAIN_IDS",
     "Accelerator",
     "BoardProfile",
     "Cpu",

@@ -24,21 +24,20 @@ from edgesdk.toolchains.spec import Tool, ToolchainSpec, get_op_table, list_tool
 #: "unknown": present, but it did not answer in time (a cold disk cache, a loaded machine); not counted as broken.
 Status = Literal["ok", "missing", "broken", "unknown", "n/a"]
 
-#: Python engines edgesdk.runtime can drive: engine id -> (import names in order, pip hint).
-ENGINE_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
-    "ncnn": (("ncnn",), "pip install ncnn"),
-    "mnn": (("MNN",), "pip install MNN"),
-    "tflite": (("ai_edge_litert", "tflite_runtime"), "pip install ai-edge-litert  (or tflite-runtime)"),
-    "onnxruntime": (("onnxruntime",), "pip install onnxruntime"),
-    "edgetpu": (("pycoral",), "on the board: apt-get install libedgetpu1-std python3-pycoral (Coral apt repo)"),
-    "vart": (("vart",), "on the board: the Vitis AI runtime (VART) from the Kria Ubuntu image / Vitis AI"),
-    "bpu": (("hobot_dnn",), "on the board: the RDK X3 image ships hobot_dnn (pyeasy_dnn)"),
-    "nnie": ((), "no Python API: NNIE runs through the C runner built with the HiSilicon SDK (see cross/)"),
-}
-#: Distribution names, for reading versions without importing.
-_DISTS = {"MNN": "MNN", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "pycoral": "pycoral"}
-#: Engines that run on the host too (verify, conversion checks): `edgesdk[host]` brings them.
-HOST_ENGINES = ("ncnn", "mnn", "tflite", "onnxruntime")
+def engine_modules() -> dict[str, tuple[tuple[str, ...], str]]:
+    """Runtime engines from the toolchain records: engine id -> (import names in order, install hint)."""
+    out: dict[str, tuple[tuple[str, ...], str]] = {}
+    for t in list_toolchains():
+        hint = t.runtime.install_hint if t.kind == "cpu" else f"on the board: {t.runtime.install_hint}"
+        out.setdefault(t.engine, (tuple(t.runtime.python_modules), hint))
+    return out
+
+
+def host_engines() -> tuple[str, ...]:
+    """Engines that run on the host too (verify, conversion checks): `edgesdk[host]` brings them."""
+    return tuple(t.engine for t in list_toolchains() if t.kind == "cpu")
+
+
 #: The [host] extra, when edgesdk's metadata cannot be read (a bare checkout on sys.path).
 _HOST_EXTRA_FALLBACK = ("numpy", "onnx", "onnxruntime", "onnxslim", "paramiko", "pillow", "ncnn", "MNN",
                         "ai-edge-litert")
@@ -229,7 +228,8 @@ def _module_version(mod: str) -> tuple[Status, str | None, str | None]:
     ver = getattr(m, "__version__", None)
     if ver is None:
         try:
-            ver = importlib.metadata.version(_DISTS.get(mod, mod))
+            dists = importlib.metadata.packages_distributions().get(mod.split(".")[0]) or [mod]
+            ver = importlib.metadata.version(dists[0])
         except importlib.metadata.PackageNotFoundError:
             ver = None
     return "ok", str(ver) if ver else None, None
@@ -369,9 +369,10 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
         for t in s.tools:
             rep.checks.append(check_tool(s, t))
 
-    engines = board.engines if board else list(ENGINE_MODULES)
+    known = engine_modules()
+    engines = board.engines if board else list(known)
     for eng in engines:
-        mods, hint = ENGINE_MODULES[eng]
+        mods, hint = known[eng]
         if not mods:
             rep.checks.append(Check("engine", eng, "n/a", None, hint, None))
             continue
@@ -383,7 +384,7 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
             if found[0] != "missing":
                 break
         status, ver, detail = found
-        if eng in HOST_ENGINES:
+        if eng in host_engines():
             hint = install_command()
         rep.checks.append(Check("engine", eng, status, ver, detail or (f"module {used}" if status == "ok" else None),
                                 hint if status != "ok" else None))

@@ -33,15 +33,25 @@ class Scheme:
     description: str
 
 
-SCHEMES: dict[str, Scheme] = {
-    "edgetpu": Scheme("edgetpu", True, False, False, "TFLite full-integer int8: per-channel symmetric weights, "
-                      "asymmetric per-tensor activations"),
-    "dpu": Scheme("dpu", False, True, True, "Vitis AI DPU: per-tensor symmetric int8, power-of-two scales"),
-    "nnie": Scheme("nnie", False, True, False, "NNIE: per-tensor symmetric int8"),
-    "bpu": Scheme("bpu", True, True, False, "Horizon BPU: per-channel symmetric int8 weights, symmetric activations"),
-}
-#: runtime engine of an accelerator -> its scheme
-ENGINE_SCHEME = {"edgetpu": "edgetpu", "vart": "dpu", "nnie": "nnie", "bpu": "bpu"}
+def _schemes() -> tuple[dict[str, Scheme], dict[str, str]]:
+    """The schemes of the accelerators, from their toolchain records (toolchains/<id>/toolchain.yaml
+    simulation_scheme), and each accelerator engine's scheme id."""
+    from edgesdk.toolchains.spec import list_toolchains
+
+    schemes: dict[str, Scheme] = {}
+    by_engine: dict[str, str] = {}
+    for t in list_toolchains():
+        sc = t.simulation_scheme
+        if sc is None:
+            continue
+        sid = sc.id or t.engine
+        schemes[sid] = Scheme(sid, sc.per_channel, sc.activation_symmetric, sc.power_of_two, sc.description)
+        by_engine[t.engine] = sid
+    return schemes, by_engine
+
+
+#: scheme id -> scheme; runtime engine of an accelerator -> its scheme id
+SCHEMES, ENGINE_SCHEME = _schemes()
 
 
 def pow2_scale(s: np.ndarray) -> np.ndarray:

@@ -14,13 +14,10 @@ from edgesdk.boards import BoardProfile
 from edgesdk.errors import ModelError
 from edgesdk.graph.load import Model
 from edgesdk.graph.shapes import TensorInfo
-from edgesdk.toolchains.spec import NAMED_CHECKS, AttrCond, OpRule, OpTable, get_op_table
+from edgesdk.toolchains.spec import NAMED_CHECKS, AttrCond, OpRule, OpTable, get_op_table, list_toolchains
 
-#: Runtime engine -> the toolchain whose ops.yaml describes what it accepts.
-ENGINE_TOOLCHAIN: dict[str, str] = {
-    "ncnn": "ncnn", "mnn": "mnn", "tflite": "tflite", "onnxruntime": "onnxruntime",
-    "edgetpu": "edgetpu", "vart": "vitis-ai", "nnie": "nnie", "bpu": "horizon",
-}
+#: Runtime engine -> the toolchain whose ops.yaml describes what it accepts (from the toolchain records).
+ENGINE_TOOLCHAIN: dict[str, str] = {t.engine: t.id for t in list_toolchains()}
 
 Target = Literal["accelerator", "cpu"]
 #: Why a node runs where it runs.

@@ -34,7 +34,16 @@ SIGNATURE = "manifest.sig"
 #: `edgesdk tune`'s choice of engines and options: listed in `files` like every other file
 TUNING = "tuning.json"
 
-ENGINES = ("ncnn", "mnn", "tflite", "onnxruntime", "edgetpu", "vart", "bpu", "nnie")
+
+
+def engine_ids() -> tuple[str, ...]:
+    """The runtime engines: one module per engine in edgesdk/runtime/engines/, named by its id (found by file
+    name, nothing imported)."""
+    d = Path(__file__).resolve().parent / "engines"
+    return tuple(sorted(f.stem for f in d.glob("*.py") if not f.stem.startswith("_")))
+
+
+ENGINES = engine_ids()
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
 LAYOUTS = ("NCHW", "NHWC")
 

@@ -481,13 +481,14 @@ def _layers_ncnn(files: Mapping[str, Path], opts: Mapping[str, Any], efeed: Mapp
 
 
 LAYER_PROFILERS = {"onnxruntime": _layers_onnxruntime, "mnn": _layers_mnn, "ncnn": _layers_ncnn}
-LAYER_UNAVAILABLE = {
-    "tflite": "the TFLite Python interpreter does not expose its op profiler (benchmark_model "
-              "--enable_op_profiling does, natively)",
-    "edgetpu": "the Edge TPU runs the whole compiled subgraph as one custom op: no per-layer times",
-    "vart": "per-layer DPU times come from vaitrace, not the VART Python API",
-    "bpu": "per-node BPU times come from hrt_model_exec --profile_path, not hobot_dnn",
-}
+
+
+def _no_layers(engine: str) -> str:
+    """Why an engine gives no per-layer times (its class's `per_layer_note`)."""
+    from edgesdk.runtime import engines as _engines
+
+    note = _engines.engine_class(engine).per_layer_note if engine in _engines.REGISTRY else ""
+    return note or f"{engine}: no per-layer hook"
 
 
 def layer_profile(sess: Any, efeeds: Mapping[int, Mapping[str, np.ndarray]], runs: int,
@@ -499,7 +500,7 @@ def layer_profile(sess: Any, efeeds: Mapping[int, Mapping[str, np.ndarray]], run
         entry: dict[str, Any] = {"segment": st.segment.id, "engine": eng, "runs": runs}
         fn = LAYER_PROFILERS.get(eng)
         if fn is None:
-            entry.update(available=False, reason=LAYER_UNAVAILABLE.get(eng, f"{eng}: no per-layer hook"))
+            entry.update(available=False, reason=_no_layers(eng))
             out.append(entry)
             continue
         files, opts = _stage_files(sess, st)

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesdk._data import data_dir
-from edgesdk.boards import TOOLCHAIN_IDS, EngineId, _format_validation
+from edgesdk.boards import _format_validation
 from edgesdk.errors import ProfileError, UnknownToolchainError
 
 Source = Annotated[str, Field(min_length=3)]
@@ -162,11 +162,23 @@ class Provision(_Strict):
 class RuntimePackage(_Strict):
     """What the board needs to run this toolchain's artifacts."""
 
-    engine: EngineId
-    python_module: str | None = None
+    engine: str = Field(pattern=r"^[a-z][a-z0-9_]*$",
+                        description="runtime engine id: edgesdk/runtime/engines/<engine>.py drives it on the board")
+    python_modules: list[str] = Field(default_factory=list, description="import names; any one makes it available")
     pip: str | None = None
     system: str | None = Field(default=None, description="non-pip runtime, e.g. libedgetpu1-std")
+    install_hint: str = Field(min_length=3, description="what to run on the board when the engine is missing")
     source: Source | None = None
+
+
+class SimulationScheme(_Strict):
+    """The int8 scheme the host simulation of an accelerator uses (edgesdk.simulate.Scheme)."""
+
+    id: str | None = Field(default=None, description="scheme id (simulate --scheme); default: the engine id")
+    per_channel: bool
+    activation_symmetric: bool
+    power_of_two: bool
+    description: str
 
 
 class ToolchainSpec(_Strict):
@@ -175,7 +187,11 @@ class ToolchainSpec(_Strict):
     name: str
     description: str
     kind: Literal["cpu", "accelerator"]
-    engine: EngineId
+    engine: str = Field(description="the runtime engine that runs its artifacts (== runtime.engine)")
+    adapter: str = Field(pattern=r"^edgesdk\.toolchains\.adapters\.[a-z_0-9]+:[A-Za-z_][A-Za-z_0-9]*$",
+                         description="module:Class of its toolchain adapter")
+    simulation_scheme: SimulationScheme | None = Field(default=None, description="accelerators: host int8 simulation")
+    fallback_engine: str | None = Field(default=None, description="CPU engine for the segments it refuses")
     artifacts: list[str] = Field(min_length=1, description="file suffixes it produces")
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
     provision: Provision
@@ -185,12 +201,11 @@ class ToolchainSpec(_Strict):
     source: Source
     notes: list[str] = Field(default_factory=list)
 
-    @field_validator("id")
-    @classmethod
-    def _known_id(cls, v: str) -> str:
-        if v not in TOOLCHAIN_IDS:
-            raise ValueError(f"unknown toolchain id {v!r}; known: {list(TOOLCHAIN_IDS)}")
-        return v
+    @model_validator(mode="after")
+    def _engine_agrees(self) -> ToolchainSpec:
+        if self.runtime.engine != self.engine:
+            raise ValueError(f"runtime.engine {self.runtime.engine!r} differs from engine {self.engine!r}")
+        return self
 
 
 def toolchains_dir() -> Path:
@@ -246,6 +261,31 @@ def list_toolchains(directory: str | Path | None = None) -> list[ToolchainSpec]:
     return list(_all_specs(str(directory or toolchains_dir())).values())
 
 
+# The registries every other module derives from the toolchain records (one record per toolchain).
+
+
+def toolchain_ids() -> tuple[str, ...]:
+    return tuple(s.id for s in list_toolchains())
+
+
+def engine_ids() -> tuple[str, ...]:
+    """Every runtime engine a toolchain record names, in record order."""
+    return tuple(dict.fromkeys(s.engine for s in list_toolchains()))
+
+
+def cpu_engines() -> tuple[str, ...]:
+    """The engines of the CPU toolchains (their toolchain id is their engine id)."""
+    return tuple(s.engine for s in list_toolchains() if s.kind == "cpu")
+
+
+def toolchain_of_engine(engine: str) -> ToolchainSpec | None:
+    """The toolchain whose artifacts an engine runs (its ops.yaml describes what the engine accepts)."""
+    for s in list_toolchains():
+        if s.engine == engine:
+            return s
+    return None
+
+
 def _unknown(tid: str, known: list[str]) -> UnknownToolchainError:
     return UnknownToolchainError(tid, known, difflib.get_close_matches(tid, known, n=2, cutoff=0.5))
 
@@ -276,8 +316,13 @@ __all__ = [
     "AttrCond",
     "OpRule",
     "OpTable",
+    "SimulationScheme",
     "Tool",
     "ToolchainSpec",
+    "cpu_engines",
+    "engine_ids",
+    "toolchain_ids",
+    "toolchain_of_engine",
     "get_op_table",
     "get_toolchain",
     "list_toolchains",

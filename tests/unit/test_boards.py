@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgesdk.boards import ENGINE_IDS, TOOLCHAIN_IDS, board_ids, get_board, list_boards, load_profile
+from edgesdk.boards import board_ids, boards_dir, get_board, list_boards, load_profile
 from edgesdk.errors import ProfileError, UnknownBoardError
 from edgesdk.toolchains.spec import list_toolchains
 
@@ -129,9 +129,25 @@ def test_unknown_board_suggests():
     assert "coral-usb" in ei.value.suggestions
 
 
-def test_id_lists_are_consistent():
-    assert len(set(ENGINE_IDS)) == len(ENGINE_IDS)
-    assert {t.id for t in list_toolchains()} == set(TOOLCHAIN_IDS)
+def test_boards_name_only_engines_and_toolchains_that_have_records():
+    from edgesdk.runtime.manifest import engine_ids as runtime_engines
+    from edgesdk.toolchains.spec import engine_ids, toolchain_ids
+
+    assert set(engine_ids()) <= set(runtime_engines())
+    for b in list_boards():
+        assert set(b.engines) <= set(engine_ids()) and set(b.toolchains) <= set(toolchain_ids()), b.id
+
+
+def test_a_board_naming_an_unknown_engine_is_refused_with_the_field(tmp_path):
+    import yaml as _yaml
+
+    raw = _yaml.safe_load((boards_dir() / "rpi4.yaml").read_text())
+    raw["engines"] = ["ncnn", "tensorrt"]
+    p = tmp_path / "rpi4.yaml"
+    p.write_text(_yaml.safe_dump(raw))
+    with pytest.raises(ProfileError) as ei:
+        load_profile(p)
+    assert "tensorrt" in str(ei.value) and "engines" in str(ei.value)
 
 
 def test_docs_boards_md_is_generated_from_the_profiles():

@@ -8,7 +8,6 @@ import onnx.defs
 import pytest
 import yaml
 
-from edgesdk.boards import TOOLCHAIN_IDS
 from edgesdk.errors import ProfileError, UnknownToolchainError
 from edgesdk.toolchains.spec import (
     NAMED_CHECKS,
@@ -17,12 +16,15 @@ from edgesdk.toolchains.spec import (
     list_toolchains,
     load_op_table,
     load_spec,
+    toolchain_ids,
     toolchains_dir,
 )
 
+TOOLCHAIN_IDS = toolchain_ids()
+
 
 def test_every_toolchain_has_spec_and_op_table():
-    ids = {t.id for t in list_toolchains()}
+    ids = {p.parent.name for p in toolchains_dir().glob("*/toolchain.yaml")}
     assert ids == set(TOOLCHAIN_IDS)
     for tid in TOOLCHAIN_IDS:
         assert (toolchains_dir() / tid / "ops.yaml").is_file(), tid
@@ -90,11 +92,18 @@ def test_bad_op_table_names_field(tmp_path):
     assert "ops.Conv.checks" in msg and "ops.Gelu" in msg and str(p) in msg
 
 
-def test_bad_spec_unknown_id(tmp_path):
+def test_a_new_toolchain_is_a_new_folder_and_its_record_is_checked(tmp_path):
     src = yaml.safe_load((toolchains_dir() / "onnxruntime" / "toolchain.yaml").read_text())
     src["id"] = "tensorrt"
     d = tmp_path / "tensorrt"
     d.mkdir()
+    (d / "toolchain.yaml").write_text(yaml.safe_dump(src))
+    assert load_spec(d / "toolchain.yaml").id == "tensorrt"  # no list of ids to extend
+    src["adapter"] = "tensorrt_adapter"
+    (d / "toolchain.yaml").write_text(yaml.safe_dump(src))
+    with pytest.raises(ProfileError, match="field adapter"):
+        load_spec(d / "toolchain.yaml")
+    src["adapter"], src["id"] = "edgesdk.toolchains.adapters.onnxruntime:OnnxRuntimeAdapter", "other"
     (d / "toolchain.yaml").write_text(yaml.safe_dump(src))
     with pytest.raises(ProfileError, match="field id"):
         load_spec(d / "toolchain.yaml")
@@ -112,3 +121,32 @@ def test_no_tool_probe_runs_mnn_console_scripts():
     for t in list_toolchains():
         for tool in t.tools:
             assert tool.command not in {"mnnconvert", "mnnquant", "mnn", "MNNConvert"}, (t.id, tool.name)
+
+
+@pytest.mark.parametrize("tid", TOOLCHAIN_IDS)
+def test_one_record_per_toolchain_drives_its_adapter_and_engine(tid):
+    """The toolchain record is the one place: its adapter class has its id, and the board-side engine module
+    (which cannot read the record) names the same import modules and install hint."""
+    import importlib
+
+    from edgesdk.runtime import engines
+
+    spec = get_toolchain(tid)
+    mod, cls = spec.adapter.split(":")
+    adapter = getattr(importlib.import_module(mod), cls)
+    assert adapter.id == tid
+    assert spec.engine in engines.REGISTRY, f"no edgesdk/runtime/engines/{spec.engine}.py"
+    eng = engines.engine_class(spec.engine)
+    assert eng.name == spec.engine
+    assert tuple(eng.modules) == tuple(spec.runtime.python_modules), (tid, eng.modules)
+    assert eng.install_hint == spec.runtime.install_hint
+    if spec.kind == "accelerator":
+        from edgesdk.simulate import ENGINE_SCHEME
+        from edgesdk.toolchains.adapters import accelerator_adapter_class
+
+        assert accelerator_adapter_class(spec.engine) is adapter
+        assert spec.simulation_scheme is not None and spec.engine in ENGINE_SCHEME
+    else:
+        from edgesdk.toolchains.adapters import CPU_ENGINES, adapter_class
+
+        assert tid == spec.engine and tid in CPU_ENGINES and adapter_class(tid) is adapter

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,31 +26,55 @@ import numpy as np
 from edgesdk.runtime.errors import EngineFailure, EngineUnavailable
 from edgesdk.runtime.manifest import TensorSpec
 
-#: engine id -> (module, class). Modules are imported on first use only.
-REGISTRY: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("edgesdk.runtime.engines.onnxruntime", "OnnxRuntimeEngine"),
-    "ncnn": ("edgesdk.runtime.engines.ncnn", "NcnnEngine"),
-    "mnn": ("edgesdk.runtime.engines.mnn", "MnnEngine"),
-    "tflite": ("edgesdk.runtime.engines.tflite", "TFLiteEngine"),
-    "edgetpu": ("edgesdk.runtime.engines.edgetpu", "EdgeTPUEngine"),
-    "vart": ("edgesdk.runtime.engines.vart", "VartEngine"),
-    "bpu": ("edgesdk.runtime.engines.bpu", "BpuEngine"),
-}
+class _Registry(Mapping[str, tuple[str, str]]):
+    """engine id -> (module, class name), found by file name: edgesdk/runtime/engines/<id>.py holds the one Engine
+    subclass whose `name` is <id>. Adding an engine is adding its module; nothing is imported until used."""
 
+    def _ids(self) -> tuple[str, ...]:
+        from edgesdk.runtime.manifest import engine_ids
+
+        return engine_ids()
+
+    def __getitem__(self, engine: str) -> tuple[str, str]:
+        if engine not in self._ids():
+            raise KeyError(engine)
+        mod = importlib.import_module(f"{__name__}.{engine}")
+        for attr, obj in vars(mod).items():
+            if isinstance(obj, type) and issubclass(obj, Engine) and obj.__module__ == mod.__name__ \
+                    and obj.name == engine:
+                return mod.__name__, attr
+        raise KeyError(f"{mod.__name__} defines no Engine subclass named {engine!r}")
+
+    def __contains__(self, engine: object) -> bool:
+        return engine in self._ids()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids())
+
+    def __len__(self) -> int:
+        return len(self._ids())
+
+
+class _Hints(Mapping[str, str]):
+    """engine id -> what to run on the board when it is missing (each engine class's `install_hint`; the same
+    text as its toolchain record's runtime.install_hint, which a unit test holds them to)."""
+
+    def __getitem__(self, engine: str) -> str:
+        if engine not in REGISTRY:
+            raise KeyError(engine)
+        return engine_class(engine).install_hint
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+#: engine id -> (module, class). Modules are imported on first use only.
+REGISTRY: Mapping[str, tuple[str, str]] = _Registry()
 #: What to run on the board when an engine is missing.
-INSTALL_HINTS: dict[str, str] = {
-    "onnxruntime": "pip install onnxruntime",
-    "ncnn": "pip install ncnn",
-    "mnn": "pip install MNN",
-    "tflite": "pip install ai-edge-litert   (or tflite-runtime on Python <= 3.11 / older boards)",
-    "edgetpu": "install the Edge TPU runtime (apt-get install libedgetpu1-std, from Coral's apt repository) "
-               "and ai-edge-litert or tflite-runtime; pycoral is optional",
-    "vart": "use the Vitis AI runtime image for the board (Kria KV260: the xlnx-vai runtime packages that "
-            "provide the vart and xir Python modules)",
-    "bpu": "install Horizon's hobot-dnn package on the board (the RDK X3 system image ships it: "
-           "python3 -c 'from hobot_dnn import pyeasy_dnn')",
-    "nnie": "the HiSilicon NNIE has no Python runtime in edgesdk; run the bundle with the vendor's C SDK",
-}
+INSTALL_HINTS: Mapping[str, str] = _Hints()
 
 
 class Engine:
@@ -59,6 +83,10 @@ class Engine:
     name: ClassVar[str] = ""
     #: Python modules whose presence makes the engine available (any one of them).
     modules: ClassVar[tuple[str, ...]] = ()
+    #: What to run on the board when the engine is missing (== its toolchain record's runtime.install_hint).
+    install_hint: ClassVar[str] = ""
+    #: Why the engine gives no per-layer times, when it gives none (edgesdk profile --layers).
+    per_layer_note: ClassVar[str] = ""
     #: Native loaders known to crash the process on malformed files: loaded first in a
     #: guarded subprocess unless the Session is told otherwise.
     crash_prone: ClassVar[bool] = False

@@ -51,6 +51,8 @@ def bgr_to_nv12(img: np.ndarray) -> np.ndarray:
 class BpuEngine(Engine):
     name = "bpu"
     modules = ("hobot_dnn",)
+    install_hint = "install Horizon's hobot-dnn package on the board (the RDK X3 system image ships it: python3 -c 'from hobot_dnn import pyeasy_dnn')"
+    per_layer_note = "per-node BPU times come from hrt_model_exec --profile_path, not hobot_dnn"
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:

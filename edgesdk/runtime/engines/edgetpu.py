@@ -24,6 +24,8 @@ DELEGATE = "libedgetpu.so.1"
 class EdgeTPUEngine(TFLiteEngine):
     name = "edgetpu"
     modules = ("pycoral", "ai_edge_litert", "tflite_runtime")
+    install_hint = "install the Edge TPU runtime (apt-get install libedgetpu1-std, from Coral's apt repository) and ai-edge-litert or tflite-runtime; pycoral is optional"
+    per_layer_note = "the Edge TPU runs the whole compiled subgraph as one custom op: no per-layer times"
 
     @classmethod
     def available(cls) -> bool:

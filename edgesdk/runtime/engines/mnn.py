@@ -18,6 +18,7 @@ _DTYPES = {"float32": "float", "int32": "int", "uint8": "uint8", "int8": "int8"}
 class MnnEngine(Engine):
     name = "mnn"
     modules = ("MNN",)
+    install_hint = "pip install MNN"
     crash_prone = True
 
     @classmethod

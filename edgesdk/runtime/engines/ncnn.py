@@ -72,6 +72,7 @@ def _flush_c_stdio() -> None:
 class NcnnEngine(Engine):
     name = "ncnn"
     modules = ("ncnn",)
+    install_hint = "pip install ncnn"
     crash_prone = True  # a malformed .bin that load_model rejects can still segfault at extract()
 
     @classmethod

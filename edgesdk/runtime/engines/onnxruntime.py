@@ -35,6 +35,7 @@ def describe_failure(exc: BaseException) -> str:
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     modules = ("onnxruntime",)
+    install_hint = "pip install onnxruntime"
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:

@@ -30,6 +30,8 @@ def interpreter_module(engine: str = "tflite") -> Any:
 class TFLiteEngine(Engine):
     name = "tflite"
     modules = ("ai_edge_litert", "tflite_runtime")
+    install_hint = "pip install ai-edge-litert   (or tflite-runtime on Python <= 3.11 / older boards)"
+    per_layer_note = "the TFLite Python interpreter does not expose its op profiler (benchmark_model --enable_op_profiling does, natively)"
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:

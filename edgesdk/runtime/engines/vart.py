@@ -27,6 +27,8 @@ from edgesdk.runtime.manifest import TensorSpec
 class VartEngine(Engine):
     name = "vart"
     modules = ("vart",)
+    install_hint = "use the Vitis AI runtime image for the board (Kria KV260: the xlnx-vai runtime packages that provide the vart and xir Python modules)"
+    per_layer_note = "per-layer DPU times come from vaitrace, not the VART Python API"
 
     @classmethod
     def available(cls) -> bool:

@@ -13,13 +13,22 @@ from edgesdk.toolchains.adapters.base import (
     IOSpec,
 )
 
+from edgesdk.toolchains.spec import list_toolchains
+
+
+def _registry(kind: str) -> dict[str, tuple[str, str]]:
+    """From the toolchain records (`adapter: module:Class`): CPU toolchains by toolchain id (== their engine id),
+    accelerator toolchains by the runtime engine that drives the accelerator (board.accelerator.engine)."""
+    out: dict[str, tuple[str, str]] = {}
+    for t in list_toolchains():
+        if t.kind == kind:
+            mod, cls = t.adapter.split(":")
+            out[t.id if kind == "cpu" else t.engine] = (mod, cls)
+    return out
+
+
 #: toolchain id -> (module, class); imported on use.
-ADAPTERS: dict[str, tuple[str, str]] = {
-    "ncnn": ("edgesdk.toolchains.adapters.ncnn", "NcnnAdapter"),
-    "mnn": ("edgesdk.toolchains.adapters.mnn", "MnnAdapter"),
-    "tflite": ("edgesdk.toolchains.adapters.tflite", "TfliteAdapter"),
-    "onnxruntime": ("edgesdk.toolchains.adapters.onnxruntime", "OnnxRuntimeAdapter"),
-}
+ADAPTERS: dict[str, tuple[str, str]] = _registry("cpu")
 #: The engines `edgesdk convert` can target on the CPU (engine id == toolchain id for these).
 CPU_ENGINES = tuple(ADAPTERS)
 
@@ -44,12 +53,7 @@ __all__ = ["ADAPTERS", "CPU_ENGINES", "Adapter", "Artifact", "CalibData", "Conve
            "EnvStatus", "IOSpec", "adapter_class", "get_adapter"]
 
 #: accelerator engine (board.accelerator.engine) -> (module, class) of its toolchain adapter.
-ACCELERATOR_ADAPTERS: dict[str, tuple[str, str]] = {
-    "edgetpu": ("edgesdk.toolchains.adapters.edgetpu", "EdgeTpuAdapter"),
-    "vart": ("edgesdk.toolchains.adapters.vitis_ai", "VitisAiAdapter"),
-    "nnie": ("edgesdk.toolchains.adapters.nnie", "NnieAdapter"),
-    "bpu": ("edgesdk.toolchains.adapters.horizon", "HorizonAdapter"),
-}
+ACCELERATOR_ADAPTERS: dict[str, tuple[str, str]] = _registry("accelerator")
 
 
 def accelerator_adapter_class(engine: str) -> type[Adapter]:
