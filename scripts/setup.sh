@@ -58,8 +58,9 @@ say "installing edgesdk[$EXTRAS] into .venv (pinned by constraints.txt)"
 # and the host package that pins it (docs/architecture.md, "Packaging"). In one command, so that pip takes the
 # local edgesdk-runtime instead of looking for it on an index.
 "${PIP[@]}" install -c constraints.txt --no-build-isolation -e ./board -e ".[$EXTRAS]"
-# The converters' isolated venvs (~/.cache/edgesdk/toolchains/<id>/venv): pnnx (ncnn), MNN, onnx2tf +
-# TensorFlow (tflite, ~2.6 GB). Idempotent: a venv that already satisfies its pinned requirements is left alone.
-say "edgesdk toolchain install ncnn mnn tflite nnie"
-.venv/bin/edgesdk toolchain install ncnn mnn tflite nnie
+# The converters' isolated venvs (~/.cache/edgesdk/toolchains/<id>/venv), every toolchain record of provision
+# kind venv: pnnx (ncnn), MNN, onnx2tf + TensorFlow (tflite, ~2.6 GB), OpenCV 4 (nnie), RKNN-Toolkit2 + torch
+# (rknn, ~1.5 GB), vela. Idempotent: a venv that already satisfies its pinned requirements is left alone.
+say "edgesdk toolchain install --all"
+.venv/bin/edgesdk toolchain install --all
 say "done: $("$ROOT/.venv/bin/edgesdk" --version)"

@@ -12,7 +12,8 @@ toolchain_app = typer.Typer(help="Install and check the converters' isolated env
 @toolchain_app.command("install")
 @handle_errors
 def install_cmd(
-    toolchain: list[str] = typer.Argument(..., metavar="ID...", help="Toolchain id(s): ncnn, mnn, tflite, ..."),
+    toolchain: list[str] = typer.Argument(None, metavar="ID...", help="Toolchain id(s): ncnn, mnn, tflite, ..."),
+    all_: bool = typer.Option(False, "--all", help="Every toolchain whose record says it lives in a venv."),
     force: bool = typer.Option(False, "--force", help="Recreate the venv even if it is up to date."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -23,11 +24,20 @@ def install_cmd(
       edgesdk toolchain install tflite
 
       edgesdk toolchain install ncnn mnn tflite
-    """
-    from edgesdk.toolchains.install import install_toolchain
 
+      edgesdk toolchain install --all
+    """
+    from edgesdk.errors import InputError
+    from edgesdk.toolchains.install import install_toolchain
+    from edgesdk.toolchains.spec import list_toolchains
+
+    ids = list(toolchain or [])
+    if all_:
+        ids += [s.id for s in list_toolchains() if s.provision.kind == "venv" and s.id not in ids]
+    if not ids:
+        raise InputError("name the toolchain(s) to install, or pass --all (e.g. edgesdk toolchain install tflite)")
     results = []
-    for t in toolchain:
+    for t in ids:
         if not json_out:
             console.print(f"{t}: installing (this can take minutes for tflite) ...")
         r = install_toolchain(t, force=force)
