@@ -1,0 +1,186 @@
+"""vela (Arm Ethos-U65-256, NXP i.MX 93): parsers on captured real vela 5.2.0 output, the ethosu engine
+against a fake delegate, and one real vela compile (skipped unless the vela venv exists; fails under CI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from edgesdk.runtime.engines import ethosu
+from edgesdk.runtime.engines.ethosu import EthosUEngine
+from edgesdk.toolchains.adapters.vela import VENV, VelaAdapter, parse_vela_output, parse_vela_summary_csv
+
+# Captured: vela 5.2.0 on a tiny int8 CNN (conv, dwconv, maxpool, conv1x1, GAP, dense, softmax), abridged.
+VELA_STDOUT = """\
+Warning: Consider accessing the configuration by --config Arm/vela.ini since it is located inside the config_files directory.
+
+Network summary for M
+Accelerator configuration               Ethos_U65_256
+System configuration               Ethos_U65_High_End
+Memory mode                      Dedicated_Sram_512KB
+Accelerator clock                                1000 MHz
+Design peak SRAM bandwidth                      14.90 GB/s
+Design peak DRAM bandwidth                       3.49 GB/s
+
+Total SRAM used                                 32.20 KiB
+Total DRAM used                                  6.20 KiB
+
+CPU operators = 0 (0.0%)
+NPU operators = 39 (100.0%)
+   NPU: Conv2D = functional_1/conv2d_1/Relu;functional_1/conv2d_1/convolution (outputs [1, 32, 32, 8])
+   NPU: DepthwiseConv2D = functional_1/depthwise_conv2d_1/Relu6;functional_1/depthwise_conv2d_1/depthwise (outputs [1, 32, 32, 8])
+   NPU: MaxPool = functional_1/max_pooling2d_1/MaxPool2d (outputs [1, 16, 16, 8])
+   NPU: FullyConnected = functional_1/dense_1/MatMul (outputs [1, 1, 1, 10])
+
+Neural network macs                            340148 MACs/batch
+"""
+
+# Captured header + first row of OUT/M_summary_Ethos_U65_High_End.csv (selected columns).
+SUMMARY_CSV = """\
+experiment,network,accelerator_configuration,system_config,memory_mode,core_clock,inference_time,inferences_per_second,nn_macs,cycles_npu,cycles_sram_access,cycles_dram_access,cycles_total
+default,M,Ethos_U65_256,Ethos_U65_High_End,Dedicated_Sram_512KB,1000000000.0,3.3401e-05,29939.2,340148,29603,7764,17749,33401
+"""
+
+# Captured (abridged): vela 5.2.0 on the same CNN with a tf.math.cumsum (float, unsupported) after the maxpool.
+CPU_STDOUT = """\
+TfLiteReader: Built-in options type 'CumsumOptions' is not yet implemented and will be ignored.
+
+Warning (supported operators) operator: QUANTIZE, ofm: 'tfl.quantize'
+Reason: Operation has tensor with unsupported DataType Float32 (functional_1/lambda_1/Cumsum)
+Feature-map dataTypes must be one of {"INT16", "INT32", "INT64", "INT8", "UINT8"}
+
+Warning (supported operators) operator: CUMSUM, ofm: 'functional_1/lambda_1/Cumsum'
+Reason: Unsupported opType
+
+Network summary for C
+CPU operators = 3 (7.1%)
+   CPU: Passthrough = functional_1/lambda_1/Cumsum (outputs [1, 16, 16, 8])
+   CPU: Passthrough = tfl.quantize (outputs [1, 16, 16, 8])
+NPU operators = 39 (92.9%)
+   NPU: Conv2D = functional_1/conv2d_1/Relu;functional_1/conv2d_1/convolution (outputs [1, 32, 32, 8])
+"""
+
+
+def test_parse_vela_output_npu() -> None:
+    r = parse_vela_output(VELA_STDOUT)
+    assert (r.npu_ops, r.cpu_ops) == (39, 0)
+    assert [o.op for o in r.ops] == ["Conv2D", "DepthwiseConv2D", "MaxPool", "FullyConnected"]
+    assert all(o.target == "npu" for o in r.ops)
+    assert r.ops[2].name == "functional_1/max_pooling2d_1/MaxPool2d"
+    assert r.summary["Accelerator clock"] == "1000 MHz"
+
+
+def test_parse_vela_output_cpu_reason() -> None:
+    r = parse_vela_output(CPU_STDOUT)
+    cpu = [o for o in r.ops if o.target == "cpu"]
+    assert r.cpu_ops == 3 and len(cpu) == 2 and r.npu_ops == 39
+    assert cpu[0].op == "CUMSUM" and cpu[0].reason == "Unsupported opType"
+    assert cpu[1].op == "QUANTIZE" and "unsupported DataType Float32" in cpu[1].reason
+    assert "Feature-map dataTypes" in cpu[1].reason
+
+
+def test_parse_summary_csv() -> None:
+    s = parse_vela_summary_csv(SUMMARY_CSV)
+    assert s["cycles_total"] == 33401
+    assert s["inference_ms"] == pytest.approx(0.033401)
+
+
+# -- engine against a fake delegate ----------------------------------------------------------------
+
+class _FakeInterp:
+    def __init__(self, model_path: str, experimental_delegates=None, num_threads: int = 1) -> None:
+        self.model_path, self.delegates, self.threads = model_path, experimental_delegates, num_threads
+
+
+def _fake_module(calls: list) -> types.ModuleType:
+    m = types.ModuleType("tflite_runtime.interpreter")
+
+    def load_delegate(lib, opts=None):
+        calls.append((lib, opts))
+        if "missing" in lib:
+            raise ValueError("Failed to load delegate from " + lib)
+        return object()
+
+    m.load_delegate = load_delegate  # type: ignore[attr-defined]
+    m.Interpreter = _FakeInterp  # type: ignore[attr-defined]
+    return m
+
+
+def test_engine_loads_delegate(monkeypatch, tmp_path: Path) -> None:
+    lib = tmp_path / "libethosu_delegate.so"
+    lib.write_bytes(b"")
+    calls: list = []
+    monkeypatch.setattr(ethosu, "interpreter_module", lambda name: _fake_module(calls))
+    monkeypatch.setenv("EDGESDK_ETHOSU_DELEGATE", str(lib))
+    it = EthosUEngine()._make_interpreter(tmp_path / "m_vela.tflite", {"threads": 2})
+    assert calls == [(str(lib), {})] and it.threads == 2 and len(it.delegates) == 1
+    assert EthosUEngine.name == "ethosu" and "libethosu_delegate.so" in EthosUEngine.install_hint
+
+
+def test_engine_delegate_missing(monkeypatch, tmp_path: Path) -> None:
+    from edgesdk.runtime.errors import EngineUnavailable
+
+    monkeypatch.setattr(ethosu, "interpreter_module", lambda name: _fake_module([]))
+    with pytest.raises(EngineUnavailable):
+        EthosUEngine()._make_interpreter(tmp_path / "m.tflite", {"delegate": "/missing/libethosu_delegate.so"})
+
+
+def test_available_needs_delegate(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(ethosu.TFLiteEngine, "available", classmethod(lambda cls: True))
+    monkeypatch.delenv("EDGESDK_ETHOSU_DELEGATE", raising=False)
+    monkeypatch.setattr(ethosu, "DELEGATE_PATHS", (str(tmp_path / "none.so"),))
+    assert not EthosUEngine.available()
+    (tmp_path / "none.so").write_bytes(b"")
+    assert EthosUEngine.available()
+
+
+# -- the vela command and one real compile ----------------------------------------------------------
+
+def test_compile_step_argv(tmp_path: Path) -> None:
+    a = VelaAdapter(venv=tmp_path / "venv")
+    cmd, outs = a.compile_step(tmp_path / "s0.tflite", tmp_path, "s0", {})
+    assert any(x.endswith("bin/vela") for x in cmd.argv) and "--show-cpu-operations" in cmd.argv
+    assert outs["log"].name == "s0_vela.log"  # vela's stdout (per-op placement) is kept
+    assert cmd.argv[cmd.argv.index("--accelerator-config") + 1] == "ethos-u65-256"
+    assert outs["model"].name == "s0_vela.tflite"
+    assert outs["summary"].name == "s0_summary_Ethos_U65_High_End.csv"
+
+
+TFLITE_PY = Path.home() / ".cache" / "edgesdk" / "toolchains" / "tflite" / "venv" / "bin" / "python"
+_MK = """
+import sys, numpy as np, tensorflow as tf
+inp = tf.keras.Input((16, 16, 3), batch_size=1)
+x = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+x = tf.keras.layers.GlobalAveragePooling2D()(x)
+m = tf.keras.Model(inp, x)
+c = tf.lite.TFLiteConverter.from_keras_model(m)
+c.optimizations = [tf.lite.Optimize.DEFAULT]
+c.representative_dataset = lambda: ([np.random.rand(1, 16, 16, 3).astype("float32")] for _ in range(4))
+c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+c.inference_input_type = tf.int8; c.inference_output_type = tf.int8
+open(sys.argv[1], "wb").write(c.convert())
+"""
+
+
+def test_real_vela_compile(tmp_path: Path) -> None:
+    if not (VENV / "bin" / "vela").is_file() or not TFLITE_PY.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"vela venv {VENV} or the tflite venv is missing under CI")
+        pytest.skip("vela venv (~/.cache/edgesdk/toolchains/vela/venv) or tflite venv not installed")
+    tfl = tmp_path / "s0.tflite"
+    subprocess.run([str(TFLITE_PY), "-c", _MK, str(tfl)], check=True, capture_output=True, timeout=120)
+    a = VelaAdapter()
+    cmd, outs = a.compile_step(tfl, tmp_path, "s0", {})
+    r = subprocess.run(list(cmd.argv), cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert outs["model"].is_file() and outs["summary"].is_file()
+    rep = parse_vela_output(r.stdout)
+    assert rep.npu_ops >= 1 and rep.cpu_ops == 0
+    est = parse_vela_summary_csv(outs["summary"].read_text())
+    assert 0 < est["inference_ms"] < 10
+    assert sys.version_info >= (3, 9)
