@@ -65,9 +65,11 @@ def requirements(spec: ToolchainSpec, directory: Path | None = None) -> list[str
 
 
 def _pip_args(toolchain_id: str) -> tuple[str, ...]:
-    from edgesdk.toolchains.adapters import ADAPTERS, adapter_class
+    """The adapter's extra pip arguments (rknn: --no-deps over a full pinned closure), from the record's adapter."""
+    import importlib
 
-    return adapter_class(toolchain_id).pip_args if toolchain_id in ADAPTERS else ()
+    mod, cls = get_toolchain(toolchain_id).adapter.split(":")
+    return tuple(getattr(getattr(importlib.import_module(mod), cls), "pip_args", ()))
 
 
 def _fingerprint(reqs: list[str], pip_args: tuple[str, ...], python: str) -> str:

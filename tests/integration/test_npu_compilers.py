@@ -1,0 +1,127 @@
+"""Issue 15: the two NPU compilers that really run here, through the CLI as a user runs it (from their own
+directory): `edgesdk convert --board rk3588` builds a real .rknn with RKNN-Toolkit2 (its PC simulator checks it),
+`--board imx93` compiles a real vela .tflite for the Ethos-U65. Then `flash --board rk3588` to the emulated board,
+which has no NPU: refused with the fix (exit 2, nothing pushed) unless `--fallback cpu`, which runs the segment's
+CPU version (the host int8 simulation) on the board.
+
+Nothing here is a test double: the only thing absent is the RK3588's NPU driver, which the emulated board lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DATA = Path(__file__).resolve().parents[1] / "data"
+MODEL = DATA / "digits_cnn.onnx"
+
+
+def _need(toolchain: str) -> None:
+    from edgesdk.boards import get_board
+    from edgesdk.toolchains.adapters import accelerator_adapter_class
+
+    engine = {"rknn": get_board("rk3588"), "vela": get_board("imx93")}[toolchain].accelerator.engine
+    st = accelerator_adapter_class(engine)().vendor_env()
+    if not st.ok:
+        why = f"{toolchain} toolchain not installed: {st.detail} (fix: edgesdk toolchain install {toolchain})"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # scripts/setup.sh installs both
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's directory with 24 calibration photos of digits (3-channel PNGs) and a pre-processing file."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("user")
+    calib = d / "calib"
+    calib.mkdir()
+    z = np.load(DATA / "digits.npz")
+    for i, im in enumerate(np.kron(z["images8"][z["calib"]][:24], np.ones((1, 4, 4), dtype=np.uint8))):
+        Image.fromarray(np.ascontiguousarray(np.repeat(im[..., None], 3, axis=-1))).save(calib / f"{i:04d}.png")
+    (d / "pre.yaml").write_text("mean: [0.5, 0.5, 0.5]\nstd: [0.5, 0.5, 0.5]\n")
+    return d
+
+
+def _convert(user_dir: Path, board: str) -> tuple[dict, Path]:
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+
+    out = user_dir / f"bundle-{board}"
+    cwd = os.getcwd()
+    os.chdir(user_dir)
+    try:
+        r = CliRunner().invoke(app, ["convert", str(MODEL), "--board", board, "--precision", "int8", "--calib",
+                                     "calib", "--preprocess", "pre.yaml", "-o", out.name,
+                                     "--json"])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    return json.loads(r.stdout[r.stdout.index("{"):]), out
+
+
+@pytest.fixture(scope="module")
+def rk_bundle(user_dir: Path) -> Path:
+    _need("rknn")
+    res, out = _convert(user_dir, "rk3588")
+    from edgesdk.runtime.manifest import load_manifest
+
+    (seg,) = load_manifest(out).segments
+    assert seg.engine == "rknn" and seg.accelerator and seg.cpu_version is not None
+    rknn = out / seg.files["model"]
+    assert rknn.suffix == ".rknn" and rknn.stat().st_size > 1000
+    said = " ".join(res.get("warnings", []) + res.get("notes", []))
+    assert "on the NPU" in said and "simulator vs onnxruntime cosine" in said, said
+    cos = float(said.split("simulator vs onnxruntime cosine: ")[1].split("=")[1].split()[0].rstrip(",;"))
+    assert cos > 0.99, said  # RKNN's own simulator of the int8 .rknn against fp32 onnxruntime
+    return out
+
+
+def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate(user_dir):
+    _need("vela")
+    res, out = _convert(user_dir, "imx93")
+    from edgesdk.runtime.manifest import load_manifest
+
+    (seg,) = load_manifest(out).segments
+    assert seg.engine == "ethosu" and seg.accelerator and seg.cpu_version is not None
+    tfl = (out / seg.files["model"]).read_bytes()
+    assert tfl[4:8] == b"TFL3" and b"ethos-u" in tfl  # vela's output: a TFLite whose NPU part is an ethos-u op
+    said = " ".join(res.get("warnings", []) + res.get("notes", []))
+    assert "ops on the Ethos-U, 0 on the CPU" in said and "vela estimate:" in said, said
+
+
+def test_flash_rk3588_without_npu_is_refused_unless_fallback_cpu(rk_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgesdk.boards import get_board
+    from edgesdk.cli import app
+    from edgesdk.deploy.flash import FlashOptions, emulator_target, flash, run_remote
+    from tests.integration.conftest import emulated
+
+    gen = emulated("rk3588")
+    next(gen)
+    try:
+        r = CliRunner().invoke(app, ["flash", "--board", "rk3588", str(rk_bundle), "--json"])
+        assert r.exit_code == 2, r.stdout + r.stderr
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["status"] == "refused" and res["accelerator_present"] is False
+        assert "--fallback cpu" in res["error"] and "s0 (rknn)" in res["error"] and res["bytes_sent"] == 0
+
+        target, _ = emulator_target(get_board("rk3588"))
+        res = flash(rk_bundle, "rk3588", target, FlashOptions(fallback="cpu"))
+        assert res.ok, (res.error, res.log)
+        (use,) = res.engines_used
+        assert use["engine"] == "onnxruntime" and use["planned"] == "rknn" and use["fallback"]
+        out = run_remote(target, [str(rk_bundle / "reference" / "input_0.npy")], tmp_path / "out")
+        (o,) = out.outputs.values()
+        want = np.load(rk_bundle / "reference" / "output_0.npy")
+        assert int(np.load(o.file).argmax()) == int(want.argmax())
+    finally:
+        gen.close()
