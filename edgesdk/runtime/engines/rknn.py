@@ -20,7 +20,7 @@ from edgesdk.runtime.engines import Engine, _has_module, import_engine
 from edgesdk.runtime.errors import EngineFailure
 
 LIBRARY = "librknnrt.so"
-INSTALL_HINT = ("on the board: pip install rknn-toolkit-lite2 (wheel from airockchip/rknn-toolkit2 "
+INSTALL_HINT = ("pip install rknn-toolkit-lite2 (wheel from airockchip/rknn-toolkit2 "
                 "rknn-toolkit-lite2/packages) and copy librknnrt.so (rknpu2/runtime/Linux/librknn_api/aarch64) "
                 "to /usr/lib; needs the rknpu kernel driver (/dev/rknpu or a rknpu /dev/dri/renderD*)")
 CORE_MASKS = {"auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
