@@ -13,7 +13,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from edgesdk.errors import InputError
 from edgesdk.toolchains.adapters.base import Adapter, ConversionJob, EnvStatus
@@ -123,7 +124,53 @@ class AcceleratorAdapter(Adapter):
         return "\n".join(lines) + "\n"
 
 
-__all__ = ["AcceleratorAdapter"]
+class TfliteCompilerAdapter(AcceleratorAdapter):
+    """An accelerator whose compiler takes a full-integer int8 TFLite (Edge TPU, Ethos-U): the tflite toolchain makes
+    it (its host steps), then `compile_step` (the vendor's) compiles it."""
+
+    def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
+                 mode: str | None = None, tflite_venv: Path | None = None) -> None:
+        from edgesdk.toolchains.adapters.tflite import TfliteAdapter
+
+        super().__init__(venv, python, vendor, mode)
+        self.tflite = TfliteAdapter(venv=tflite_venv)
+
+    def check_env(self) -> EnvStatus:
+        return self.tflite.check_env()  # the host part is the int8 TFLite
+
+    def compile_step(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any]
+                     ) -> tuple[Command, dict[str, Path]]:
+        raise NotImplementedError
+
+    def plan(self, job: ConversionJob) -> ConversionPlan:
+        self.need_calib(job)
+        t = self.tflite.plan(job)
+        cmd, outs = self.compile_step(t.outputs["model"], job.work, job.segment, job.options)
+        outputs = {"tflite": t.outputs["model"], "io": t.outputs["io"], "sim": self.sim_path(job), **outs}
+        return ConversionPlan(self.id, self.engine, "int8", t.writes, (*t.commands, self.sim_command(job), cmd),
+                              outputs, ("int8 TFLite: full integer, int8 inputs and outputs, static shapes, batch 1",))
+
+    def plan_tflite(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any] | None = None
+                    ) -> ConversionPlan:
+        """The compiler step alone, for a .tflite that is already full-integer int8 (`edgesdk convert x.tflite`)."""
+        cmd, outs = self.compile_step(tfl, work, segment, options or {})
+        return ConversionPlan(self.id, self.engine, "int8", (), (cmd,), {"tflite": tfl, **outs},
+                              ("the .tflite as given: full integer int8, compiled as it is",))
+
+    def tflite_io(self, job: ConversionJob, plan: ConversionPlan) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The compiled model's inputs and outputs, matched to the segment's (the TFLite's names are Keras')."""
+        import json
+
+        from edgesdk.toolchains.adapters.tflite import _match
+
+        io = json.loads(plan.outputs["io"].read_text(encoding="utf-8"))
+        sig = io.get("signature", {})
+        both = (*job.inputs, *job.outputs)
+        return (_match(job.inputs, io["inputs"], sig.get("inputs", {}), "input", both),
+                _match(job.outputs, io["outputs"], sig.get("outputs", {}), "output", both))
+
+
+__all__ = ["AcceleratorAdapter", "TfliteCompilerAdapter"]
 
 
 # -- flashing a bundle onto a board whose accelerator is absent -----------------------------------------------

@@ -6,14 +6,12 @@ parse of its log are golden-tested (tests/unit/test_npu_*.py), the int8 TFLite b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgesdk.toolchains.adapters._accel import AcceleratorAdapter
+from edgesdk.toolchains.adapters._accel import TfliteCompilerAdapter
 from edgesdk.toolchains.adapters.base import Artifact, ConversionJob
-from edgesdk.toolchains.adapters.tflite import TfliteAdapter, _match
 from edgesdk.toolchains.executor import Command, ConversionPlan
 
 #: `-m`: the runtime version of the board's libedgetpu. libedgetpu1-std 16.0 (Coral's last release,
@@ -23,7 +21,7 @@ from edgesdk.toolchains.executor import Command, ConversionPlan
 RUNTIME_VERSION = 14
 
 
-class EdgeTpuAdapter(AcceleratorAdapter):
+class EdgeTpuAdapter(TfliteCompilerAdapter):
     id = "edgetpu"
     engine = "edgetpu"
     scheme = "edgetpu"
@@ -33,29 +31,6 @@ class EdgeTpuAdapter(AcceleratorAdapter):
     install_hint = ("x86-64 Linux only: add Coral's apt repository (https://coral.ai/docs/edgetpu/compiler/"
                     "#system-requirements) and `sudo apt-get install edgetpu-compiler`")
     timeout = 600.0
-
-    def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
-                 mode: str | None = None, tflite_venv: Path | None = None) -> None:
-        super().__init__(venv, python, vendor, mode)
-        self.tflite = TfliteAdapter(venv=tflite_venv)
-
-    def check_env(self):  # type: ignore[no-untyped-def]
-        return self.tflite.check_env()  # the host part is the int8 TFLite
-
-    def plan(self, job: ConversionJob) -> ConversionPlan:
-        self.need_calib(job)
-        t = self.tflite.plan(job)
-        cmd, outs = self.compile_step(t.outputs["model"], job.work, job.segment, job.options)
-        outputs = {"tflite": t.outputs["model"], "io": t.outputs["io"], "sim": self.sim_path(job), **outs}
-        return ConversionPlan(self.id, self.engine, "int8", t.writes, (*t.commands, self.sim_command(job), cmd),
-                              outputs, ("int8 TFLite: full integer, int8 inputs and outputs, static shapes, batch 1",))
-
-    def plan_tflite(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any] | None = None
-                    ) -> ConversionPlan:
-        """The compiler step alone, for a .tflite that is already full-integer int8 (`edgesdk convert x.tflite`)."""
-        cmd, outs = self.compile_step(tfl, work, segment, options or {})
-        return ConversionPlan(self.id, self.engine, "int8", (), (cmd,), {"tflite": tfl, **outs},
-                              ("the .tflite as given: full integer int8, compiled as it is",))
 
     def compile_step(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any]
                      ) -> tuple[Command, dict[str, Path]]:
@@ -97,11 +72,7 @@ class EdgeTpuAdapter(AcceleratorAdapter):
         return tuple(x for x in (summary, w) if x)
 
     def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
-        io = json.loads(plan.outputs["io"].read_text(encoding="utf-8"))
-        sig = io.get("signature", {})
-        both = (*job.inputs, *job.outputs)
-        ins = _match(job.inputs, io["inputs"], sig.get("inputs", {}), "input", both)
-        outs = _match(job.outputs, io["outputs"], sig.get("outputs", {}), "output", both)
+        ins, outs = self.tflite_io(job, plan)
         notes = self.log_notes(plan)
         return Artifact({"model": plan.outputs["model"]}, ins, outs, notes=notes)
 

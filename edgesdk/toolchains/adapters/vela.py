@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import json
 import sys
 import re
 from collections.abc import Mapping
@@ -18,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgesdk.toolchains.adapters._accel import AcceleratorAdapter
-from edgesdk.toolchains.adapters.base import Artifact, ConversionJob, EnvStatus
-from edgesdk.toolchains.adapters.tflite import TfliteAdapter, _match
+from edgesdk.toolchains.adapters._accel import TfliteCompilerAdapter
+from edgesdk.toolchains.adapters.base import Artifact, ConversionJob
 from edgesdk.toolchains.executor import Command, ConversionPlan
 
 VENV = Path.home() / ".cache" / "edgesdk" / "toolchains" / "vela" / "venv"
@@ -108,7 +106,7 @@ def parse_vela_summary_csv(text: str) -> dict[str, float]:
     return out
 
 
-class VelaAdapter(AcceleratorAdapter):
+class VelaAdapter(TfliteCompilerAdapter):
     id = "vela"
     kind = "accelerator"
     engine = "ethosu"
@@ -123,30 +121,12 @@ class VelaAdapter(AcceleratorAdapter):
     def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
                  mode: str | None = None, tflite_venv: Path | None = None) -> None:
         self.vela_venv = Path(venv) if venv else VENV
-        super().__init__(None, python, vendor or str(self.vela_venv / "bin" / "vela"), mode)
-        self.tflite = TfliteAdapter(venv=tflite_venv)
+        super().__init__(None, python, vendor or str(self.vela_venv / "bin" / "vela"), mode, tflite_venv)
 
     def vendor_mode(self) -> str | None:
         if self._mode is not None:
             return self._mode
         return "native" if Path(self.vendor).is_file() else None
-
-    def check_env(self) -> EnvStatus:
-        return self.tflite.check_env()  # the host part is the int8 TFLite
-
-    def plan(self, job: ConversionJob) -> ConversionPlan:
-        self.need_calib(job)
-        t = self.tflite.plan(job)
-        cmd, outs = self.compile_step(t.outputs["model"], job.work, job.segment, job.options)
-        outputs = {"tflite": t.outputs["model"], "io": t.outputs["io"], "sim": self.sim_path(job), **outs}
-        return ConversionPlan(self.id, self.engine, "int8", t.writes, (*t.commands, self.sim_command(job), cmd), outputs,
-                              ("int8 TFLite: full integer, int8 inputs and outputs, static shapes, batch 1",))
-
-    def plan_tflite(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any] | None = None
-                    ) -> ConversionPlan:
-        cmd, outs = self.compile_step(tfl, work, segment, options or {})
-        return ConversionPlan(self.id, self.engine, "int8", (), (cmd,), {"tflite": tfl, **outs},
-                              ("the .tflite as given: full integer int8, compiled as it is",))
 
     def compile_step(self, tfl: Path, work: Path, segment: str, options: Mapping[str, Any]
                      ) -> tuple[Command, dict[str, Path]]:
@@ -179,11 +159,7 @@ class VelaAdapter(AcceleratorAdapter):
                 "npu_ops": rep.npu_ops, "cpu_ops": rep.cpu_ops, "estimate": est}
 
     def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
-        io = json.loads(plan.outputs["io"].read_text(encoding="utf-8"))
-        sig = io.get("signature", {})
-        both = (*job.inputs, *job.outputs)
-        ins = _match(job.inputs, io["inputs"], sig.get("inputs", {}), "input", both)
-        outs = _match(job.outputs, io["outputs"], sig.get("outputs", {}), "output", both)
+        ins, outs = self.tflite_io(job, plan)
         r = self.report(plan)
         notes = [f"vela (vendor compiler): {r['npu_ops']} ops on the Ethos-U, {r['cpu_ops']} on the CPU"]
         notes += [f"CPU: {o['op']} {o['name']}: {o['reason']}" for o in r["ops"] if o["target"] == "cpu"]
