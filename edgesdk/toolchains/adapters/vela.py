@@ -114,8 +114,7 @@ class VelaAdapter(TfliteCompilerAdapter):
     vendor_tools = ("vela",)
     vendor_binary = "vela"
     vendor_roles = ("model", "summary", "log")
-    install_hint = ("python3 -m venv ~/.cache/edgesdk/toolchains/vela/venv && ~/.cache/edgesdk/toolchains/vela/venv/"
-                    "bin/python -m pip install -r toolchains/vela/requirements.txt  (ethos-u-vela==5.2.0)")
+    install_hint = "edgesdk toolchain install vela"
     timeout = 600.0
 
     def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
