@@ -210,3 +210,16 @@ def test_real_build_and_simulator(tmp_path):
 
     assert json.loads(plan.outputs["report"].read_text())["cosine"]["y"] > 0.99  # simulator vs onnxruntime
     assert any("on the NPU" in n for n in art.notes)
+
+
+def test_probe_names_what_an_rk3588_lacks_and_takes_either_npu_node():
+    from edgesdk.boards import get_board
+    from edgesdk.deploy.probe import accelerator_present, missing_devices
+
+    prof = get_board("rk3588")
+    bare = {"dev_nodes": {n: False for n in prof.detect.dev_nodes}, "tools": {"librknnrt.so": None}}
+    miss = missing_devices(prof, bare)
+    assert any("/dev/rknpu or" in m for m in miss) and any("librknnrt.so" in m for m in miss)
+    assert not accelerator_present(prof, bare)
+    one = {"dev_nodes": {"/dev/rknpu": True, "/dev/dri/renderD129": False}, "tools": {"librknnrt.so": "/usr/lib/x"}}
+    assert missing_devices(prof, one) == [] and accelerator_present(prof, one)
