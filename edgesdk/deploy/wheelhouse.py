@@ -27,8 +27,6 @@ from edgesdk.deploy.transfer import LocalFile, sha256_file
 from edgesdk.errors import EnvironmentProblem, InputError
 from edgesdk.paths import home
 
-#: What each engine's Python module needs besides numpy (installed --no-deps).
-ENGINE_EXTRAS: dict[str, list[str]] = {"tflite": ["ml-dtypes"]}
 PIP_TIMEOUT = 900
 
 
@@ -56,7 +54,7 @@ def engine_packages(engines: set[str]) -> list[str]:
             sysdep = f" (system package {rt.system})" if rt is not None and rt.system else ""
             raise InputError(f"engine {e} has no pip package for the board{sysdep}; install it on the board's image")
         pkgs.append(rt.pip)
-        pkgs += ENGINE_EXTRAS.get(e, [])
+        pkgs += rt.pip_extras  # what its module needs besides numpy (the wheelhouse installs --no-deps)
     return pkgs
 
 

@@ -166,6 +166,8 @@ class RuntimePackage(_Strict):
                         description="runtime engine id: edgesdk/runtime/engines/<engine>.py drives it on the board")
     python_modules: list[str] = Field(default_factory=list, description="import names; any one makes it available")
     pip: str | None = None
+    pip_extras: list[str] = Field(default_factory=list, description="what `pip` needs besides numpy on the board "
+                                                                    "(the wheelhouse installs --no-deps)")
     system: str | None = Field(default=None, description="non-pip runtime, e.g. libedgetpu1-std")
     install_hint: str = Field(min_length=3, description="what to run on the board when the engine is missing")
     source: Source | None = None

@@ -223,3 +223,9 @@ def test_probe_names_what_an_rk3588_lacks_and_takes_either_npu_node():
     assert not accelerator_present(prof, bare)
     one = {"dev_nodes": {"/dev/rknpu": True, "/dev/dri/renderD129": False}, "tools": {"librknnrt.so": "/usr/lib/x"}}
     assert missing_devices(prof, one) == [] and accelerator_present(prof, one)
+
+
+def test_the_board_wheelhouse_takes_rknn_toolkit_lite2_and_its_needs_from_the_record():
+    from edgesdk.deploy.wheelhouse import engine_packages
+
+    assert engine_packages({"rknn"}) == ["rknn-toolkit-lite2==2.5.0", "psutil", "ruamel.yaml"]
