@@ -129,8 +129,10 @@ def _causes(board: BoardProfile, measure: Mapping[str, Any], emulated: bool, cor
 
 
 def expectations(board: BoardProfile, measure: Mapping[str, Any], *, emulated: bool, matches_board: bool,
-                 model_path: str | Path | None = None, model_name: str | None = None) -> tuple[dict[str, Any], list[dict]]:
-    """(expectations section, flags) of a report."""
+                 model_path: str | Path | None = None, model_name: str | None = None,
+                 vendor_estimates: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], list[dict]]:
+    """(expectations section, flags) of a report. `vendor_estimates`: the vendor compilers' own estimates of their
+    segments (vela's), shown beside the measurement."""
     flags: list[dict[str, Any]] = []
     lat = (measure.get("latency") or {}).get("p50_ms")
     exp: dict[str, Any] = {"compared": False, "roofline": None, "reference": None, "related_references": []}
@@ -152,6 +154,13 @@ def expectations(board: BoardProfile, measure: Mapping[str, Any], *, emulated: b
             exp["roofline"] = {"error": f"{type(exc).__name__}: {exc}"}
     else:
         exp["roofline"] = {"error": "no source model on this host (give --model MODEL.onnx for the roofline)"}
+    if vendor_estimates:
+        total = sum(float(v["ms"]) for v in vendor_estimates)
+        exp["vendor_estimate"] = {"segments": [dict(v) for v in vendor_estimates], "total_ms": round(total, 6),
+                                  "note": "the vendor compiler's static estimate of its accelerator segments only "
+                                          "(no CPU segments, no pre/post-processing)"}
+        if lat is not None and comparable and total > 0:
+            exp["vendor_estimate"]["measured_over_estimate"] = round(lat / total, 2)
     ref, related = reference_match(board, measure, model_name)
     exp["reference"], exp["related_references"] = ref, related
     rl = exp["roofline"] if exp["roofline"] and "total_ms" in exp["roofline"] else None

@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,14 +273,28 @@ def _model_path(model: str | Path | None, bundle: Path | None) -> Path | None:
     return None
 
 
+def _vendor_estimates(bundle: Path | None) -> list[dict[str, Any]]:
+    """The vendor compilers' own latency estimates the bundle's segments carry (vela's: `vendor_estimate_ms`)."""
+    if bundle is None:
+        return []
+    try:
+        segs = json.loads((bundle / "manifest.json").read_text()).get("segments") or []
+    except (OSError, ValueError):
+        return []
+    return [{"segment": s.get("id"), "engine": s.get("engine"), "ms": float(o["vendor_estimate_ms"]),
+             "by": o.get("vendor_estimate_by", "")}
+            for s in segs if isinstance(o := s.get("options") or {}, dict) and "vendor_estimate_ms" in o]
+
+
 def build_report(measure: Mapping[str, Any], board: BoardProfile, target: Mapping[str, Any],
-                 model_path: Path | None = None, model_name: str | None = None) -> ProfileReport:
+                 model_path: Path | None = None, model_name: str | None = None,
+                 vendor_estimates: Sequence[Mapping[str, Any]] = ()) -> ProfileReport:
     from edgesdk import __version__
 
     emulated = bool(measure.get("emulated")) or bool(target.get("emulated"))
     matches = bool(target.get("matches_board"))
     exp, flags = expectations(board, measure, emulated=emulated, matches_board=matches, model_path=model_path,
-                              model_name=model_name)
+                              model_name=model_name, vendor_estimates=vendor_estimates)
     data = {"schema": SCHEMA, "created_at": _now(), "edgesdk_version": __version__,
             "target": dict(target, emulated=emulated), **{k: v for k, v in measure.items() if k != "schema"},
             "emulated": emulated, "expectations": exp, "flags": flags}
@@ -310,7 +324,7 @@ def profile(model_or_bundle: str | Path | None, board: str | BoardProfile, host:
         measure = measure_local(bundle, opts)
         target = {"host": LOCAL, "board": prof.id, "board_name": prof.name, "matches_board": local_matches_board(prof),
                   "release": measure["bundle"]["id"], "flash": None}
-        return build_report(measure, prof, target, mpath, model_name)
+        return build_report(measure, prof, target, mpath, model_name, _vendor_estimates(bundle))
     note = None
     if host is None:
         target_obj, note = emulator_target(prof)
@@ -328,7 +342,7 @@ def profile(model_or_bundle: str | Path | None, board: str | BoardProfile, host:
     target = {"host": target_obj.known_hosts_name, "board": prof.id, "board_name": prof.name,
               "matches_board": measure.get("emulated") is False, "release": release, "flash": flashed,
               "note": note}
-    return build_report(measure, prof, target, mpath, model_name)
+    return build_report(measure, prof, target, mpath, model_name, _vendor_estimates(bundle))
 
 
 __all__ = ["LOCAL", "ProfileOptions", "build_report", "ensure_release", "local_matches_board", "measure_local",

@@ -95,6 +95,7 @@ def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate
     assert tfl[4:8] == b"TFL3" and b"ethos-u" in tfl  # vela's output: a TFLite whose NPU part is an ethos-u op
     said = " ".join(res.get("warnings", []) + res.get("notes", []))
     assert "ops on the Ethos-U, 0 on the CPU" in said and "vela estimate:" in said, said
+    assert 0 < seg.options["vendor_estimate_ms"] < 10  # the profile's expectation for the board
 
 
 def test_flash_rk3588_without_npu_is_refused_unless_fallback_cpu(rk_bundle, tmp_path):

@@ -193,3 +193,23 @@ def test_cli_profile_local_and_diff(tmp_path):
     assert r2.exit_code == 0 and json.loads(r2.stdout)["verdict"] == "no significant change in p50 latency"
     r3 = CliRunner().invoke(app, ["profile", str(b), "--host", "local"])
     assert r3.exit_code == 2
+
+
+def test_the_vendor_compilers_estimate_is_an_expectation_of_the_bundle(measure, tmp_path):
+    """imx93: vela's estimate (carried by the bundle's ethosu segment) is shown beside the measurement."""
+    import json as _json
+
+    from edgesdk.profile.run import _vendor_estimates
+
+    (tmp_path / "manifest.json").write_text(_json.dumps({"segments": [
+        {"id": "s0", "engine": "ethosu", "options": {"vendor_estimate_ms": 0.042, "vendor_estimate_by": "vela"}},
+        {"id": "s1", "engine": "tflite", "options": {}}]}))
+    est = _vendor_estimates(tmp_path)
+    assert est == [{"segment": "s0", "engine": "ethosu", "ms": 0.042, "by": "vela"}]
+    exp, _ = expectations(get_board("imx93"), measure, emulated=False, matches_board=True, vendor_estimates=est)
+    v = exp["vendor_estimate"]
+    assert v["total_ms"] == 0.042 and "accelerator segments only" in v["note"]
+    lat = measure["latency"]["p50_ms"]
+    assert v["measured_over_estimate"] == round(lat / 0.042, 2)
+    exp, _ = expectations(get_board("imx93"), measure, emulated=True, matches_board=False, vendor_estimates=est)
+    assert "measured_over_estimate" not in exp["vendor_estimate"]  # shown, never compared on an emulated board

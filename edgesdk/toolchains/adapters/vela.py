@@ -165,7 +165,11 @@ class VelaAdapter(TfliteCompilerAdapter):
         if "inference_ms" in r["estimate"]:
             notes.append(f"vela estimate: {r['estimate']['inference_ms']:.4f} ms per inference "
                          f"({int(r['estimate'].get('cycles_total', 0))} cycles), NPU only, not measured")
-        return Artifact({"model": plan.outputs["model"]}, ins, outs, notes=tuple(notes))
+        est = r["estimate"].get("inference_ms")
+        # the profile's expectation for the board (edgesdk.profile.expect): vela's static estimate of the NPU part
+        opts = {"vendor_estimate_ms": round(float(est), 6), "vendor_estimate_by": "vela (static, NPU only)"} \
+            if est is not None else {}
+        return Artifact({"model": plan.outputs["model"]}, ins, outs, options=opts, notes=tuple(notes))
 
 
 #: `python -c _TEE LOG argv...`: run argv, pass its output through, and keep a copy of it in LOG.
