@@ -216,7 +216,7 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
         warnings.extend(art.notes)
         size = sum(p.stat().st_size for p in art.files.values())
         reports.append(SegmentReport(sid, accel.engine, "int8", len(s.nodes), time.perf_counter() - t0, size,
-                                     accel.engine))
+                                     accel.engine, compiler_view=art.compiler_view))
         return Segment(sid, accel.engine, files, art.inputs, art.outputs, "int8", True, dict(art.options),
                        CpuVersion("onnxruntime", {"model": sim_rel}, plain, plain_out), None)
     how = stage_vendor_handoff(accel, cplan, pre, sid, job.work, staged, skip=("sim",))

@@ -62,12 +62,16 @@ class SegmentReport:
     fallback_reason: str | None = None
     attempts: tuple[Attempt, ...] = ()
     check: Attempt | None = None  # the artifact check of the engine that took it
+    compiler_view: Mapping[str, Any] | None = None  # the vendor compiler's per-op placement (accelerator segments)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "engine": self.engine, "precision": self.precision, "nodes": self.nodes,
-                "seconds": round(self.seconds, 3), "bytes": self.bytes, "planned_engine": self.planned_engine,
-                "fallback_reason": self.fallback_reason, "attempts": [a.to_dict() for a in self.attempts],
-                "check": self.check.to_dict() if self.check else None}
+        d = {"id": self.id, "engine": self.engine, "precision": self.precision, "nodes": self.nodes,
+             "seconds": round(self.seconds, 3), "bytes": self.bytes, "planned_engine": self.planned_engine,
+             "fallback_reason": self.fallback_reason, "attempts": [a.to_dict() for a in self.attempts],
+             "check": self.check.to_dict() if self.check else None}
+        if self.compiler_view is not None:
+            d["compiler_view"] = dict(self.compiler_view)
+        return d
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ def rk_bundle(user_dir: Path) -> Path:
     assert "on the NPU" in said and "simulator vs onnxruntime cosine" in said, said
     cos = float(said.split("simulator vs onnxruntime cosine: ")[1].split("=")[1].split()[0].rstrip(",;"))
     assert cos > 0.99, said  # RKNN's own simulator of the int8 .rknn against fp32 onnxruntime
+    view = res["segments"][0]["compiler_view"]  # the compiler's per-op table, mapped to ONNX nodes, as data
+    assert view["label"] == "vendor compiler" and set(view["placement"].values()) <= {"npu", "cpu"}
+    assert "npu" in view["placement"].values()
     return out
 
 
@@ -96,6 +99,9 @@ def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate
     said = " ".join(res.get("warnings", []) + res.get("notes", []))
     assert "ops on the Ethos-U, 0 on the CPU" in said and "vela estimate:" in said, said
     assert 0 < seg.options["vendor_estimate_ms"] < 10  # the profile's expectation for the board
+    view = res["segments"][0]["compiler_view"]
+    assert view["label"] == "vendor compiler" and view["cpu_ops"] == 0 and view["npu_ops"] > 0
+    assert {o["target"] for o in view["ops"]} == {"npu"}
 
 
 def test_flash_rk3588_without_npu_is_refused_unless_fallback_cpu(rk_bundle, tmp_path):

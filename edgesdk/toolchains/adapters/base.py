@@ -79,6 +79,8 @@ class Artifact:
     outputs: tuple[TensorSpec, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: the vendor compiler's own per-op placement, as data (label "vendor compiler"), when it reports one
+    compiler_view: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ class RknnAdapter(AcceleratorAdapter):
         if report.get("cosine"):
             notes.append("simulator vs onnxruntime cosine: " + ", ".join(f"{k}={v:.5f}" for k, v in report["cosine"].items()))
         return Artifact({"model": plan.outputs["model"]}, plain_specs(job.inputs), plain_specs(job.outputs),
-                        options={"data_format": "nchw"},
+                        options={"data_format": "nchw"}, compiler_view=view,
                         notes=tuple(notes))
 
 

@@ -169,7 +169,7 @@ class VelaAdapter(TfliteCompilerAdapter):
         # the profile's expectation for the board (edgesdk.profile.expect): vela's static estimate of the NPU part
         opts = {"vendor_estimate_ms": round(float(est), 6), "vendor_estimate_by": "vela (static, NPU only)"} \
             if est is not None else {}
-        return Artifact({"model": plan.outputs["model"]}, ins, outs, options=opts, notes=tuple(notes))
+        return Artifact({"model": plan.outputs["model"]}, ins, outs, options=opts, notes=tuple(notes), compiler_view=r)
 
 
 #: `python -c _TEE LOG argv...`: run argv, pass its output through, and keep a copy of it in LOG.
