@@ -129,6 +129,8 @@ class Detect(_Strict):
     device_tree_model: list[str] = Field(default_factory=list, description="substrings of /proc/device-tree/model")
     usb_ids: list[UsbId] = Field(default_factory=list)
     dev_nodes: list[str] = Field(default_factory=list)
+    dev_nodes_any: bool = Field(default=False, description="the device nodes are alternatives (one driver or another)"
+                                                          "; else every one is needed")
     vendor_tools: list[str] = Field(default_factory=list)
     source: Source
 

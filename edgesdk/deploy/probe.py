@@ -56,8 +56,11 @@ def missing_devices(profile: BoardProfile, facts: dict[str, Any]) -> list[str]:
     if ids and not any(u.vid_pid.lower() in usb for u in ids):  # alternatives (e.g. a Coral before/after firmware)
         missing.append("USB device " + " or ".join(f"{u.vid_pid} ({u.meaning})" for u in ids))
     nodes = facts.get("dev_nodes") or {}
-    if nodes and not any(nodes.values()):  # alternatives too (kv260: /dev/dpu or the XRT render node), as
-        missing.append("device node " + " or ".join(nodes))  # accelerator_present counts them
+    if profile.detect.dev_nodes_any:  # alternatives (rk3588: /dev/rknpu or the rknpu DRM render node)
+        if nodes and not any(nodes.values()):
+            missing.append("device node " + " or ".join(nodes))
+    else:
+        missing += [f"device node {n}" for n, ok in nodes.items() if not ok]
     missing += [f"vendor tool {t}" for t, where in (facts.get("tools") or {}).items() if not where]
     return missing
 
@@ -65,7 +68,8 @@ def missing_devices(profile: BoardProfile, facts: dict[str, Any]) -> list[str]:
 def accelerator_present(profile: BoardProfile, facts: dict[str, Any]) -> bool:
     """Whether the probed board has the profile's accelerator hardware: never on an emulated board; otherwise
     one of its USB ids when it lists some (a Coral shows 1a6e:089a before its firmware is loaded, 18d1:9302
-    after) and one of its device nodes when it lists some (kv260: /dev/dpu or the XRT render node). Vendor tools
+    after) and its device nodes when it lists some: one of them when they are alternatives (`dev_nodes_any`: kv260's
+    /dev/dpu or the XRT render node), else all (hi3519a's /dev/nnie, /dev/sys, /dev/mmz_userdev). Vendor tools
     are software: a missing runtime shows up in the smoke test as a missing engine."""
     if not profile.has_accelerator or facts.get("emulated"):
         return False
@@ -73,7 +77,10 @@ def accelerator_present(profile: BoardProfile, facts: dict[str, Any]) -> bool:
     if profile.detect.usb_ids and not any(u.vid_pid.lower() in usb for u in profile.detect.usb_ids):
         return False
     nodes = facts.get("dev_nodes") or {}
-    return not (profile.detect.dev_nodes and not any(nodes.get(n) for n in profile.detect.dev_nodes))
+    if not profile.detect.dev_nodes:
+        return True
+    have = [bool(nodes.get(n)) for n in profile.detect.dev_nodes]
+    return any(have) if profile.detect.dev_nodes_any else all(have)
 
 
 def compare(profile: BoardProfile, facts: dict[str, Any], accelerator_required: bool = True) -> tuple[list[str], list[str]]:

@@ -64,8 +64,21 @@ def test_parse_layer_table():
         (4, "Reshape", "NPU"), (5, "Conv", "NPU"), (6, "Reshape", "CPU"), (7, "OutputOperator", "CPU")]
     assert rows[1].dtype == "INT8" and rows[1].output_shape == "(1,8,16,16)" and rows[1].cycles == "266/2304/2304"
     assert rows[4].tensors == ("e1",)  # the _exSecondary copy is dropped
+    assert rows[5].full_name == "Conv:fc1#2"
     mapped = map_to_onnx(rows, ONNX_NODES)
-    assert placement(mapped) == {"conv1": "npu", "pool1": "npu", "erf1": "cpu", "flat1": "npu"}
+    # by FullName (fc1#2: the Gemm rewritten to a Conv); flat1 through its only-consumed input tensor e1
+    assert placement(mapped) == {"conv1": "npu", "pool1": "npu", "erf1": "cpu", "flat1": "npu", "fc1": "npu"}
+
+
+def test_a_tensor_feeding_several_nodes_does_not_name_a_row():
+    """A residual: x feeds a Conv (NPU) and an Add (CPU). Only FullName names a row, never a shared tensor."""
+    from edgesdk.toolchains.adapters.rknn import LayerRow
+
+    nodes = [("conv", ["x", "w"], ["c"]), ("add", ["c", "x"], ["y"])]
+    rows = [LayerRow(1, "Conv", "INT8", "NPU", "", "", tensors=("x",), full_name="Conv:conv"),
+            LayerRow(2, "Add", "INT8", "CPU", "", "", tensors=("c", "x"), full_name="Add:add"),
+            LayerRow(3, "Reshape", "INT8", "CPU", "", "", tensors=("x",), full_name="Reshape:made_by_rknn")]
+    assert placement(map_to_onnx(rows, nodes)) == {"conv": "npu", "add": "cpu"}
 
 
 # -- engine against a fake RKNNLite ---------------------------------------------------------------------

@@ -13,7 +13,8 @@ import pytest
 
 from edgesdk.runtime.engines import ethosu
 from edgesdk.runtime.engines.ethosu import EthosUEngine
-from edgesdk.toolchains.adapters.vela import VENV, VelaAdapter, parse_vela_output, parse_vela_summary_csv
+from edgesdk.paths import toolchain_venv
+from edgesdk.toolchains.adapters.vela import VelaAdapter, parse_vela_output, parse_vela_summary_csv
 
 # Captured: vela 5.2.0 on a tiny int8 CNN (conv, dwconv, maxpool, conv1x1, GAP, dense, softmax), abridged.
 VELA_STDOUT = """\
@@ -151,7 +152,8 @@ def test_compile_step_argv(tmp_path: Path) -> None:
     assert outs["summary"].name == "s0_summary_Ethos_U65_High_End.csv"
 
 
-TFLITE_PY = Path.home() / ".cache" / "edgesdk" / "toolchains" / "tflite" / "venv" / "bin" / "python"
+TFLITE_PY = toolchain_venv("tflite") / "bin" / "python"
+VENV = toolchain_venv("vela")
 _MK = """
 import sys, numpy as np, tensorflow as tf
 inp = tf.keras.Input((16, 16, 3), batch_size=1)

@@ -88,6 +88,7 @@ class LayerRow:
     rw_kb: str = ""
     tensors: tuple[str, ...] = field(default_factory=tuple)  # input feature tensors (Feature Tensor table)
     onnx_nodes: tuple[str, ...] = field(default_factory=tuple)
+    full_name: str = ""  # the FullName column, `OnnxOpType:onnx_node_name` of the op's first ONNX node
 
 
 _PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\s*[DIWE]\s+RKNN:\s+\[[0-9:.]+\]\s?")
@@ -124,34 +125,44 @@ def parse_layer_table(log: str) -> list[LayerRow]:
             continue
         if mode == "layer" and len(parts) >= 6:
             rows[int(parts[0])] = LayerRow(int(parts[0]), parts[1], parts[2], parts[3], parts[4], parts[5],
-                                           parts[6] if len(parts) > 6 else "", parts[7] if len(parts) > 7 else "")
+                                           parts[6] if len(parts) > 6 else "", parts[7] if len(parts) > 7 else "",
+                                           full_name=" ".join(parts[8:]))
         elif mode == "feature" and len(parts) >= 3:
             tensors.setdefault(int(parts[0]), []).append(parts[2])
     out = []
     for i, r in sorted(rows.items()):
         out.append(LayerRow(r.id, r.op, r.dtype, r.target, r.input_shapes, r.output_shape, r.cycles, r.rw_kb,
-                            tuple(t for t in tensors.get(i, ()) if not t.endswith("_exSecondary"))))
+                            tuple(t for t in tensors.get(i, ()) if not t.endswith("_exSecondary")),
+                            full_name=r.full_name))
     return out
 
 
 def map_to_onnx(rows: Sequence[LayerRow], onnx_nodes: Sequence[tuple[str, Sequence[str], Sequence[str]]]
                 ) -> list[LayerRow]:
-    """Name the ONNX nodes (name, inputs, outputs) of each row: the node consuming the row's input tensor.
+    """Name the ONNX node (name, inputs, outputs) of each row.
 
-    rknn keeps ONNX tensor names for the tensors it does not rewrite; a fused op (ConvRelu) names its first node.
-    Rows whose tensors the toolkit renamed (e.g. `f1_tp_rs` after a Gemm rewrite) stay unmapped.
+    The FullName column (`Conv:conv1`) names the op's first ONNX node; that is the mapping. A row without a usable
+    FullName (a name the table truncated, a node the toolkit made) falls back to its input tensor, and only when
+    exactly one ONNX node consumes that tensor: a tensor that feeds several nodes (a residual, a YOLO head) says
+    nothing about which of them this op is. The other nodes of a fusion (the Relu of ConvRelu) stay unmapped.
     """
+    names_known = {name for name, _, _ in onnx_nodes}
     consumers: dict[str, list[str]] = {}
     for name, ins, _ in onnx_nodes:
         for t in ins:
             consumers.setdefault(t, []).append(name)
     out = []
     for r in rows:
-        names: list[str] = []
-        for t in r.tensors:
-            names += [n for n in consumers.get(t, []) if n not in names]
+        node = r.full_name.split(":", 1)[1] if ":" in r.full_name else ""
+        if node not in names_known and re.fullmatch(r".+#\d+", node):  # `fc1#2`: a node the toolkit rewrote
+            node = node.rsplit("#", 1)[0]
+        if node in names_known:
+            names: tuple[str, ...] = (node,)
+        else:
+            only = [consumers[t][0] for t in r.tensors if len(consumers.get(t, ())) == 1]
+            names = tuple(dict.fromkeys(only))[:1]
         out.append(LayerRow(r.id, r.op, r.dtype, r.target, r.input_shapes, r.output_shape, r.cycles, r.rw_kb,
-                            r.tensors, tuple(names)))
+                            r.tensors, names, r.full_name))
     return out
 
 
@@ -250,7 +261,8 @@ class RknnAdapter(AcceleratorAdapter):
         rep = plan.outputs["report"]
         report = json.loads(rep.read_text()) if rep.is_file() else {}
         cpu = [r for r in view["rows"] if r["target"] == "CPU" and r["op"] not in ("InputOperator", "OutputOperator")]
-        notes = [f"vendor compiler: {len(view['rows']) - 2 - len(cpu)} ops on the NPU, {len(cpu)} on the CPU"
+        npu = [r for r in view["rows"] if r["target"] == "NPU" and r["op"] not in ("InputOperator", "OutputOperator")]
+        notes = [f"vendor compiler: {len(npu)} ops on the NPU, {len(cpu)} on the CPU"
                  + ("; CPU: " + ", ".join(f"{r['op']}({','.join(r['onnx_nodes']) or r['id']})" for r in cpu) if cpu else "")]
         if report.get("cosine"):
             notes.append("simulator vs onnxruntime cosine: " + ", ".join(f"{k}={v:.5f}" for k, v in report["cosine"].items()))

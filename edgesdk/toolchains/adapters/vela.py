@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgesdk.paths import toolchain_venv
 from edgesdk.toolchains.adapters._accel import TfliteCompilerAdapter
 from edgesdk.toolchains.adapters.base import Artifact, ConversionJob
 from edgesdk.toolchains.executor import Command, ConversionPlan
 
-VENV = Path.home() / ".cache" / "edgesdk" / "toolchains" / "vela" / "venv"
 ACCELERATOR = "ethos-u65-256"
 #: vela's bundled Arm/vela.ini (ethosu/config_files/Arm/vela.ini in the wheel); NXP's own vela fork/eIQ
 #: ini was not found here, so the i.MX 93 is approximated by Arm's U65 High-End system config.
@@ -119,7 +119,7 @@ class VelaAdapter(TfliteCompilerAdapter):
 
     def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
                  mode: str | None = None, tflite_venv: Path | None = None) -> None:
-        self.vela_venv = Path(venv) if venv else VENV
+        self.vela_venv = Path(venv) if venv else toolchain_venv(self.id)  # edgesdk toolchain install vela
         super().__init__(None, python, vendor or str(self.vela_venv / "bin" / "vela"), mode, tflite_venv)
 
     def vendor_mode(self) -> str | None:
