@@ -384,6 +384,8 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
             if found[0] != "missing":
                 break
         status, ver, detail = found
+        if status == "ok":  # the module imports; the engine may still lack its native part (a delegate, a driver)
+            status, detail = _engine_native(eng, status, detail)
         if eng in host_engines():
             hint = install_command()
         rep.checks.append(Check("engine", eng, status, ver, detail or (f"module {used}" if status == "ok" else None),
@@ -394,6 +396,24 @@ def run_doctor(board: BoardProfile | None = None) -> DoctorReport:
         rep.checks.append(Check("tool", name, status, ver, detail, hint if status != "ok" else None))
     rep.checks.extend(check_emulation())
     return rep
+
+
+def _engine_native(engine: str, status: Status, detail: str | None) -> tuple[Status, str | None]:
+    """An engine whose module imports but whose runtime says it cannot run here (edgetpu without libedgetpu, ethosu
+    without its delegate, rknn without librknnrt.so or the NPU node) is missing, with what it lacks."""
+    from edgesdk.runtime import engines
+
+    if engine not in engines.REGISTRY:
+        return status, detail
+    try:
+        cls = engines.engine_class(engine)
+        if cls.available():
+            return status, detail
+        lacks = cls.missing() if hasattr(cls, "missing") else []
+    except Exception as exc:  # noqa: BLE001 - a check must not end the report
+        return "broken", f"{engine}: {type(exc).__name__}: {exc}"
+    return "missing", "the module imports, but " + ("; ".join(lacks) if lacks else "the engine's native runtime "
+                                                   "(delegate, library or driver) is not here")
 
 
 __all__ = ["Check", "DoctorReport", "check_packages", "host_extra", "install_command", "run_doctor"]

@@ -119,3 +119,16 @@ def test_doctor_cli_prints_the_package_fix_in_full(monkeypatch):
     r = CliRunner().invoke(app, ["doctor"])
     assert r.exit_code == 0, r.stdout
     assert doctor.install_command() in r.stdout.replace("\n", "")
+
+
+def test_an_accelerator_engine_whose_module_imports_is_missing_without_its_native_runtime():
+    """ai_edge_litert imports on this host, but no Edge TPU delegate / Ethos-U delegate / librknnrt.so is here:
+    doctor and the engines agree (the engine class decides), and doctor says what is missing."""
+    from edgesdk.boards import get_board
+    from edgesdk.doctor import run_doctor
+    from edgesdk.runtime import engines
+
+    for board, eng in (("coral-usb", "edgetpu"), ("imx93", "ethosu"), ("rk3588", "rknn")):
+        (c,) = [c for c in run_doctor(get_board(board)).checks if c.category == "engine" and c.name == eng]
+        assert not engines.engine_class(eng).available()
+        assert c.status == "missing" and c.fix and c.fix.startswith("on the board:"), c

@@ -71,6 +71,11 @@ class RknnEngine(Engine):
         return not missing()
 
     @classmethod
+    def missing(cls) -> list[str]:
+        """What stops the engine here (doctor shows it)."""
+        return missing()
+
+    @classmethod
     def distributions(cls) -> tuple[str, ...]:
         return ("rknn-toolkit-lite2",)
 
