@@ -213,7 +213,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
                          "this board instead")
     if engine is not None and engine != "tflite":
         raise InputError(f"--engine {engine}: a .tflite is bundled as it is for the tflite engine"
-                         f"{' (and the Edge TPU)' if _edgetpu(prof) else ''}; edgesdk does not convert a .tflite to "
+                         f"{f' (and the {prof.accelerator.name})' if _tflite_accelerator(prof) else ''}; edgesdk does not convert a .tflite to "
                          "other engines. Convert the original ONNX model with --engine " + engine)
     if not src.is_file():
         raise InputError(f"model file {src} does not exist")
@@ -222,9 +222,9 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         raise InputError(f"--precision {precision}: {src.name} is {info.precision} ({info.description}); edgesdk "
                          "does not re-quantize a .tflite. Drop --precision to bundle it as it is, or convert the "
                          "original model at that precision")
-    use_tpu = _edgetpu(prof) and engine is None
+    use_tpu = _tflite_accelerator(prof) and engine is None
     if use_tpu and not info.full_integer:
-        raise InputError(f"board {prof.id!r}: the Edge TPU runs full-integer int8 models only, and {src.name} is "
+        raise InputError(f"board {prof.id!r}: the {prof.accelerator.name} runs full-integer int8 models only, and {src.name} is "
                          f"{info.description}. Quantize it to full integer int8 (or convert the original model with "
                          "--precision int8 --calib DIR), or pass --engine tflite to run it on the board's CPU")
     if not dry_run:
@@ -259,7 +259,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
     if use_tpu:
         from edgesdk.toolchains.adapters import accelerator_adapter_class
 
-        accel = dict(adapters or {}).get("edgetpu") or accelerator_adapter_class("edgetpu")()
+        accel = dict(adapters or {}).get(prof.accelerator.engine) or accelerator_adapter_class(prof.accelerator.engine)()
     work = Path(tempfile.mkdtemp(prefix="edgesdk-convert-"))
     try:
         cpu_rel = f"{sid}_tflite.tflite"
@@ -273,7 +273,7 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
                      "outputs": {"model": str(src)}, "notes": ["the .tflite as it is: nothing to convert"]})
             if accel is not None:
                 plan["vendor_compiler"] = accel.vendor_env().detail
-            eng = "edgetpu" if accel else "tflite"
+            eng = accel.engine if accel else "tflite"
             rep = SegmentReport(sid, eng, prec, info.ops, 0.0, 0, eng)
             return ConvertResult(None, prof.id, prec, "tflite", (rep,), None, cset.summary() if cset else None,
                                  tuple(warnings), tuple(notes), ({"segment": sid, **plan},),
@@ -291,25 +291,26 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
             if venv_ok.ok:
                 execute(vend, runner)
                 warnings.extend(accel.log_notes(cplan))
-                tpu_rel = f"{sid}_edgetpu.tflite"
+                tpu_rel = f"{sid}_{accel.engine}.tflite"
                 staged.append((tpu_rel, cplan.outputs["model"]))
-                segment = Segment(sid, "edgetpu", {"model": tpu_rel}, seg_in, seg_out, "int8", True, {},
-                                  CpuVersion("tflite", {"model": cpu_rel}, seg_in, seg_out))
-                report = SegmentReport(sid, "edgetpu", "int8", info.ops, time.perf_counter() - t0,
-                                       cplan.outputs["model"].stat().st_size, "edgetpu")
+                segment = Segment(sid, accel.engine, {"model": tpu_rel}, seg_in, seg_out, "int8", True,
+                                  dict(accel.compiled_options(cplan)), CpuVersion("tflite", {"model": cpu_rel}, seg_in,
+                                                                                  seg_out))
+                report = SegmentReport(sid, accel.engine, "int8", info.ops, time.perf_counter() - t0,
+                                       cplan.outputs["model"].stat().st_size, accel.engine)
             else:
                 # COMPILE.txt names the bundle's own file, to run from the bundle directory
                 rel_plan = accel.plan_tflite(Path(cpu_rel), Path("."), sid, accel_options)
                 how = stage_vendor_handoff(accel, rel_plan, accel.split(rel_plan)[0], sid, work, staged,
                                            skip=("tflite",))
                 reason = (f"{accel.vendor} is not on this machine: segment {sid} runs the .tflite as it is on the "
-                          f"CPU (tflite); vendor/{sid}/COMPILE.txt says how to compile it for the Edge TPU (its command runs "
+                          f"CPU (tflite); vendor/{sid}/COMPILE.txt says how to compile it for the {prof.accelerator.name} (its command runs "
                           "in the bundle directory)")
                 notes.append(reason)
                 warnings.append(reason + ":\n" + how)
                 segment = Segment(sid, "tflite", {"model": cpu_rel}, seg_in, seg_out, prec, False, {}, None, reason)
                 report = SegmentReport(sid, "tflite", prec, info.ops, time.perf_counter() - t0, src.stat().st_size,
-                                       "edgetpu", reason)
+                                       accel.engine, reason)
 
         # reference inputs and outputs: the TFLite interpreter on the file itself
         sset = load_sample_set(sample, model_ins, pre)
@@ -331,8 +332,16 @@ def convert_tflite(src: Path, prof: Any, out: str | Path | None, *, precision: s
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _edgetpu(prof: Any) -> bool:
-    return prof.accelerator is not None and prof.accelerator.engine == "edgetpu"
+def _tflite_accelerator(prof: Any) -> bool:
+    """Whether the board's accelerator compiles a full-integer int8 .tflite (Edge TPU, Ethos-U): its adapter is a
+    TfliteCompilerAdapter, so a .tflite goes to its compiler as it is."""
+    if prof.accelerator is None:
+        return False
+    from edgesdk.toolchains.adapters import ACCELERATOR_ADAPTERS, accelerator_adapter_class
+    from edgesdk.toolchains.adapters._accel import TfliteCompilerAdapter
+
+    return prof.accelerator.engine in ACCELERATOR_ADAPTERS and \
+        issubclass(accelerator_adapter_class(prof.accelerator.engine), TfliteCompilerAdapter)
 
 
 __all__ = ["TfliteInfo", "TfliteTensor", "convert_tflite", "read_tflite", "run_tflite"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -185,4 +184,24 @@ def test_real_vela_compile(tmp_path: Path) -> None:
     assert rep.npu_ops >= 1 and rep.cpu_ops == 0
     est = parse_vela_summary_csv(outs["summary"].read_text())
     assert 0 < est["inference_ms"] < 10
-    assert sys.version_info >= (3, 9)
+
+    # a user's own int8 .tflite for imx93 goes to vela as it is (edgesdk convert model.tflite --board imx93)
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+    from edgesdk.runtime.manifest import load_manifest
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        res = CliRunner().invoke(app, ["convert", "s0.tflite", "--board", "imx93", "-o", "b", "--json"])
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    (seg,) = load_manifest(tmp_path / "b").segments
+    assert seg.engine == "ethosu" and seg.accelerator and seg.cpu_version.engine == "tflite"
+    assert seg.options["vendor_estimate_ms"] > 0
+    assert any("ops on the Ethos-U" in w for w in out["warnings"])

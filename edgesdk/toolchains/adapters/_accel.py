@@ -157,6 +157,14 @@ class TfliteCompilerAdapter(AcceleratorAdapter):
         return ConversionPlan(self.id, self.engine, "int8", (), (cmd,), {"tflite": tfl, **outs},
                               ("the .tflite as given: full integer int8, compiled as it is",))
 
+    def log_notes(self, plan: ConversionPlan) -> tuple[str, ...]:
+        """What the compiler said that the bundle's notes keep (its per-op placement, warnings)."""
+        return ()
+
+    def compiled_options(self, plan: ConversionPlan) -> dict[str, Any]:
+        """Segment options the compiled model carries (vela: its latency estimate)."""
+        return {}
+
     def tflite_io(self, job: ConversionJob, plan: ConversionPlan) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """The compiled model's inputs and outputs, matched to the segment's (the TFLite's names are Keras')."""
         import json

@@ -157,19 +157,25 @@ class VelaAdapter(TfliteCompilerAdapter):
                 "ops": [{"target": o.target, "op": o.op, "name": o.name, "reason": o.reason} for o in rep.ops],
                 "npu_ops": rep.npu_ops, "cpu_ops": rep.cpu_ops, "estimate": est}
 
-    def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
-        ins, outs = self.tflite_io(job, plan)
+    def log_notes(self, plan: ConversionPlan) -> tuple[str, ...]:
         r = self.report(plan)
         notes = [f"vela (vendor compiler): {r['npu_ops']} ops on the Ethos-U, {r['cpu_ops']} on the CPU"]
         notes += [f"CPU: {o['op']} {o['name']}: {o['reason']}" for o in r["ops"] if o["target"] == "cpu"]
         if "inference_ms" in r["estimate"]:
             notes.append(f"vela estimate: {r['estimate']['inference_ms']:.4f} ms per inference "
                          f"({int(r['estimate'].get('cycles_total', 0))} cycles), NPU only, not measured")
-        est = r["estimate"].get("inference_ms")
-        # the profile's expectation for the board (edgesdk.profile.expect): vela's static estimate of the NPU part
-        opts = {"vendor_estimate_ms": round(float(est), 6), "vendor_estimate_by": "vela (static, NPU only)"} \
+        return tuple(notes)
+
+    def compiled_options(self, plan: ConversionPlan) -> dict[str, Any]:
+        """vela's static estimate of the NPU part: the profile's expectation for the board (edgesdk.profile.expect)."""
+        est = self.report(plan)["estimate"].get("inference_ms")
+        return {"vendor_estimate_ms": round(float(est), 6), "vendor_estimate_by": "vela (static, NPU only)"} \
             if est is not None else {}
-        return Artifact({"model": plan.outputs["model"]}, ins, outs, options=opts, notes=tuple(notes), compiler_view=r)
+
+    def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
+        ins, outs = self.tflite_io(job, plan)
+        return Artifact({"model": plan.outputs["model"]}, ins, outs, options=self.compiled_options(plan),
+                        notes=self.log_notes(plan), compiler_view=self.report(plan))
 
 
 #: `python -c _TEE LOG argv...`: run argv, pass its output through, and keep a copy of it in LOG.
