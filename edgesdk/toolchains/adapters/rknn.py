@@ -182,7 +182,6 @@ class RknnAdapter(AcceleratorAdapter):
     host int8 simulation (scheme `rknn`, edgesdk.simulate) is the segment's CPU version, as for every accelerator."""
 
     id = "rknn"
-    kind = "accelerator"
     engine = "rknn"
     scheme = "rknn"
     vendor_tools = ("rknn",)

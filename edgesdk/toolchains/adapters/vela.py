@@ -108,7 +108,6 @@ def parse_vela_summary_csv(text: str) -> dict[str, float]:
 
 class VelaAdapter(TfliteCompilerAdapter):
     id = "vela"
-    kind = "accelerator"
     engine = "ethosu"
     scheme = "ethosu"
     vendor_tools = ("vela",)
