@@ -204,6 +204,29 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     chk = _check("onnxruntime", sim_art, feed, expected, "int8", tolerance, split_outputs)
     if not chk.ok:
         raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (host int8 simulation)")])
+    # the CPU version: the toolchain record's fallback_engine (the host int8 simulation on onnxruntime, or e.g. the
+    # int8 TFLite on the TFLite interpreter for the Ethos-U), checked like every artifact before it is bundled
+    cv_engine = accel.cpu_engine()
+    cv_paths: dict[str, Path] = {"model": cplan.outputs["sim"]}
+    if cv_engine == "onnxruntime":
+        cv = CpuVersion("onnxruntime", {"model": sim_rel}, plain, plain_out)
+        cv_what = f"its host int8 simulation ({accel.scheme} scheme) on onnxruntime"
+    else:
+        staged.remove((sim_rel, cplan.outputs["sim"]))  # the simulation stays a conversion-time check
+        cv_paths, cv_in, cv_out = accel.cpu_artifact(job, cplan, cv_engine)
+        cv_in, cv_out = cv_in or plain, cv_out or plain_out
+        cv_art = SimpleNamespace(files=cv_paths, inputs=cv_in, outputs=cv_out, options={})
+        chk = _check(cv_engine, cv_art, feed, expected, "int8", tolerance, split_outputs)
+        if not chk.ok:
+            raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (its CPU version on "
+                                                                         f"{cv_engine})")])
+        cv_rel = {role: f"{sid}_{cv_engine}{path.suffix}" for role, path in cv_paths.items()}
+        staged.extend((cv_rel[role], path) for role, path in cv_paths.items())
+        cv = CpuVersion(cv_engine, cv_rel, cv_in, cv_out)
+        cv_what = f"its CPU version on {cv_engine}"
+        worst = f"cosine {chk.cosine:.5f}" if chk.cosine is not None else chk.message
+        notes.append(f"segment {sid}: its CPU version is {', '.join(sorted(cv_rel.values()))} on {cv_engine} "
+                     f"(fallback_engine of toolchains/{accel.id}/toolchain.yaml); against the fp32 model: {worst}")
     toolchains[accel.id] = {accel.id: venv_ok.detail}
     if venv_ok.ok:
         execute(vend, runner)
@@ -217,18 +240,17 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
         size = sum(p.stat().st_size for p in art.files.values())
         reports.append(SegmentReport(sid, accel.engine, "int8", len(s.nodes), time.perf_counter() - t0, size,
                                      accel.engine, compiler_view=art.compiler_view))
-        return Segment(sid, accel.engine, files, art.inputs, art.outputs, "int8", True, dict(art.options),
-                       CpuVersion("onnxruntime", {"model": sim_rel}, plain, plain_out), None)
-    how = stage_vendor_handoff(accel, cplan, pre, sid, job.work, staged, skip=("sim",))
-    reason = (f"{accel.vendor} is not on this machine: segment {sid} runs its host int8 simulation "
-              f"({accel.scheme} scheme) on onnxruntime; everything up to the compiler is in vendor/{sid}/, and "
-              f"vendor/{sid}/COMPILE.txt says how to install and run it")
+        return Segment(sid, accel.engine, files, art.inputs, art.outputs, "int8", True, dict(art.options), cv, None)
+    in_bundle = ("sim", *(r for r, q in pre.outputs.items() if q in cv_paths.values()))  # staged as the CPU version
+    how = stage_vendor_handoff(accel, cplan, pre, sid, job.work, staged, skip=in_bundle)
+    reason = (f"{accel.vendor} is not on this machine: segment {sid} runs {cv_what}; everything up to the "
+              f"compiler is in vendor/{sid}/, and vendor/{sid}/COMPILE.txt says how to install and run it")
     notes.append(reason)
     warnings.append(reason + ":\n" + how)
-    size = cplan.outputs["sim"].stat().st_size
-    reports.append(SegmentReport(sid, "onnxruntime", "int8", len(s.nodes), time.perf_counter() - t0, size,
+    size = sum(path.stat().st_size for path in cv_paths.values())
+    reports.append(SegmentReport(sid, cv.engine, "int8", len(s.nodes), time.perf_counter() - t0, size,
                                  accel.engine, reason))
-    return Segment(sid, "onnxruntime", {"model": sim_rel}, plain, plain_out, "int8", False, {}, None, reason)
+    return Segment(sid, cv.engine, dict(cv.files), cv.inputs, cv.outputs, "int8", False, {}, None, reason)
 
 
 def _spec_of(ref: Any) -> IOSpec:

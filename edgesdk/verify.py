@@ -82,6 +82,9 @@ class VerifyReport:
     evaluation: EvalSummary | None = None
     target: TargetCheck | None = None
     sensitivity: tuple[dict[str, Any], ...] = ()  # the layers that hurt most when quantized alone (--sensitivity)
+    #: the vendor compiler's own per-layer comparison, per accelerator segment that carries one (RKNN's
+    #: accuracy_analysis): {"segment", "tool", "against", "sample", "threshold", "first_below", "layers"}
+    vendor_layers: tuple[dict[str, Any], ...] = ()
 
     @property
     def tolerance_ok(self) -> bool:
@@ -107,6 +110,7 @@ class VerifyReport:
                 "sensitivity": {"what": "each layer alone quantized (its inputs and outputs through the calibrated "
                                         "Q/DQ of onnxruntime int8), the worst output cosine; most harmful first",
                                 "layers": list(self.sensitivity)} if self.sensitivity else None,
+                "vendor_per_layer": list(self.vendor_layers) or None,
                 "notes": list(self.notes)}
 
 
@@ -395,6 +399,7 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
                 thr = None
                 notes.append(f"per-layer comparison skipped: the onnxruntime int8 simulation failed: "
                              f"{type(exc).__name__}: {_first_line(exc)}")
+    vendor = _vendor_layers(b, mf, thr or mf.tolerance.cosine_min or LAYER_COSINE, notes) if layers else []
     hurts: list[dict[str, Any]] = []
     if sensitivity:
         if tflite_src or (model_path is None and mf.source_model.get("kind") == "tflite"):
@@ -405,7 +410,30 @@ def verify(bundle: str | Path, data: str | Path | None = None, model: str | Path
             hurts = _sensitivity(model_path, samples, notes)
     tol = {"max_abs_rel": mf.tolerance.max_abs_rel, "cosine_min": mf.tolerance.cosine_min}
     return VerifyReport(b, mf.bundle_id, mf.precision, len(samples), source, compared, outs, engines, tol,
-                        tuple(lay), thr, first, tuple(notes), evaluation, check, tuple(hurts))
+                        tuple(lay), thr, first, tuple(notes), evaluation, check, tuple(hurts), tuple(vendor))
+
+
+def _vendor_layers(bundle: Path, mf: Any, threshold: float, notes: list[str]) -> list[dict[str, Any]]:
+    """The per-layer comparisons the vendor compilers made at conversion (a segment's `vendor_layers` file: RKNN's
+    accuracy_analysis, its simulator against its float run), with the first layer below `threshold`. They are the
+    compiler's own kernels, where the onnxruntime view above is edgesdk's simulation."""
+    import json
+
+    out = []
+    for sg in mf.segments:
+        rel = sg.files.get("vendor_layers")
+        if rel is None:
+            continue
+        try:
+            doc = json.loads((bundle / rel).read_text(encoding="utf-8"))
+            rows = [r for r in doc["layers"] if isinstance(r.get("cosine"), (int, float))]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            notes.append(f"segment {sg.id}: its vendor per-layer file {rel} is unreadable ({exc}): skipped")
+            continue
+        first = next((r for r in rows if r["cosine"] < threshold), None)
+        out.append({"segment": sg.id, "tool": doc.get("tool", ""), "against": doc.get("against", ""),
+                    "sample": doc.get("sample", ""), "threshold": threshold, "first_below": first, "layers": rows})
+    return out
 
 
 #: verify --sensitivity lists this many layers.

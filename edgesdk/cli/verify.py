@@ -76,6 +76,13 @@ def verify_cmd(
                 mark = "  <- first below threshold" if rep.first_bad_layer and x.tensor == rep.first_bad_layer.tensor \
                     else ""
                 console.print(f"    {x.node:<40} {x.op_type:<16} {x.cosine:.5f}{mark}", highlight=False)
+        for v in rep.vendor_layers:
+            console.print(f"  segment {v['segment']}, per layer by {v['tool']} ({v['sample']}, against "
+                          f"{v['against']}, threshold {v['threshold']}):", highlight=False)
+            for x in v["layers"]:
+                mark = "  <- first below threshold" if v["first_below"] is x else ""
+                console.print(f"    {x.get('node') or x['tensor']:<40} {x['op_type']:<16} {x['cosine']:.5f}{mark}",
+                              highlight=False)
         if rep.sensitivity:
             console.print("  layers that hurt most when quantized alone (worst output cosine, onnxruntime int8):")
             for x in rep.sensitivity:

@@ -193,7 +193,10 @@ class ToolchainSpec(_Strict):
     adapter: str = Field(pattern=r"^edgesdk\.toolchains\.adapters\.[a-z_0-9]+:[A-Za-z_][A-Za-z_0-9]*$",
                          description="module:Class of its toolchain adapter")
     simulation_scheme: SimulationScheme | None = Field(default=None, description="accelerators: host int8 simulation")
-    fallback_engine: str | None = Field(default=None, description="CPU engine for the segments it refuses")
+    fallback_engine: str | None = Field(
+        default=None, description="accelerators: the engine of a segment's CPU version, which runs it where the "
+                                  "accelerator is absent (verify on the host, --fallback cpu on a board): onnxruntime "
+                                  "runs the host int8 simulation, tflite the int8 TFLite the compiler takes")
     artifacts: list[str] = Field(min_length=1, description="file suffixes it produces")
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
     provision: Provision

@@ -87,6 +87,30 @@ def rk_bundle(user_dir: Path) -> Path:
     return out
 
 
+def _verify(bundle: Path) -> dict:
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+
+    r = CliRunner().invoke(app, ["verify", str(bundle), "--model", str(MODEL), "--json"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    return json.loads(r.stdout[r.stdout.index("{"):])
+
+
+def test_verify_rk3588_shows_rknn_accuracy_analysis_per_layer(rk_bundle):
+    """verify --per-layer (the default) shows RKNN's own accuracy_analysis of the .rknn beside edgesdk's view."""
+    rep = _verify(rk_bundle)
+    assert rep["ok"] and rep["engines"][0]["engine"] == "onnxruntime"  # no NPU here: the host int8 simulation
+    (v,) = rep["vendor_per_layer"]
+    assert v["segment"] == "s0" and v["tool"] == "rknn-toolkit2 accuracy_analysis"
+    import onnx
+
+    nodes = {n.name for n in onnx.load(str(MODEL)).graph.node}
+    named = [x for x in v["layers"] if x["node"]]
+    assert len(named) >= 5 and {x["node"] for x in named} <= nodes  # mapped to the model's own nodes
+    assert all(0.9 < x["cosine"] <= 1.0 for x in named), named  # the digits CNN quantizes well on the simulator
+
+
 def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate(user_dir):
     _need("vela")
     res, out = _convert(user_dir, "imx93")
@@ -102,6 +126,13 @@ def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate
     view = res["segments"][0]["compiler_view"]
     assert view["label"] == "vendor compiler" and view["cpu_ops"] == 0 and view["npu_ops"] > 0
     assert {o["target"] for o in view["ops"]} == {"npu"}
+    # the host reference is the int8 TFLite interpreter (the record's fallback_engine): the .tflite vela compiled
+    assert seg.cpu_version.engine == "tflite" and (out / seg.cpu_version.files["model"]).read_bytes()[4:8] == b"TFL3"
+    assert seg.cpu_version.inputs[0].quant is not None  # full-integer: int8 in, int8 out
+    rep = _verify(out)
+    assert rep["ok"], rep
+    (e,) = rep["engines"]
+    assert e["engine"] == "tflite" and e["fallback"], e  # no Ethos-U here
 
 
 def test_flash_rk3588_without_npu_is_refused_unless_fallback_cpu(rk_bundle, tmp_path):

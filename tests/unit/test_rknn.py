@@ -223,6 +223,38 @@ def test_real_build_and_simulator(tmp_path):
 
     assert json.loads(plan.outputs["report"].read_text())["cosine"]["y"] > 0.99  # simulator vs onnxruntime
     assert any("on the NPU" in n for n in art.notes)
+    # accuracy_analysis's per-layer table, mapped to the ONNX nodes that write each tensor, for edgesdk verify
+    doc = json.loads(art.files["vendor_layers"].read_text())
+    by_node = {x["node"]: x for x in doc["layers"] if x["node"]}
+    assert "conv1" in by_node or "relu1" in by_node, doc
+    assert all(0.0 <= x["cosine"] <= 1.0 + 1e-6 for x in doc["layers"])
+    assert not (tmp_path / "s0_rknn_accuracy.txt.d").exists()  # the per-tensor dumps are not kept
+
+
+#: rknn-toolkit2 2.5.0's error_analysis.txt for the digits CNN (tests/data/digits_cnn.onnx), as written here
+ERROR_ANALYSIS = """\
+layer_name                                         simulator_error
+                                               entire              single
+                                            cos      euc        cos      euc
+----------------------------------------------------------------------------------
+[Input] image                             1.00000 | 0.00000   1.00000 | 0.00000
+[exDataConvert] image_int8                0.99999 | 0.14328   0.99999 | 0.14328
+[Conv] /0/Conv_output_0
+[Relu] /2/Relu_output_0                   0.99996 | 0.90032   0.99996 | 0.90032
+[Conv] /11/GlobalAveragePool_2conv0       0.99986 | 1.02898   0.99999 | 0.20106
+[exDataConvert] logits                    0.99979 | 0.49588   0.99999 | 0.07981
+"""
+
+
+def test_parse_accuracy_analysis_keeps_the_rows_with_figures():
+    from edgesdk.toolchains.adapters.rknn import parse_accuracy_analysis
+
+    rows = parse_accuracy_analysis(ERROR_ANALYSIS)
+    assert [r["tensor"] for r in rows] == ["image", "image_int8", "/2/Relu_output_0",
+                                          "/11/GlobalAveragePool_2conv0", "logits"]  # the fused Conv has none
+    r = rows[2]
+    assert r["op_type"] == "Relu" and r["cosine"] == 0.99996 and r["euclidean"] == 0.90032
+    assert rows[3]["single_cosine"] == 0.99999 and rows[3]["single_euclidean"] == 0.20106
 
 
 def test_probe_names_what_an_rk3588_lacks_and_takes_either_npu_node():

@@ -146,6 +146,10 @@ def test_one_record_per_toolchain_drives_its_adapter_and_engine(tid):
 
         assert accelerator_adapter_class(spec.engine) is adapter
         assert spec.simulation_scheme is not None and spec.engine in ENGINE_SCHEME
+        from edgesdk.toolchains.spec import cpu_engines
+
+        # the CPU version's engine (what runs the segment where the accelerator is absent) is a CPU engine
+        assert spec.fallback_engine in cpu_engines() and adapter().cpu_engine() == spec.fallback_engine
     else:
         from edgesdk.toolchains.adapters import CPU_ENGINES, adapter_class
 

@@ -107,6 +107,25 @@ class AcceleratorAdapter(Adapter):
     def container_prefix(self) -> tuple[str, ...]:
         return ()
 
+    # -- the segment's CPU version -----------------------------------------------------------------------------
+    def cpu_engine(self) -> str:
+        """The engine of this accelerator's CPU version: its toolchain record's `fallback_engine` (onnxruntime when
+        the record names none). It runs the segment where the accelerator is absent (verify on the host, a board
+        flashed with --fallback cpu) and is checked against the fp32 model before a bundle is written."""
+        from edgesdk.toolchains.spec import get_toolchain
+
+        return get_toolchain(self.id).fallback_engine or "onnxruntime"
+
+    def cpu_artifact(self, job: ConversionJob, plan: ConversionPlan, engine: str
+                     ) -> tuple[dict[str, Path], tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        """The files (and, when they differ from the segment's plain float tensors, the io specs) of the CPU version
+        on `engine`. Every accelerator has its host int8 simulation on onnxruntime; an adapter that makes another
+        CPU build says so by overriding this."""
+        if engine != "onnxruntime":
+            raise InputError(f"toolchains/{self.id}/toolchain.yaml: fallback_engine {engine!r}: the {self.id} adapter "
+                             "makes a CPU version for onnxruntime only (its host int8 simulation)")
+        return {"model": plan.outputs["sim"]}, None, None
+
     def split(self, plan: ConversionPlan) -> tuple[ConversionPlan, ConversionPlan]:
         pre = [c for c in plan.commands if c.tool not in self.vendor_tools]
         vend = [c for c in plan.commands if c.tool in self.vendor_tools]
@@ -164,6 +183,16 @@ class TfliteCompilerAdapter(AcceleratorAdapter):
     def compiled_options(self, plan: ConversionPlan) -> dict[str, Any]:
         """Segment options the compiled model carries (vela: its latency estimate)."""
         return {}
+
+    def cpu_artifact(self, job: ConversionJob, plan: ConversionPlan, engine: str
+                     ) -> tuple[dict[str, Path], tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        """fallback_engine tflite: the int8 TFLite the compiler takes, on the TFLite interpreter. The accelerator is
+        specified to compute what TFLite's int8 reference kernels compute (Ethos-U: see the vela adapter), so this
+        is its host reference, and what the board's CPU runs when the accelerator is absent."""
+        if engine != "tflite":
+            return super().cpu_artifact(job, plan, engine)
+        ins, outs = self.tflite_io(job, plan)
+        return {"model": plan.outputs["tflite"]}, ins, outs
 
     def tflite_io(self, job: ConversionJob, plan: ConversionPlan) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """The compiled model's inputs and outputs, matched to the segment's (the TFLite's names are Keras')."""

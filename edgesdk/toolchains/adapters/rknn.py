@@ -67,6 +67,15 @@ try:
         for o, a, b in zip(s.get_outputs(), got, ref):
             a = np.asarray(a, np.float64).ravel(); b = np.asarray(b, np.float64).ravel()
             report["cosine"][o.name] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    if cfg.get("accuracy") and first:
+        # per-layer: the simulator against the toolkit's float 'golden', on the first calibration sample; only the
+        # table is kept (the per-tensor dumps under golden/ and simulator/ are as big as the activations)
+        import shutil
+        d = cfg["accuracy"] + ".d"
+        report["rc"]["accuracy_analysis"] = r.accuracy_analysis(inputs=first, output_dir=d)
+        if os.path.isfile(os.path.join(d, "error_analysis.txt")):
+            shutil.copyfile(os.path.join(d, "error_analysis.txt"), cfg["accuracy"])
+        shutil.rmtree(d, ignore_errors=True)
     r.release()
 finally:
     os.dup2(saved[0], 1); os.dup2(saved[1], 2)
@@ -166,6 +175,23 @@ def map_to_onnx(rows: Sequence[LayerRow], onnx_nodes: Sequence[tuple[str, Sequen
     return out
 
 
+_ACC_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<tensor>\S+)\s+(?P<ec>[0-9.]+)\s*\|\s*(?P<ee>[0-9.e+-]+)\s+"
+                      r"(?P<sc>[0-9.]+)\s*\|\s*(?P<se>[0-9.e+-]+)")
+
+
+def parse_accuracy_analysis(text: str) -> list[dict[str, Any]]:
+    """rknn-toolkit2's error_analysis.txt: per layer `[OpType] tensor  entire_cos | entire_euc  single_cos |
+    single_euc` (the simulator against its float 'golden'; entire accumulates the error, single is the layer alone).
+    Rows without figures (a Conv fused into the Relu after it) are left out."""
+    rows = []
+    for line in text.splitlines():
+        m = _ACC_ROW.match(line.strip())
+        if m:
+            rows.append({"op_type": m["op"], "tensor": m["tensor"], "cosine": float(m["ec"]),
+                         "euclidean": float(m["ee"]), "single_cosine": float(m["sc"]), "single_euclidean": float(m["se"])})
+    return rows
+
+
 def placement(rows: Sequence[LayerRow]) -> dict[str, str]:
     """ONNX node name -> "npu" | "cpu" (the mapped rows only)."""
     res: dict[str, str] = {}
@@ -186,7 +212,7 @@ class RknnAdapter(AcceleratorAdapter):
     scheme = "rknn"
     vendor_tools = ("rknn",)
     vendor_binary = "rknn-toolkit2"
-    vendor_roles = ("model", "log", "report")
+    vendor_roles = ("model", "log", "report", "accuracy")
     install_hint = "edgesdk toolchain install rknn"
     precisions = ("int8", "fp16")
     unsupported: ClassVar[Mapping[str, str]] = {"fp32": "the RKNPU2 computes in int8 or fp16 (build(do_quantization=False) gives fp16)"}
@@ -215,6 +241,8 @@ class RknnAdapter(AcceleratorAdapter):
             "report": str(w / f"{job.segment}_rknn.json"), "target": str(job.options.get("target_platform", TARGET)),
             "quantize": quant, "check": bool(job.options.get("simulate", True)),
             "quantized_algorithm": job.options.get("quantized_algorithm"),
+            "accuracy": str(w / f"{job.segment}_rknn_accuracy.txt") if job.options.get("accuracy_analysis", True)
+            and quant else None,
         }
         # The calibration arrays are model inputs already: no normalization unless asked (then the .rknn takes
         # raw pixels and the dataset must be raw pixels too).
@@ -237,6 +265,8 @@ class RknnAdapter(AcceleratorAdapter):
                                 purpose=f"rknn-toolkit2: build for {cfg['target']} ({job.precision}), export .rknn, "
                                         "check on the simulator against onnxruntime"))
         outputs = {"model": Path(cfg["rknn"]), "log": Path(cfg["log"]), "report": Path(cfg["report"])}
+        if cfg["accuracy"]:
+            outputs["accuracy"] = Path(cfg["accuracy"])
         if quant:  # the host int8 simulation: the segment's CPU version and what the conversion check measures
             commands.insert(0, self.sim_command(job))
             outputs["sim"] = self.sim_path(job)
@@ -265,7 +295,21 @@ class RknnAdapter(AcceleratorAdapter):
                  + ("; CPU: " + ", ".join(f"{r['op']}({','.join(r['onnx_nodes']) or r['id']})" for r in cpu) if cpu else "")]
         if report.get("cosine"):
             notes.append("simulator vs onnxruntime cosine: " + ", ".join(f"{k}={v:.5f}" for k, v in report["cosine"].items()))
-        return Artifact({"model": plan.outputs["model"]}, plain_specs(job.inputs), plain_specs(job.outputs),
+        files = {"model": plan.outputs["model"]}
+        acc = plan.outputs.get("accuracy")
+        if acc is not None and acc.is_file():
+            producer = {o: (n.name, n.op_type) for n in m.graph.node for o in n.output}
+            layers = [{"node": producer.get(r["tensor"], ("", ""))[0], **r}
+                      for r in parse_accuracy_analysis(acc.read_text(encoding="utf-8", errors="replace"))]
+            path = job.work / f"{job.segment}_rknn_layers.json"
+            path.write_text(json.dumps(vendor_layers_doc(layers), indent=1), encoding="utf-8")
+            files["vendor_layers"] = path
+            worst = min((x for x in layers if x["node"]), key=lambda x: x["cosine"], default=None)
+            if worst is not None:
+                notes.append(f"RKNN accuracy_analysis (simulator vs float, first calibration sample): {len(layers)} "
+                             f"layers, lowest accumulated cosine {worst['cosine']:.5f} at {worst['node']} "
+                             f"({worst['op_type']}); `edgesdk verify` shows them")
+        return Artifact(files, plain_specs(job.inputs), plain_specs(job.outputs),
                         options={"data_format": "nchw"}, compiler_view=view,
                         notes=tuple(notes))
 
@@ -284,4 +328,13 @@ for k in range(len(arrs[0])):
 open(lst, "w").write("\n".join(lines) + "\n")
 '''
 
-__all__ = ["LayerRow", "RknnAdapter", "map_to_onnx", "parse_layer_table", "placement"]
+def vendor_layers_doc(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bundle's `vendor_layers` file (read by edgesdk verify): the compiler's own per-layer comparison."""
+    return {"tool": "rknn-toolkit2 accuracy_analysis", "against": "the toolkit's float run ('golden')",
+            "sample": "the first calibration sample, at conversion",
+            "cosine": "entire: accumulated through the network; single_cosine: the layer alone on float inputs",
+            "layers": layers}
+
+
+__all__ = ["LayerRow", "RknnAdapter", "map_to_onnx", "parse_accuracy_analysis", "parse_layer_table", "placement",
+           "vendor_layers_doc"]
