@@ -187,8 +187,16 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     from edgesdk.runtime.manifest import CpuVersion
 
     sid = job.segment
-    cplan = accel.plan(job)
     venv_ok = accel.vendor_env()
+    vendor_sim = bool(accel.vendor_simulator and venv_ok.ok and feed is not None and expected is not None
+                      and not dry_run)
+    if vendor_sim:  # the vendor's simulator also runs the reference input: its outputs are the accelerator's
+        from edgesdk.precision_plan import write_npz
+
+        assert feed is not None
+        feeds = write_npz(job.work / f"{sid}_{accel.engine}_check_in.npz", {k: v for k, v in feed.items()})
+        job = replace(job, options={**job.options, "check_feeds": str(feeds)})
+    cplan = accel.plan(job)
     if dry_run:
         plans.append({"segment": sid, **cplan.to_dict(), "vendor_compiler": venv_ok.detail})
         reports.append(SegmentReport(sid, accel.engine, "int8", len(s.nodes), 0.0, 0, accel.engine))
@@ -202,8 +210,9 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     plain_out = tuple(TensorSpec(o.name, o.shape, o.dtype) for o in job.outputs)
     sim_art = SimpleNamespace(files={"model": cplan.outputs["sim"]}, inputs=plain, outputs=plain_out, options={})
     chk = _check("onnxruntime", sim_art, feed, expected, "int8", tolerance, split_outputs)
-    if not chk.ok:
-        raise ConversionFailed(sid, model_name, [replace(chk, engine=f"{accel.engine} (host int8 simulation)")])
+    host_miss = None if chk.ok else replace(chk, engine=f"{accel.engine} (host int8 simulation)")
+    if host_miss is not None and not vendor_sim:
+        raise ConversionFailed(sid, model_name, [host_miss])
     # the CPU version: the toolchain record's fallback_engine (the host int8 simulation on onnxruntime, or e.g. the
     # int8 TFLite on the TFLite interpreter for the Ethos-U), checked like every artifact before it is bundled
     cv_engine = accel.cpu_engine()
@@ -230,6 +239,9 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     toolchains[accel.id] = {accel.id: venv_ok.detail}
     if venv_ok.ok:
         execute(vend, runner)
+        if vendor_sim:
+            _vendor_sim_verdict(accel, job, cplan, expected, tolerance, split_outputs, host_miss, model_name,
+                                warnings)
         art = accel.describe(job, cplan)
         files = {}
         for role, path in art.files.items():
@@ -251,6 +263,35 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     reports.append(SegmentReport(sid, cv.engine, "int8", len(s.nodes), time.perf_counter() - t0, size,
                                  accel.engine, reason))
     return Segment(sid, cv.engine, dict(cv.files), cv.inputs, cv.outputs, "int8", False, {}, None, reason)
+
+
+def _vendor_sim_verdict(accel: Any, job: ConversionJob, cplan: Any, expected: Any, tolerance: Tolerance | None,
+                        split_outputs: frozenset[str] | None, host_miss: Attempt | None, model_name: str,
+                        warnings: list[str]) -> None:
+    """The vendor simulator's outputs on the reference input, judged as every engine's are: they decide, not the host
+    int8 simulation (a stand-in for the accelerator's quantizer, which can be worse than the real one)."""
+    from edgesdk.runtime.reference import compare
+
+    got = accel.simulated_outputs(job, cplan)
+    what = f"{accel.engine} (the vendor's simulator of the compiled model)"
+    if not got:
+        raise ConversionFailed(job.segment, model_name, [*(x for x in (host_miss,) if x is not None), Attempt(
+            what, "int8", False, "run", "the simulator ran no sample (see the toolchain's log in the work folder)")])
+    tol = tolerance or TOLERANCES["int8"]
+    outs = [compare(o.name, [g[o.name] for g in got], [expected[o.name]], tol,
+                    split_outputs is None or o.name in split_outputs) for o in job.outputs]
+    worst = min(o.cosine_min for o in outs)
+    bad = [f"output {o.name!r}: " + ", ".join(o.problems) for o in outs if not o.ok]
+    if bad:
+        raise ConversionFailed(job.segment, model_name, [*(x for x in (host_miss,) if x is not None), Attempt(
+            what, "int8", False, "verify", "; ".join(bad), cosine=worst)])
+    if host_miss is not None:
+        warnings.append(f"segment {job.segment}: the host int8 simulation ({accel.scheme} scheme) misses the "
+                        f"tolerance (cosine {host_miss.cosine if host_miss.cosine is not None else float('nan'):.5f})"
+                        f" where {accel.vendor}'s own simulator of the compiled model meets it (cosine {worst:.5f}): "
+                        "the accelerator is judged by its simulator; the segment's CPU version (the host simulation) "
+                        "is below the tolerance, so `verify` on a machine without the accelerator and a board flashed "
+                        "with --fallback cpu will fail it")
 
 
 def _spec_of(ref: Any) -> IOSpec:
@@ -840,6 +881,12 @@ def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node
         task_ctx = _task_context(s, plan, ref_out, postprocess, pre)
         estimate = latency_estimate({n: m.costs[node_index[n]].flops for n in s.nodes},
                                     prof.accelerator.tops.value * 1e12, prof.peaks.cpu_fp32_gflops.value * 1e9)
+        if accel.vendor_simulator and accel.vendor_env().ok:
+            ip = _vendor_meets_target(accel, sid, s, seg_onnx, cal, seg_eval[s.index], feed,
+                                      {t.name: ref_env[t.name] for t in s.outputs}, eval_source, tgt, task_ctx, say)
+            if ip is not None:
+                plans.append(ip)
+                continue
         say(f"{sid}: --target on {accel.engine}: searching its host int8 simulation ({scheme} scheme)")
         ip = plan_int8(sid, seg_onnx, cal, ev, eval_source, "minmax", tgt, task_ctx, say, feed,
                        {t.name: ref_env[t.name] for t in s.outputs}, estimate, scheme=scheme)
@@ -849,6 +896,59 @@ def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node
                        "runs on the CPU")
         plans.append(ip)
     return keep, plans
+
+
+def _vendor_meets_target(accel: Any, sid: str, s: Any, seg_onnx: Path, cal: Path, seg_eval: Mapping[str, Any],
+                         feed: Mapping[str, Any], expected: Mapping[str, Any], eval_source: str | None,
+                         tgt: tuple[str, float], task_ctx: Any, say: Callable[[str], None]) -> Any:
+    """--target on an accelerator whose toolchain simulates its compiled model (RKNN): the whole segment compiled by
+    the vendor, with the vendor's own quantizer, judged on the evaluation samples by the search's judge. Returns the
+    segment's Int8Plan when that meets the target (nothing leaves the accelerator), else None (the host search
+    then chooses the layers to move to the CPU)."""
+    import numpy as np
+
+    from edgesdk.precision_plan import Int8Plan, _judge, write_npz
+    from edgesdk.quantize import SearchStep, _meets, _worst_cosine, load_samples
+
+    metric, value = tgt
+    samples = load_samples(write_npz(seg_onnx.parent / f"{sid}_{accel.engine}_vendor_eval.npz", seg_eval))
+    judge, _names, higher = _judge(metric, seg_onnx, samples, task_ctx)
+    feeds = {k: np.concatenate([feed[k], v]) for k, v in seg_eval.items()}  # the reference input first
+    work = seg_onnx.parent / f"{sid}_{accel.engine}_vendor_target"
+    work.mkdir(exist_ok=True)
+    ins = tuple(_spec_of(t) for t in s.inputs)
+    outs = tuple(_spec_of(t) for t in s.outputs)
+    with np.load(cal) as z:
+        n_cal = len(z[z.files[0]])
+    job = ConversionJob(sid, seg_onnx, work, "int8", ins, outs, CalibData(cal, n_cal),
+                        {"check_feeds": str(write_npz(work / "feeds.npz", feeds)), "accuracy_analysis": False,
+                         "simulate": False})
+    t0 = time.perf_counter()
+    say(f"{sid}: --target on {accel.engine}: the whole segment on {accel.vendor}'s own quantizer and simulator")
+    try:
+        cplan = accel.plan(job)
+        vend = accel.split(cplan)[1]
+        execute(replace(vend, writes=cplan.writes))  # the compiler alone (its driver and configs), no host simulation
+        got = accel.simulated_outputs(job, cplan) or []
+    except EdgeSDKError as exc:
+        say(f"{sid}: {accel.vendor} could not build it for the check ({str(exc).splitlines()[0][:200]}): the host "
+            "search decides")
+        return None
+    if len(got) != 1 + len(samples):
+        return None
+    v = float(judge(got[1:]))
+    size = cplan.outputs["model"].stat().st_size if cplan.outputs["model"].is_file() else 0
+    if not _meets(v, value, higher):
+        say(f"{sid}: {accel.vendor}'s simulator gives {metric} {v:.5f} with every layer on {accel.engine}: searching")
+        return None
+    ref_cos = _worst_cosine(list(expected), got[:1], [dict(expected)])
+    step = SearchStep((), v, int(size), True, None, f"{accel.engine} (vendor simulator)")
+    return Int8Plan(sid, f"{accel.vendor}'s own", "the vendor toolchain's quantizer", target=tgt,
+                    eval_source=eval_source, reference_cosine=ref_cos, seconds=time.perf_counter() - t0,
+                    notes=(f"{accel.vendor}'s simulator of the compiled segment meets --target {metric}={value:g} "
+                           f"({metric} {v:.5f} on {eval_source}) with every layer on {accel.engine}: nothing moves "
+                           "to the CPU; the host int8 simulation was not searched",),
+                    engine=f"{accel.engine} (vendor simulator)", confirm_steps=(step,), final_kept=())
 
 
 def _confirm_on_engine(ip: Any, engine: str, s: Any, seg_onnx: Path, ev: Path, task_ctx: Any, calib_data: CalibData,

@@ -112,6 +112,10 @@ class Int8Plan:
                           f"(the reference input scores {self.reference_cosine:.5f} on the host)")
             else:
                 s += f"; target {metric}={value:g} not reachable: {self.search.note}"
+        elif self.target is not None and self.confirm_steps and self.confirm_steps[-1].meets:
+            metric, value = self.target  # met on the engine's own build, no search needed (a vendor simulator)
+            s += (f"; target {metric}={value:g} met with nothing kept in float ({metric} {self.metric_value:.5f} "
+                  f"on {self.engine}, on {self.eval_source})") + "".join(f"; {n}" for n in self.notes)
         return s
 
     def to_dict(self) -> dict[str, Any]:

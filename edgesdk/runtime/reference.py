@@ -21,7 +21,9 @@ int8 that zeroes every score keeps a whole-tensor cosine of 0.998, and would pas
 such a tensor along each axis: the per-index scale (the reference's range over every other axis and sample)
 falls by at least `COMPONENT_GAP` (100x) from one group of indexes to the next, the smaller group is still above
 `COMPONENT_FLOOR` of the largest scale (below that it is numerically silent), and the two groups are a few
-contiguous blocks along that axis (concatenated heads, not scattered classes). Then each block is judged on its
+contiguous blocks along that axis (concatenated heads, not scattered classes), and the axis is the tensor's
+strictly shortest one (the features of 1 x 84 x N or 1 x N x 85; not H or W of a probability map, whose
+near-empty border is no separate quantity). Then each block is judged on its
 own, with the same tolerance relative to its own range (at least COMPONENT_REL_MIN), beside the whole tensor;
 over several samples its cosine is pooled (one vector over every sample), so a sample where the block is near
 silent weighs little. The split is a property of the reference only, so the same output is cut the same way on
@@ -176,9 +178,12 @@ def components(refs: Sequence[Any]) -> tuple[Component, ...]:
             else:
                 lo_hi[ax] = (np.minimum(lo_hi[ax][0], mn), np.maximum(lo_hi[ax][1], mx))
     best: tuple[float, int, Any, Any] | None = None
+    lens = [n for n in shape if n >= 2]
     for ax, n in enumerate(shape):
         if n < 2 or n > COMPONENT_MAX_AXIS:
             continue
+        if n != min(lens) or lens.count(n) > 1:
+            continue  # the features are the shortest axis; H and W of a map (ppocr-det's 640 x 640) are positions
         scale = (lo_hi[ax][1] - lo_hi[ax][0]).astype(np.float64)
         top = float(scale.max())
         if top <= 0:

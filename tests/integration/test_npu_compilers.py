@@ -111,6 +111,30 @@ def test_verify_rk3588_shows_rknn_accuracy_analysis_per_layer(rk_bundle):
     assert all(0.9 < x["cosine"] <= 1.0 for x in named), named  # the digits CNN quantizes well on the simulator
 
 
+def test_target_on_rk3588_asks_rknns_own_simulator_first(user_dir):
+    """--target on the RK3588: the whole segment built by RKNN-Toolkit2 and run on its simulator meets the target,
+    so no layer leaves the NPU and the host int8 search does not run."""
+    _need("rknn")
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+
+    cwd = os.getcwd()
+    os.chdir(user_dir)
+    try:
+        r = CliRunner().invoke(app, ["convert", str(MODEL), "--board", "rk3588", "-p", "int8", "--calib", "calib",
+                                     "--preprocess", "pre.yaml", "--target", "cosine=0.95", "-o", "bundle-target",
+                                     "--json"])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout[r.stdout.index("{"):])
+    assert [s["engine"] for s in res["segments"]] == ["rknn"]
+    (q,) = res["quantization"]
+    assert q["engine"] == "rknn (vendor simulator)" and q["kept_in_float"] == [] and q["search"] is None
+    assert q["metric"] >= 0.95 and q["engine_steps"][0]["meets"]
+
+
 def test_convert_imx93_compiles_with_vela_and_reports_its_placement_and_estimate(user_dir):
     _need("vela")
     res, out = _convert(user_dir, "imx93")

@@ -242,6 +242,7 @@ layer_name                                         simulator_error
 [Conv] /0/Conv_output_0
 [Relu] /2/Relu_output_0                   0.99996 | 0.90032   0.99996 | 0.90032
 [Conv] /11/GlobalAveragePool_2conv0       0.99986 | 1.02898   0.99999 | 0.20106
+[ConvTranspose] p2o.ConvTranspose.3        0.99272 | 3422.526860.99996 | 188.36549
 [exDataConvert] logits                    0.99979 | 0.49588   0.99999 | 0.07981
 """
 
@@ -251,7 +252,9 @@ def test_parse_accuracy_analysis_keeps_the_rows_with_figures():
 
     rows = parse_accuracy_analysis(ERROR_ANALYSIS)
     assert [r["tensor"] for r in rows] == ["image", "image_int8", "/2/Relu_output_0",
-                                          "/11/GlobalAveragePool_2conv0", "logits"]  # the fused Conv has none
+                                          "/11/GlobalAveragePool_2conv0", "p2o.ConvTranspose.3", "logits"]
+    # (the fused Conv has none; the ConvTranspose row is ppocr-det's, whose euclidean runs into the next cosine)
+    assert rows[4]["euclidean"] == 3422.52686 and rows[4]["single_cosine"] == 0.99996
     r = rows[2]
     assert r["op_type"] == "Relu" and r["cosine"] == 0.99996 and r["euclidean"] == 0.90032
     assert rows[3]["single_cosine"] == 0.99999 and rows[3]["single_euclidean"] == 0.20106
@@ -274,3 +277,29 @@ def test_the_board_wheelhouse_takes_rknn_toolkit_lite2_and_its_needs_from_the_re
     from edgesdk.deploy.wheelhouse import engine_packages
 
     assert engine_packages({"rknn"}) == ["rknn-toolkit-lite2==2.5.0", "psutil", "ruamel.yaml"]
+
+
+def test_the_vendor_simulator_decides_when_it_is_here(tmp_path):
+    """convert judges an accelerator with a vendor simulator by that simulator's outputs on the reference input:
+    a host-simulation miss is a warning when the simulator meets the tolerance, and a simulator miss refuses."""
+    from types import SimpleNamespace
+
+    from edgesdk.conversion import ConversionFailed, _vendor_sim_verdict
+    from edgesdk.convert_base import Attempt
+
+    ref = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 64)
+    job = ConversionJob("s0", tmp_path / "m.onnx", tmp_path, "int8", (IOSpec("x", (1, 3)),), (IOSpec("y", (1, 64)),),
+                        None)
+    host_miss = Attempt("rknn (host int8 simulation)", "int8", False, "verify", "cosine 0.9", cosine=0.9)
+    close = SimpleNamespace(engine="rknn", vendor="rknn-toolkit2", scheme="rknn",
+                            simulated_outputs=lambda j, p: [{"y": ref + 0.001}])
+    warnings: list[str] = []
+    _vendor_sim_verdict(close, job, None, {"y": ref}, None, None, host_miss, "m", warnings)
+    assert "misses the tolerance (cosine 0.90000)" in warnings[0] and "--fallback cpu" in warnings[0]
+    far = SimpleNamespace(**{**close.__dict__, "simulated_outputs": lambda j, p: [{"y": ref[:, ::-1].copy()}]})
+    with pytest.raises(ConversionFailed) as e:
+        _vendor_sim_verdict(far, job, None, {"y": ref}, None, None, None, "m", [])
+    assert "vendor's simulator" in str(e.value) and "output 'y'" in str(e.value)
+    none = SimpleNamespace(**{**close.__dict__, "simulated_outputs": lambda j, p: None})
+    with pytest.raises(ConversionFailed, match="ran no sample"):
+        _vendor_sim_verdict(none, job, None, {"y": ref}, None, None, host_miss, "m", [])

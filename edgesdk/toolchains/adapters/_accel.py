@@ -36,6 +36,9 @@ class AcceleratorAdapter(Adapter):
     #: roles the vendor compiler produces (the rest are made here)
     vendor_roles: ClassVar[tuple[str, ...]] = ("model",)
     install_hint: ClassVar[str] = ""
+    #: the vendor toolchain simulates its compiled model on the host (RKNN's PC simulator): with it here, its outputs
+    #: on convert's reference input are the accelerator's check (job option `check_feeds`, `simulated_outputs`)
+    vendor_simulator: ClassVar[bool] = False
 
     def __init__(self, venv: Path | None = None, python: str | None = None, vendor: str | None = None,
                  mode: str | None = None) -> None:
@@ -106,6 +109,11 @@ class AcceleratorAdapter(Adapter):
 
     def container_prefix(self) -> tuple[str, ...]:
         return ()
+
+    def simulated_outputs(self, job: ConversionJob, plan: ConversionPlan) -> list[dict[str, Any]] | None:
+        """The vendor simulator's outputs on job.options["check_feeds"] (a .npz of N samples per input), one dict per
+        sample; None without a vendor simulator."""
+        return None
 
     # -- the segment's CPU version -----------------------------------------------------------------------------
     def cpu_engine(self) -> str:

@@ -67,6 +67,23 @@ try:
         for o, a, b in zip(s.get_outputs(), got, ref):
             a = np.asarray(a, np.float64).ravel(); b = np.asarray(b, np.float64).ravel()
             report["cosine"][o.name] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    if cfg.get("check_feeds"):
+        # the simulator on the caller's own inputs (convert's reference input, --target's evaluation samples):
+        # its outputs are what the accelerator computes, judged by edgesdk like every engine's
+        if "init_runtime" not in report["rc"]:
+            report["rc"]["init_runtime"] = r.init_runtime()
+        feeds = np.load(cfg["check_feeds"])
+        names = cfg["input_names"]
+        count = len(feeds[feeds.files[0]])
+        outs = {}
+        for k in range(count):
+            xs = [np.ascontiguousarray(feeds[n][k:k + 1], np.float32) for n in names]
+            if cfg.get("mean") is not None:  # the .rknn normalizes: give it the pixels these inputs came from
+                xs = [x * np.asarray(cfg["std"][i], np.float32).reshape(1, -1, 1, 1)
+                      + np.asarray(cfg["mean"][i], np.float32).reshape(1, -1, 1, 1) for i, x in enumerate(xs)]
+            for j, y in enumerate(r.inference(inputs=xs, data_format="nchw")):
+                outs[f"{k}_{j}"] = np.asarray(y, np.float32)
+        np.savez(cfg["check_out"], **outs)
     if cfg.get("accuracy") and first:
         # per-layer: the simulator against the toolkit's float 'golden', on the first calibration sample; only the
         # table is kept (the per-tensor dumps under golden/ and simulator/ are as big as the activations)
@@ -175,8 +192,9 @@ def map_to_onnx(rows: Sequence[LayerRow], onnx_nodes: Sequence[tuple[str, Sequen
     return out
 
 
-_ACC_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<tensor>\S+)\s+(?P<ec>[0-9.]+)\s*\|\s*(?P<ee>[0-9.e+-]+)\s+"
-                      r"(?P<sc>[0-9.]+)\s*\|\s*(?P<se>[0-9.e+-]+)")
+#: figures are %.5f; a long euclidean runs into the next cosine ("3422.526860.99996"), so widths decide, not spaces
+_ACC_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<tensor>\S+)\s+(?P<ec>\d\.\d{5})\s*\|\s*(?P<ee>\d+\.\d{5})\s*"
+                      r"(?P<sc>\d\.\d{5})\s*\|\s*(?P<se>\d+\.\d{5})")
 
 
 def parse_accuracy_analysis(text: str) -> list[dict[str, Any]]:
@@ -212,7 +230,8 @@ class RknnAdapter(AcceleratorAdapter):
     scheme = "rknn"
     vendor_tools = ("rknn",)
     vendor_binary = "rknn-toolkit2"
-    vendor_roles = ("model", "log", "report", "accuracy")
+    vendor_roles = ("model", "log", "report", "accuracy", "check_out")
+    vendor_simulator = True
     install_hint = "edgesdk toolchain install rknn"
     precisions = ("int8", "fp16")
     unsupported: ClassVar[Mapping[str, str]] = {"fp32": "the RKNPU2 computes in int8 or fp16 (build(do_quantization=False) gives fp16)"}
@@ -249,6 +268,10 @@ class RknnAdapter(AcceleratorAdapter):
         if job.options.get("mean_values") is not None:
             cfg["mean"] = job.options["mean_values"]
             cfg["std"] = job.options.get("std_values")
+        if job.options.get("check_feeds"):
+            cfg["check_feeds"] = str(job.options["check_feeds"])
+            cfg["check_out"] = str(w / f"{job.segment}_rknn_check_out.npz")
+            cfg["input_names"] = [t.name for t in job.inputs]
         writes = [FileWrite(w / "rknn_driver.py", _DRIVER.encode(), "the rknn-toolkit2 driver run in the venv")]
         commands = []
         if job.calib is not None:
@@ -267,12 +290,25 @@ class RknnAdapter(AcceleratorAdapter):
         outputs = {"model": Path(cfg["rknn"]), "log": Path(cfg["log"]), "report": Path(cfg["report"])}
         if cfg["accuracy"]:
             outputs["accuracy"] = Path(cfg["accuracy"])
+        if cfg.get("check_out"):
+            outputs["check_out"] = Path(cfg["check_out"])
         if quant:  # the host int8 simulation: the segment's CPU version and what the conversion check measures
             commands.insert(0, self.sim_command(job))
             outputs["sim"] = self.sim_path(job)
         notes = ((f"RKNN {job.precision} for {cfg['target']}; inputs/outputs become int8 in the .rknn (rknn-toolkit2 "
                  "changes the default io dtype); the runtime takes float and converts"),)
         return ConversionPlan(self.id, self.engine, job.precision, tuple(writes), tuple(commands), outputs, notes)
+
+    def simulated_outputs(self, job: ConversionJob, plan: ConversionPlan) -> list[dict[str, Any]] | None:
+        """The simulator's outputs on job.options["check_feeds"] (one dict per sample, by output name)."""
+        import numpy as np
+
+        path = plan.outputs.get("check_out")
+        if path is None or not path.is_file():
+            return None
+        d = np.load(path)
+        count = len({k.split("_", 1)[0] for k in d.files})
+        return [{o.name: d[f"{k}_{j}"].reshape(o.shape) for j, o in enumerate(job.outputs)} for k in range(count)]
 
     def compiler_view(self, plan: ConversionPlan, onnx_nodes: Sequence[tuple[str, Sequence[str], Sequence[str]]] = ()
                       ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgesdk.errors import InputError
 from edgesdk.runtime.manifest import QuantParams, TensorSpec
+from edgesdk.toolchains.adapters._tflite_values import VALUE_MATCH
 from edgesdk.toolchains.adapters.base import Adapter, Artifact, ConversionJob, ConversionRefused, EnvStatus
 from edgesdk.toolchains.executor import Command, ConversionPlan, FileWrite
 
@@ -89,15 +90,14 @@ _SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "full_integer_quant"}
 # with one scale, what keeping it in float is for), and without the int8 round trip the quantizer still puts after a
 # kept op of fixed output range (drop_requantize). The report (cfg["report"]) names every node's tensors, the nodes it
 # could not map and why, and kept tensors left int8; describe() refuses on either.
-_MIXED = r'''
+_MIXED = VALUE_MATCH + r'''
 import json, sys
 import numpy as np
 cfg = json.load(open(sys.argv[1]))
-import onnx, onnxruntime as ort, tensorflow as tf
+import onnx, tensorflow as tf
 from tensorflow.lite.python import convert as tfl_convert
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-FUSED = {"Relu", "Clip", "Tanh", "BatchNormalization", "Add", "Sub", "Mul", "Div"}  # TFLite folds into the producer
 ins = cfg["inputs"]
 data = {i["alias"]: np.load(i["npy"]).astype(np.float32) for i in ins}
 count = min(len(a) for a in data.values())
@@ -124,78 +124,19 @@ for pos, i in enumerate(ins):
         sys.exit(f"the calibrated model has no input {i['alias']!r} (signature: {sorted(sig)})")
     it.set_tensor(idx, data[i["alias"]][:1])
 it.invoke()
-tensors = {t["index"]: t for t in it.get_tensor_details()}
-by_size = {}
-for op in it._get_ops_details():
-    for ti in op["outputs"]:
-        if ti < 0 or tensors[ti]["dtype"] not in (np.float32, np.float16):
-            continue
-        try:
-            v = it.get_tensor(ti)
-        except ValueError:
-            continue
-        by_size.setdefault(v.size, []).append((tensors[ti]["name"], np.sort(v.astype(np.float32).ravel())))
+by_size = float_tensors(it)
 outputs = {t["name"] for t in it.get_output_details()}
 
 m = onnx.load(cfg["onnx"])
-nodes = {n.name: n for n in m.graph.node}
-inits = {t.name for t in m.graph.initializer} | {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
-SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)  # If, Loop: may read outer tensors
-consumers, producer = {}, {o: n.name for n in m.graph.node for o in n.output}
-dynamic = {v.name for v in m.graph.input} - inits
-for n in m.graph.node:
-    for x in n.input:
-        consumers.setdefault(x, []).append(n)
-    if any(x in dynamic for x in n.input) or any(a.type in SUBGRAPH for a in n.attribute):
-        dynamic.update(n.output)
-
-def fused_into(t):
-    """The single consumer TFLite folds the op writing `t` into (its output then holds the values), else None."""
-    c = consumers.get(t, [])
-    if len(c) != 1 or c[0].op_type not in FUSED or len(c[0].output) != 1:
-        return None
-    others = [x for x in c[0].input if x and x != t]
-    if c[0].op_type in ("Add", "Sub", "Mul", "Div") and not all(x in inits for x in others):
-        return None
-    return c[0]
+nodes, inits, consumers, producer, dynamic = onnx_graph(m)
 
 wanted, chains = [], {}
 for name in cfg["exclude"]:
     n = nodes.get(name)
     for o in (n.output if n is not None else ()):
-        chain, cur = [o], o
-        for _ in range(3):
-            nxt = fused_into(cur)
-            if nxt is None:
-                break
-            cur = nxt.output[0]
-            chain.append(cur)
-        chains[o] = chain
-        wanted += [t for t in chain if t in dynamic]
-have = {v.name for v in m.graph.output}
-for t in dict.fromkeys(wanted):
-    if t not in have:
-        m.graph.output.append(onnx.ValueInfoProto(name=t))
-sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-feed = {}
-with np.load(cfg["arrays"]) as z:
-    for i in sess.get_inputs():
-        a = z[i.name][:1]
-        feed[i.name] = a.astype(np.float32) if i.type == "tensor(float)" else a
-values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
-
-def match(v):
-    """(TFLite tensors holding v's values, why none); None when v is not a float tensor (never quantized)."""
-    if not np.issubdtype(v.dtype, np.floating):
-        return None, ""
-    s = np.sort(v.astype(np.float32).ravel())
-    if s.size == 0 or s[0] == s[-1]:
-        return [], "its value is constant on the calibration sample, so its tensor cannot be told apart"
-    tol = 1e-3 * max(abs(float(s[0])), abs(float(s[-1])))
-    probe = [0, s.size // 2, s.size - 1]
-    return [nm for nm, t in by_size.get(s.size, ())
-            if float(np.abs(t[probe] - s[probe]).max()) <= tol and float(np.abs(t - s).max()) <= tol], \
-        "no TFLite tensor holds its values (onnx2tf rewrote or fused it)"
+        chains[o] = fused_chain(o, consumers, inits)
+        wanted += [t for t in chains[o] if t in dynamic]
+values = onnx_values(m, wanted, cfg["arrays"])
 
 kept, via, unmapped, unquantized = {}, {}, {}, []
 for name in cfg["exclude"]:
@@ -211,7 +152,7 @@ for name in cfg["exclude"]:
         if not o or o not in dynamic:
             continue
         for k, t in enumerate(chains[o]):
-            h, reason = match(values[t])
+            h, reason = match(values[t], by_size)
             if h is None:
                 ints += 1
                 break
