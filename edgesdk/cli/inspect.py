@@ -54,6 +54,9 @@ def inspect_cmd(
     no_prepare: bool = NO_PREPARE_OPTION,
     html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write a self-contained HTML report."),
     trust_model: bool = TRUST_MODEL_OPTION,
+    compiler: bool = typer.Option(False, "--compiler", help="Also run the board's vendor compiler (where it runs "
+                                  "here: rk3588's RKNN-Toolkit2) and show, node by node, where it disagrees with "
+                                  "edgesdk's op table."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show where each op of MODEL runs on a board, and why; the segments; an estimated latency.
@@ -69,11 +72,15 @@ def inspect_cmd(
       edgesdk inspect face.tflite --board coral-usb
 
       edgesdk inspect net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model
+
+      edgesdk inspect det.onnx --board rk3588 --input-shape images=1,3,640,640 --compiler
     """
     from edgesdk.graph.report import ESTIMATE_LABEL, compare_boards, inspect_model
 
     shapes = shapes_from(input_shape)
     if all_boards:
+        if compiler:
+            raise InputError("--compiler needs one --board, not --all-boards")
         if html is not None:
             raise InputError("--html needs one --board, not --all-boards")
         info: list = []
@@ -99,7 +106,10 @@ def inspect_cmd(
         return
     if board is None:
         raise InputError("give --board ID (see `edgesdk boards`) or --all-boards")
-    rep = inspect_model(model, board, shapes, min_island_share, not no_prepare, trust_model=trust_model)
+    if compiler and not json_out:
+        console.print(f"running the vendor compiler for {board} (this builds the model: seconds to minutes) ...")
+    rep = inspect_model(model, board, shapes, min_island_share, not no_prepare, trust_model=trust_model,
+                        compiler=compiler)
     if html is not None:
         from edgesdk.graph.html import write_html
 
@@ -144,6 +154,15 @@ def _print_report(rep) -> None:  # noqa: ANN001 - InspectReport, imported lazily
         console.print(f"vendor compiler alone ({cv['rule']}): {_pct(cv['accelerator_flops_share'])} of FLOPs on the "
                       f"accelerator; everything after {first['node']} ({first['op_type']}) stays on the CPU"
                       if first else "vendor compiler alone: the whole model maps to the accelerator")
+    if rep.compiler_run:
+        cr = rep.compiler_run
+        agree = f"{cr['agreement_percent']}%" if cr["agreement_percent"] is not None else "-"
+        console.print(f"vendor compiler ({cr['tool']}, run here in {cr['seconds']} s): {cr['mapped']} of {cr['nodes']} "
+                      f"nodes mapped, {len(cr['cpu_nodes'])} on the CPU, {_pct(cr['accelerator_flops_share_of_mapped'])} "
+                      f"of their FLOPs on the accelerator; agreement with edgesdk's table {agree}", highlight=False)
+        for x in cr["disagreements"]:
+            console.print(f"  {x['node']} ({x['op_type']}): edgesdk {x['edgesdk']}, compiler {x['compiler']}"
+                          f"{': ' + x['compiler_says'] if x['compiler_says'] else ''}", highlight=False)
     for f in rep.plan.folded:
         console.print(f"folded into the CPU: accelerator island {', '.join(f.nodes[:4])}"
                       f"{'...' if len(f.nodes) > 4 else ''} ({_pct(f.flops_share)} of FLOPs), saves "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ class InspectReport:
     edges: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: graph preparation (edgesdk.graph.prepare) as a dict, when the model went through it
     prepare: dict[str, Any] | None = None
+    #: inspect --compiler: what the vendor compiler, run here, did with each node (run_compiler)
+    compiler_run: dict[str, Any] | None = None
 
     @property
     def accelerator_flops_share(self) -> float | None:
@@ -184,6 +187,7 @@ class InspectReport:
             "rewrites": [r.to_dict() for r in self.rewrites],
             "prepare": self.prepare,
             "compiler_view": self.compiler_view,
+            "compiler_run": self.compiler_run,
             "notes": list(self.notes),
             "placements": list(self.node_placements),
         }
@@ -293,9 +297,11 @@ def build_report(a: Analysis) -> InspectReport:
 
 def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
-                  example_inputs: Any = None, trust_model: bool = False) -> InspectReport:
+                  example_inputs: Any = None, trust_model: bool = False, compiler: bool = False) -> InspectReport:
     """Open `path` (any input convert takes), prepare it, check and partition it for `board_id`, and report
-    (the `edgesdk inspect` command). trust_model: see edgesdk.frontends (TorchScript is code)."""
+    (the `edgesdk inspect` command). trust_model: see edgesdk.frontends (TorchScript is code). compiler: also run
+    the board's vendor compiler on the prepared model and report what it did (`compiler_run`), against edgesdk's
+    prediction, node by node."""
     from dataclasses import replace
 
     from edgesdk.graph.source import opened
@@ -303,8 +309,65 @@ def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[
     board = get_board(board_id)
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share))
-        return replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
-                       notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
+        rep = replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
+                      notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
+        if compiler:
+            rep = replace(rep, compiler_run=run_compiler(o.model, board, rep))
+        return rep
+
+
+def run_compiler(model: Model, board: BoardProfile, rep: InspectReport) -> dict[str, Any]:
+    """The board's vendor compiler run on `model` (inspect --compiler): its placement per node, mapped back to the
+    ONNX nodes, beside edgesdk's (the report's node_placements), with every disagreement. Raises InputError when the
+    board has no accelerator or its adapter cannot run the compiler here, with the fix."""
+    import tempfile
+
+    import onnx
+
+    from edgesdk.errors import InputError
+    from edgesdk.toolchains.adapters import accelerator_adapter_class
+    from edgesdk.toolchains.adapters.base import IOSpec
+
+    if board.accelerator is None:
+        raise InputError(f"--compiler: board {board.id} has no accelerator, so no vendor compiler")
+    adapter = accelerator_adapter_class(board.accelerator.engine)()
+    env = adapter.vendor_env()
+    if not env.ok:
+        raise InputError(f"--compiler: {adapter.vendor_binary} is not ready for board {board.id}: {env.detail} "
+                         f"(fix: {env.fix or adapter.install_hint})")
+
+    def spec(name: str) -> IOSpec:
+        t = model.tensors[name]
+        if t.shape is None or any(not isinstance(d, int) or d <= 0 for d in t.shape):
+            raise InputError(f"--compiler: tensor {name!r} has no static shape {t.shape}: pass --input-shape")
+        return IOSpec(name, tuple(int(d) for d in t.shape), t.dtype)
+
+    ins, outs = tuple(spec(n) for n in model.inputs), tuple(spec(n) for n in model.outputs)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgesdk-inspect-compiler-") as d:
+        onnx_path = Path(d) / "model.onnx"
+        onnx.save(model.proto, str(onnx_path))
+        placement = adapter.compiler_placement(onnx_path, Path(d), ins, outs)
+    if placement is None:
+        raise InputError(f"--compiler: edgesdk cannot run {adapter.vendor_binary} on its own for board {board.id} "
+                         "(only RKNN-Toolkit2's build gives a per-node table without a conversion); "
+                         f"`edgesdk convert --board {board.id}` runs it")
+    idx = {n.name: i for i, n in enumerate(model.nodes)}
+    ours = {p["node"]: p for p in rep.node_placements}
+    mapped = [n for n in ours if n in placement]
+    diffs = [{"node": n, "op_type": ours[n]["op_type"], "edgesdk": ours[n]["target"], "compiler": placement[n][0],
+              "compiler_says": placement[n][1], "edgesdk_says": list(ours[n]["reasons"])}
+             for n in mapped if (ours[n]["target"] == "accelerator") != (placement[n][0] == "accelerator")]
+    total = sum(model.costs[idx[n]].flops for n in mapped) or 1  # of the mapped nodes: a fused op's others are not
+    on_acc = sum(model.costs[idx[n]].flops for n in mapped if placement[n][0] == "accelerator")
+    return {"label": "vendor compiler", "tool": env.version or adapter.vendor, "seconds": round(time.perf_counter() - t0, 1),
+            "nodes": len(ours), "mapped": len(mapped), "unmapped": len(ours) - len(mapped),
+            "agreement_percent": round(100.0 * (len(mapped) - len(diffs)) / len(mapped), 1) if mapped else None,
+            "accelerator_flops_share_of_mapped": on_acc / total,
+            "cpu_nodes": [n for n in mapped if placement[n][0] == "cpu"],
+            "disagreements": diffs,
+            "note": "mapped: the nodes the compiler's per-op output names (a fused op is named after its first node); "
+                    "the others are unmapped, not counted as agreement"}
 
 
 @dataclass(frozen=True)

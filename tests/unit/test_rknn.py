@@ -303,3 +303,30 @@ def test_the_vendor_simulator_decides_when_it_is_here(tmp_path):
     none = SimpleNamespace(**{**close.__dict__, "simulated_outputs": lambda j, p: None})
     with pytest.raises(ConversionFailed, match="ran no sample"):
         _vendor_sim_verdict(none, job, None, {"y": ref}, None, None, host_miss, "m", [])
+
+
+def test_inspect_compiler_runs_rknn_and_compares_it_with_our_table(tmp_path, monkeypatch):
+    """`edgesdk inspect --board rk3588 --compiler` (from a user's directory): RKNN-Toolkit2 builds the model and
+    its placement is set beside edgesdk's, node by node."""
+    if not RknnAdapter().vendor_env().ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail("rknn toolchain not ready (scripts/setup.sh installs it)")
+        pytest.skip("rknn toolchain not ready")
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["inspect", "tiny.onnx", "--board", "rk3588", "--compiler", "--json"])
+    assert r.exit_code == 0, r.stdout
+    cr = json.loads(r.stdout)["compiler_run"]
+    assert cr["label"] == "vendor compiler" and cr["tool"].startswith("rknn-toolkit2")
+    assert cr["mapped"] >= 3 and "erf1" in cr["cpu_nodes"]  # RKNN runs Erf on the CPU
+    for d in cr["disagreements"]:
+        assert {"node", "op_type", "edgesdk", "compiler"} <= set(d) and d["edgesdk"] != d["compiler"]
+    assert cr["agreement_percent"] == round(100 * (cr["mapped"] - len(cr["disagreements"])) / cr["mapped"], 1)
+    r = CliRunner().invoke(app, ["inspect", "tiny.onnx", "--board", "rpi4", "--compiler"])
+    assert r.exit_code == 2 and "no accelerator" in r.output

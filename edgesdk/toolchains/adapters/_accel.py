@@ -115,6 +115,13 @@ class AcceleratorAdapter(Adapter):
         sample; None without a vendor simulator."""
         return None
 
+    def compiler_placement(self, onnx_path: Path, work: Path, inputs: Sequence[Any], outputs: Sequence[Any]
+                           ) -> dict[str, tuple[str, str]] | None:
+        """What the vendor compiler itself does with each node of `onnx_path` (static shapes): node -> ("accelerator"
+        | "cpu", its words), for the nodes its output can be mapped back to. None when this adapter cannot run its
+        compiler for that here (`edgesdk inspect --compiler`)."""
+        return None
+
     # -- the segment's CPU version -----------------------------------------------------------------------------
     def cpu_engine(self) -> str:
         """The engine of this accelerator's CPU version: its toolchain record's `fallback_engine` (onnxruntime when

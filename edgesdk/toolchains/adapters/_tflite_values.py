@@ -53,7 +53,8 @@ def onnx_graph(m):
     import onnx
 
     nodes = {n.name: n for n in m.graph.node}
-    inits = {t.name for t in m.graph.initializer} | {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    inits = {t.name for t in m.graph.initializer}
+    inits |= {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
     subgraph = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)  # If, Loop: may read outer tensors
     consumers, producer = {}, {o: n.name for n in m.graph.node for o in n.output}
     dynamic = {v.name for v in m.graph.input} - inits

@@ -299,6 +299,34 @@ class RknnAdapter(AcceleratorAdapter):
                  "changes the default io dtype); the runtime takes float and converts"),)
         return ConversionPlan(self.id, self.engine, job.precision, tuple(writes), tuple(commands), outputs, notes)
 
+    def compiler_placement(self, onnx_path: Path, work: Path, inputs: Sequence[Any], outputs: Sequence[Any]
+                           ) -> dict[str, tuple[str, str]] | None:
+        """Build `onnx_path` for the RK3588 (int8, 4 random calibration samples: placement does not depend on the
+        values; no simulator, no accuracy analysis) and read the layer table, mapped to ONNX nodes."""
+        if not self.vendor_env().ok:
+            return None
+        import numpy as np
+        import onnx
+
+        from edgesdk.toolchains.adapters.base import CalibData
+        from edgesdk.toolchains.executor import execute
+
+        rng = np.random.default_rng(0)
+        calib = work / "placement_calib.npz"
+        np.savez(calib, **{t.name: rng.uniform(0, 1, (4, *t.shape[1:])).astype(np.float32) for t in inputs})
+        job = ConversionJob("placement", onnx_path, work, "int8", tuple(inputs), tuple(outputs), CalibData(calib, 4),
+                            {"simulate": False, "accuracy_analysis": False})
+        plan = self.plan(job)
+        vend = self.split(plan)[1]
+        execute(ConversionPlan(vend.toolchain, vend.engine, vend.precision, plan.writes, vend.commands, vend.outputs,
+                               vend.notes))
+        m = onnx.load(str(onnx_path), load_external_data=False)
+        view = self.compiler_view(plan, [(n.name, list(n.input), list(n.output)) for n in m.graph.node])
+        ops = {n: r for r in view["rows"] for n in r["onnx_nodes"]}
+        return {n: ("accelerator" if t == "npu" else "cpu",
+                    f"rknn-toolkit2 layer table: {ops[n]['op']} on the {t.upper()}" if n in ops else "")
+                for n, t in view["placement"].items()}
+
     def simulated_outputs(self, job: ConversionJob, plan: ConversionPlan) -> list[dict[str, Any]] | None:
         """The simulator's outputs on job.options["check_feeds"] (one dict per sample, by output name)."""
         import numpy as np
