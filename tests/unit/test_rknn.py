@@ -330,3 +330,40 @@ def test_inspect_compiler_runs_rknn_and_compares_it_with_our_table(tmp_path, mon
     assert cr["agreement_percent"] == round(100 * (cr["mapped"] - len(cr["disagreements"])) / cr["mapped"], 1)
     r = CliRunner().invoke(app, ["inspect", "tiny.onnx", "--board", "rpi4", "--compiler"])
     assert r.exit_code == 2 and "no accelerator" in r.output
+
+
+def test_mean_and_std_folded_into_the_rknn_take_pixels_back(tmp_path):
+    """Segment options mean_values/std_values: RKNN normalizes on the NPU, so every array the driver gives it (the
+    calibration dataset, the simulator check, check_feeds) is turned back into pixels; the outputs still match
+    onnxruntime on the normalized inputs."""
+    a = RknnAdapter()
+    if not a.vendor_env().ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail("rknn toolchain not ready (scripts/setup.sh installs it)")
+        pytest.skip("rknn toolchain not ready")
+    import json
+
+    import onnxruntime as ort
+
+    from edgesdk.toolchains.executor import execute
+
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    rng = np.random.default_rng(3)
+    pixels = rng.uniform(0, 255, (6, 3, 16, 16)).astype(np.float32)
+    normed = ((pixels - 127.5) / 64.0).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=normed[:4])
+    np.savez(tmp_path / "feeds.npz", x=normed[4:])
+    job = ConversionJob("s0", tmp_path / "tiny.onnx", tmp_path, "int8", (IOSpec("x", (1, 3, 16, 16)),),
+                        (IOSpec("y", (1, 10)),), CalibData(tmp_path / "calib.npz", 4),
+                        {"mean_values": [[127.5] * 3], "std_values": [[64.0] * 3], "accuracy_analysis": False,
+                         "check_feeds": str(tmp_path / "feeds.npz")})
+    plan = a.plan(job)
+    execute(plan)
+    assert float(np.load(tmp_path / "s0_rknn_calib" / "0_0.npy").max()) > 100  # the dataset is pixels
+    assert json.loads(plan.outputs["report"].read_text())["cosine"]["y"] > 0.99
+    got = a.simulated_outputs(job, plan)
+    s = ort.InferenceSession(str(tmp_path / "tiny.onnx"))
+    for k, g in enumerate(got):
+        ref = s.run(None, {"x": normed[4 + k:5 + k]})[0].ravel()
+        y = g["y"].ravel()
+        assert float(y @ ref / (np.linalg.norm(y) * np.linalg.norm(ref))) > 0.99

@@ -264,7 +264,7 @@ class RknnAdapter(AcceleratorAdapter):
             and quant else None,
         }
         # The calibration arrays are model inputs already: no normalization unless asked (then the .rknn takes
-        # raw pixels and the dataset must be raw pixels too).
+        # raw pixels: the dataset, the simulator check and check_feeds are given the pixels back, x * std + mean).
         if job.options.get("mean_values") is not None:
             cfg["mean"] = job.options["mean_values"]
             cfg["std"] = job.options.get("std_values")
@@ -277,7 +277,7 @@ class RknnAdapter(AcceleratorAdapter):
         if job.calib is not None:
             cfg["dataset"] = str(w / f"{job.segment}_rknn_dataset.txt")
             split = ("-c", _SPLIT, str(job.calib.arrays), str(w / f"{job.segment}_rknn_calib"), cfg["dataset"],
-                     ",".join(s.name for s in job.inputs))
+                     ",".join(s.name for s in job.inputs), json.dumps([cfg.get("mean"), cfg.get("std")]))
             commands.append(Command("rknn", (str(self.python), *split), cwd=w, timeout=600,
                                     purpose="calibration .npz -> one NCHW .npy per sample and input (dataset list)"))
             cfg["samples_from"] = cfg["dataset"]
@@ -378,16 +378,21 @@ class RknnAdapter(AcceleratorAdapter):
                         notes=tuple(notes))
 
 
-#: `-c _SPLIT CALIB.npz OUTDIR LIST.txt in1,in2`: one .npy (1 x sample shape) per sample and input, a dataset list.
+#: `-c _SPLIT CALIB.npz OUTDIR LIST.txt in1,in2 [MEAN,STD]`: one .npy (1 x sample shape) per sample and input, a
+#: dataset list. With mean/std (the .rknn normalizes), the model inputs are turned back into the pixels they came from.
 _SPLIT = r'''
-import os, sys, numpy as np
+import json, os, sys, numpy as np
 npz, out, lst, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+mean, std = json.loads(sys.argv[5]) if len(sys.argv) > 5 else (None, None)
 os.makedirs(out, exist_ok=True); d = np.load(npz); arrs = [d[n] if n in d else d[d.files[i]] for i, n in enumerate(names)]
 lines = []
 for k in range(len(arrs[0])):
     ps = []
     for i, a in enumerate(arrs):
-        p = os.path.join(out, f"{k}_{i}.npy"); np.save(p, a[k:k+1].astype(np.float32)); ps.append(p)
+        x = a[k:k+1].astype(np.float32)
+        if mean is not None:
+            x = x * np.asarray(std[i], np.float32).reshape(1, -1, 1, 1) + np.asarray(mean[i], np.float32).reshape(1, -1, 1, 1)
+        p = os.path.join(out, f"{k}_{i}.npy"); np.save(p, x); ps.append(p)
     lines.append(" ".join(ps))
 open(lst, "w").write("\n".join(lines) + "\n")
 '''
