@@ -51,16 +51,18 @@ def install_cmd(
 @toolchain_app.command("status")
 @handle_errors
 def status_cmd(json_out: bool = JSON_OPTION) -> None:
-    """Whether each CPU converter is ready, with its version, or the command that fixes it."""
-    from edgesdk.toolchains.adapters import CPU_ENGINES, get_adapter
+    """Whether each CPU converter and each accelerator's vendor compiler is ready, with its version, or the command
+    that fixes it. A missing vendor compiler is not an error: convert then stops at it and writes the commands."""
+    from edgesdk.toolchains.adapters import ACCELERATOR_ADAPTERS, CPU_ENGINES, accelerator_adapter_class, get_adapter
 
-    rows = [get_adapter(e).check_env() for e in CPU_ENGINES]
+    rows = [("cpu", get_adapter(e).check_env()) for e in CPU_ENGINES]
+    rows += [("accelerator", accelerator_adapter_class(e)().vendor_env()) for e in ACCELERATOR_ADAPTERS]
     if json_out:
-        print_json([{"toolchain": r.toolchain, "ok": r.ok, "version": r.version, "detail": r.detail, "fix": r.fix}
-                    for r in rows])
+        print_json([{"toolchain": r.toolchain, "kind": k, "ok": r.ok, "version": r.version, "detail": r.detail,
+                     "fix": r.fix} for k, r in rows])
         return
-    for r in rows:
-        mark = "[green]ok[/]" if r.ok else "[red]missing[/]"
+    for k, r in rows:
+        mark = "[green]ok[/]" if r.ok else ("[red]missing[/]" if k == "cpu" else "[yellow]not here[/]")
         console.print(f"  {r.toolchain:<12} {mark}  {r.detail}" + (f"   fix: {r.fix}" if r.fix else ""),
                       highlight=False)
 

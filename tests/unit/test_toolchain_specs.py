@@ -154,3 +154,20 @@ def test_one_record_per_toolchain_drives_its_adapter_and_engine(tid):
         from edgesdk.toolchains.adapters import CPU_ENGINES, adapter_class
 
         assert tid == spec.engine and tid in CPU_ENGINES and adapter_class(tid) is adapter
+
+
+def test_toolchain_status_lists_every_record_with_its_kind():
+    """`edgesdk toolchain status --json`: the CPU converters and the vendor compilers, one row per record."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+    from edgesdk.toolchains.spec import list_toolchains
+
+    r = CliRunner().invoke(app, ["toolchain", "status", "--json"])
+    assert r.exit_code == 0, r.stdout
+    rows = {x["toolchain"]: x for x in json.loads(r.stdout)}
+    assert set(rows) == {s.id for s in list_toolchains()}
+    for s in list_toolchains():
+        assert rows[s.id]["kind"] == s.kind and (rows[s.id]["ok"] or rows[s.id]["fix"])
