@@ -1,12 +1,25 @@
-"""Check edgesdk's op tables against the vendor compiler (issue 15, item 4): per node, the placement edgesdk predicts
-for the RK3588 NPU (toolchains/rknn/ops.yaml through edgesdk.graph.support) against what RKNN-Toolkit2 2.5.0 did
-(its per-op layer table, mapped back to ONNX nodes by the rknn adapter).
+"""Check edgesdk's op tables against the vendor compilers (issue 15, item 4): per node, the placement edgesdk predicts
+(edgesdk.graph.support over the board's op table) against what the compiler did.
 
-    .venv/bin/python scripts/compiler_agreement.py [--zoo ppocr-cls,ppocr-rec,...] [model.onnx ...] [--json]
+- rk3588: toolchains/rknn/ops.yaml against RKNN-Toolkit2 2.5.0 (its per-op layer table, mapped back to ONNX nodes by
+  the rknn adapter).
+- imx93: toolchains/vela/ops.yaml against vela 5.2.0 (Ethos-U65-256): the tflite toolchain's full-integer int8 TFLite
+  (onnx2tf), compiled by vela with --show-cpu-operations (per TFLite op NPU/CPU, named by the op's output tensor).
+  onnx2tf names TFLite tensors after Keras layers, so each ONNX node is found in onnx2tf's float32 TFLite by value
+  (edgesdk/toolchains/adapters/_tflite_values.py, as the tflite adapter's mixed precision does), and the float32
+  TFLite's ops are aligned with the int8 TFLite's (same op sequence; names differ). A TFLite op vela does not list
+  was fused into a neighbouring NPU op (PAD into CONV_2D, CONV_2D + HARD_SWISH) or removed (RESHAPE): it counts as
+  NPU. Also per model: vela's estimated ms (NPU only, static), edgesdk's own roofline estimate for imx93 (what
+  `edgesdk inspect --board imx93` shows), and the int8 TFLite (interpreter, host) against onnxruntime fp32 (cosine)
+  on the first calibration sample.
 
-Each model is prepared as `edgesdk convert` prepares it (onnxslim), then built for rk3588 with int8 on 4 random
-calibration samples (placement does not depend on the values). Nodes the compiler fused or renamed beyond mapping
-are counted apart ("unmapped"), not as agreement. Prints a Markdown table and every disagreement.
+    .venv/bin/python scripts/compiler_agreement.py [--board rk3588|imx93|all] [--zoo ppocr-cls,ppocr-rec,...]
+        [model.onnx ...] [--json]
+
+Each model is prepared as `edgesdk convert` prepares it (onnxslim), then built int8 on 4 random calibration samples
+(placement does not depend on the values; cosines on random input are smoke numbers, not accuracy). Nodes that cannot
+be mapped to a compiler op are counted apart ("unmapped"), not as agreement. Prints Markdown tables and every
+disagreement.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,17 +48,17 @@ def _zoo(ids: str) -> dict[str, tuple[Path, dict[str, tuple[int, ...]]]]:
     return {k: (Path(v), dict(zf.parse_shape(x) for x in entries[k].get("inputs", []))) for k, v in paths.items()}
 
 
-def agreement(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None = None
-              ) -> dict[str, object]:
+def _prepared(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None, board_id: str,
+              options: dict[str, Any]) -> tuple[Any, Any, dict[str, str], Any]:
+    """The model as convert prepares it, the board, edgesdk's predicted placement (node -> npu|cpu) and an int8
+    ConversionJob of the whole model on 4 random calibration samples."""
     from edgesdk.boards import get_board
     from edgesdk.graph.load import load_model
     from edgesdk.graph.prepare import prepare
     from edgesdk.graph.support import check_support
     from edgesdk.toolchains.adapters.base import CalibData, ConversionJob, IOSpec
-    from edgesdk.toolchains.adapters.rknn import RknnAdapter
-    from edgesdk.toolchains.executor import execute
 
-    board = get_board("rk3588")
+    board = get_board(board_id)
     m = prepare(load_model(path, shapes or None)).model
     predicted = {p.node: ("npu" if p.target == "accelerator" else "cpu") for p in check_support(m, board).placements}
     onnx_path = work / f"{name}.onnx"
@@ -59,7 +73,17 @@ def agreement(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ..
     np.savez(work / f"{name}_calib.npz", **arrays)
     outs = tuple(IOSpec(o, tuple(int(d) for d in m.tensors[o].shape)) for o in m.outputs)
     job = ConversionJob(name, onnx_path, work, "int8", tuple(ins), outs, CalibData(work / f"{name}_calib.npz", 4),
-                        {"simulate": True})
+                        options)
+    return m, board, predicted, job
+
+
+def agreement(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None = None
+              ) -> dict[str, object]:
+    """rk3588: edgesdk's placement against RKNN-Toolkit2's layer table."""
+    from edgesdk.toolchains.adapters.rknn import RknnAdapter
+    from edgesdk.toolchains.executor import execute
+
+    m, _, predicted, job = _prepared(name, path, work, shapes, "rk3588", {"simulate": True})
     a = RknnAdapter()
     plan = a.plan(job)
     execute(plan)
@@ -72,32 +96,205 @@ def agreement(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ..
     diffs = [{"node": n, "op": ops.get(n, "?"), "edgesdk": predicted[n], "rknn": actual[n]}
              for n in both if predicted[n] != actual[n]]
     npu = sum(1 for v in actual.values() if v == "npu")
-    return {"model": name, "nodes": len(predicted), "mapped": len(both), "unmapped": len(predicted) - len(both),
+    return {"board": "rk3588", "model": name, "nodes": len(predicted), "mapped": len(both),
+            "unmapped": len(predicted) - len(both),
             "agreement": round(100.0 * len(agree) / len(both), 1) if both else None,
             "npu_share_compiler": round(100.0 * npu / len(actual), 1) if actual else None,
             "simulator_cosine": rep.get("cosine", {}), "disagreements": diffs}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="*", type=Path)
-    ap.add_argument("--zoo", default="", help="comma-separated zoo ids (scripts/zoo_models.yaml)")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
-    todo = {p.stem: (p, {}) for p in a.models}
-    if a.zoo:
-        todo.update(_zoo(a.zoo))
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for name, (p, shapes) in todo.items():
-            try:
-                rows.append(agreement(name, p, Path(d), shapes))
-            except Exception as exc:  # a model the compiler refuses is a row, not the end of the run
-                rows.append({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
-            print(f"{name}: done", file=sys.stderr)
-    if a.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+# -- imx93: vela --------------------------------------------------------------------------------------------------
+
+# Run in the tflite venv after VALUE_MATCH (argv[1]: JSON config). Each ONNX node's outputs (or the consumer TFLite fuses
+# them into) found by value in onnx2tf's float32 TFLite, then the float32 TFLite's ops aligned with the int8 TFLite's
+# (the same converter run: the same op sequence, other fused tensor names) to name the int8 op vela saw.
+_VELA_MAP = r'''
+import difflib, json, sys
+import onnx
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+cfg = json.load(open(sys.argv[1]))
+
+
+def load(path, keep):
+    it = Interpreter(model_path=path, experimental_preserve_all_tensors=keep,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it
+
+
+def op_rows(it):
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    return [(o["op_name"], t[o["outputs"][0]]["name"], tuple(int(x) for x in t[o["outputs"][0]]["shape"]))
+            for o in it._get_ops_details() if len(o["outputs"]) and o["outputs"][0] >= 0]
+
+
+fl = load(cfg["float"], True)
+sig = fl._get_full_signature_list().get("serving_default", {}).get("inputs", {})
+details = fl.get_input_details()
+for pos, i in enumerate(cfg["inputs"]):
+    idx = sig.get(i["alias"], details[pos]["index"] if len(details) == len(cfg["inputs"]) else None)
+    if idx is None:
+        sys.exit(f"the float TFLite has no input {i['alias']!r} (signature: {sorted(sig)})")
+    fl.set_tensor(idx, np.load(i["npy"]).astype(np.float32)[:1])
+fl.invoke()
+by_size = float_tensors(fl)
+frows, qrows = op_rows(fl), op_rows(load(cfg["int8"], False))
+to_int8 = {}
+sm = difflib.SequenceMatcher(a=[(r[0], r[2]) for r in frows], b=[(r[0], r[2]) for r in qrows], autojunk=False)
+for blk in sm.get_matching_blocks():
+    for k in range(blk.size):
+        to_int8[frows[blk.a + k][1]] = qrows[blk.b + k][1]
+
+m = onnx.load(cfg["onnx"])
+nodes, inits, consumers, producer, dynamic = onnx_graph(m)
+chains = {o: fused_chain(o, consumers, inits) for n in m.graph.node for o in n.output if o in dynamic}
+values = onnx_values(m, [t for c in chains.values() for t in c], cfg["arrays"])
+out = {}
+for n in m.graph.node:
+    hits, why, via = [], [], None
+    for o in (o for o in n.output if o in chains):
+        for k, t in enumerate(chains[o]):
+            h, reason = match(values[t], by_size)
+            if h is None:
+                why.append(f"output {o!r} is not a float tensor (no quantized TFLite op of its own)")
+                break
+            if h:
+                q = [to_int8[x] for x in h if x in to_int8]
+                if not q:
+                    why.append(f"output {o!r}: its float32 TFLite op(s) have no counterpart in the int8 TFLite")
+                hits += q
+                via = producer[t] if k else via
+                break
+        else:
+            why.append(f"output {o!r}: {reason}")
+    if not any(o in dynamic for o in n.output):
+        why = ["it computes a constant (folded into a weight)"]
+    out[n.name] = {"tensors": list(dict.fromkeys(hits)), "why": "; ".join(why), "via": via}
+json.dump({"nodes": out, "int8_ops": [[r[0], r[1]] for r in qrows], "aligned": len(to_int8), "float_ops": len(frows)},
+          open(cfg["out"], "w"), indent=1)
+'''
+
+
+def _vela_placement(mapping: dict, vela_ops: list[dict]) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """ONNX node -> (npu|cpu, vela op(s), reason) for the nodes mapped to int8 TFLite ops; node -> why for the rest.
+
+    A TFLite op vela does not list was fused into a neighbouring NPU op or removed by vela's graph optimiser (vela
+    passes every op it cannot run to the CPU under its own name): NPU. A node whose values several TFLite ops hold (a
+    RESHAPE or TRANSPOSE that only moves them, an op fused into its producer) takes their placement when they agree;
+    when they do not, the nodes sharing those ops are matched to them in graph order if the counts agree, else the
+    node is unmapped (ambiguous)."""
+    listed: dict[str, list[dict]] = {}
+    for o in vela_ops:
+        listed.setdefault(o["name"], []).append(o)
+    order = {name: k for k, (_, name) in enumerate(mapping["int8_ops"])}
+
+    def where(t: str) -> tuple[str, str, str]:
+        rows = listed.get(t)
+        if not rows:
+            return "npu", "(fused/removed by vela)", ""
+        tgt = "cpu" if any(r["target"] == "cpu" for r in rows) else "npu"
+        return tgt, "+".join(dict.fromkeys(r["op"] for r in rows)), "; ".join(
+            dict.fromkeys(r["reason"] for r in rows if r["reason"]))
+
+    placed: dict[str, tuple[str, str, str]] = {}
+    unmapped: dict[str, str] = {}
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for node, r in mapping["nodes"].items():
+        ts = sorted(r["tensors"], key=lambda t: order.get(t, 1 << 30))
+        if not ts:
+            unmapped[node] = r["why"] or "not found in the TFLite"
+            continue
+        ws = [where(t) for t in ts]
+        if len({w[0] for w in ws}) == 1:
+            placed[node] = (ws[0][0], "+".join(dict.fromkeys(w[1] for w in ws)),
+                            "; ".join(dict.fromkeys(w[2] for w in ws if w[2])))
+        else:
+            groups.setdefault(tuple(ts), []).append(node)
+    for ts, group in groups.items():
+        if len(group) == len(ts):  # nodes in graph order, ops in TFLite order
+            placed.update({node: where(t) for node, t in zip(group, ts)})
+        else:
+            unmapped.update({node: f"ambiguous: its values are in {len(ts)} TFLite ops that vela placed differently"
+                             for node in group})
+    return placed, unmapped
+
+
+def _cosines(a: Any, job: Any, plan: Any, m: Any) -> dict[str, Any]:
+    """int8 TFLite (LiteRT interpreter, host) against onnxruntime fp32, per output, on the first calibration sample."""
+    import onnxruntime as ort
+
+    from edgesdk.runtime.reference import cosine
+    from edgesdk.toolchains.check import run_artifact
+
+    with np.load(job.calib.arrays) as z:
+        feed = {k: z[k][:1] for k in z.files}
+    try:
+        ins, outs = a.tflite_io(job, plan)
+        got = run_artifact("tflite", {"model": plan.outputs["tflite"]}, ins, outs, {}, [feed])[0]
+    except Exception as exc:  # noqa: BLE001 - the placement is still measured; the cosine says why it is missing
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    sess = ort.InferenceSession(m.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    return {k: round(cosine(got[k], ref[k]), 4) for k in got}
+
+
+def agreement_vela(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None = None
+                   ) -> dict[str, object]:
+    """imx93: edgesdk's placement against vela's, per ONNX node; vela's and edgesdk's estimates; int8 cosine."""
+    import subprocess
+    from dataclasses import replace
+
+    from edgesdk.graph.report import analyze, build_report
+    from edgesdk.toolchains.adapters._tflite_values import VALUE_MATCH
+    from edgesdk.toolchains.adapters.tflite import _safe, io_aliases
+    from edgesdk.toolchains.adapters.vela import VelaAdapter
+    from edgesdk.toolchains.executor import execute
+
+    m, board, predicted, job = _prepared(name, path, work, shapes, "imx93", {})
+    a = VelaAdapter()
+    plan = a.plan(job)
+    # the host int8 simulation (convert's CPU version of the segment) is not what is measured here
+    plan = replace(plan, commands=tuple(c for c in plan.commands if c.tool != "onnxruntime"),
+                   outputs={k: v for k, v in plan.outputs.items() if k != "sim"})
+    execute(plan)
+    rep = a.report(plan)
+    tfl = plan.outputs["tflite"]
+    alias = io_aliases([t.name for t in (*job.inputs, *job.outputs)])
+    cfg = {"float": str(tfl.with_name(tfl.name.replace("_full_integer_quant", "_float32"))), "int8": str(tfl),
+           "onnx": str(job.onnx), "arrays": str(job.calib.arrays), "out": str(work / f"{name}_vela_map.json"),
+           "inputs": [{"alias": alias[i.name], "npy": str(work / f"{name}_calib_{_safe(i.name)}.npy")}
+                      for i in job.inputs]}
+    (work / f"{name}_vela_map.cfg.json").write_text(json.dumps(cfg, indent=1))
+    (work / f"{name}_vela_map.py").write_text(VALUE_MATCH + _VELA_MAP)
+    r = subprocess.run([str(a.tflite.python), str(work / f"{name}_vela_map.py"),
+                        str(work / f"{name}_vela_map.cfg.json")],
+                       capture_output=True, text=True, timeout=1800, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"mapping by value failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    mapping = json.loads(Path(cfg["out"]).read_text())
+    placed, unmapped = _vela_placement(mapping, rep["ops"])
+    both = [n for n in predicted if n in placed]
+    agree = [n for n in both if predicted[n] == placed[n][0]]
+    ops = {n.name: n.op_type for n in m.proto.graph.node}
+    diffs = [{"node": n, "op": ops.get(n, "?"), "edgesdk": predicted[n], "vela": placed[n][0],
+              "vela_op": placed[n][1], "reason": placed[n][2]} for n in both if predicted[n] != placed[n][0]]
+    est = build_report(analyze(m, board))
+    npu_ms = sum(e.ms for e in est.estimates if e.target == "accelerator")
+    total_ops = rep["npu_ops"] + rep["cpu_ops"]
+    return {"board": "imx93", "model": name, "nodes": len(predicted), "mapped": len(both),
+            "unmapped": len(predicted) - len(both),
+            "agreement": round(100.0 * len(agree) / len(both), 1) if both else None,
+            "npu_share_vela_ops": round(100.0 * rep["npu_ops"] / total_ops, 1) if total_ops else None,
+            "vela_npu_ops": rep["npu_ops"], "vela_cpu_ops": rep["cpu_ops"],
+            "vela_ms": rep["estimate"].get("inference_ms"), "edgesdk_ms": round(est.estimate_ms, 3),
+            "edgesdk_npu_ms": round(npu_ms, 3), "int8_cosine": _cosines(a, job, plan, m),
+            "tflite_ops_aligned": f"{mapping['aligned']}/{mapping['float_ops']}",
+            "fused_by_vela": sum(1 for n in both if placed[n][1] == "(fused/removed by vela)"),
+            "unmapped_why": dict(sorted(unmapped.items())), "disagreements": diffs}
+
+
+def _print_rk3588(rows: list[dict]) -> None:
     print("| model | nodes | mapped | agreement | NPU share (compiler) | simulator cosine |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -105,10 +302,68 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['model']} | - | - | - | - | {r['error']} |")
             continue
         cos = ", ".join(f"{v:.4f}" for v in r["simulator_cosine"].values()) or "-"
-        print(f"| {r['model']} | {r['nodes']} | {r['mapped']} | {r['agreement']}% | {r['npu_share_compiler']}% | {cos} |")
+        print(f"| {r['model']} | {r['nodes']} | {r['mapped']} | {r['agreement']}% | {r['npu_share_compiler']}% "
+              f"| {cos} |")
     for r in rows:
         for x in r.get("disagreements", []):
             print(f"- {r['model']}: {x['node']} ({x['op']}): edgesdk {x['edgesdk']}, rknn {x['rknn']}")
+
+
+def _print_imx93(rows: list[dict]) -> None:
+    print("| model | ONNX nodes | mapped | agreement | NPU share (vela, ops) | vela est. ms (NPU) | edgesdk est. ms "
+          "(total / NPU part) | int8 TFLite vs fp32 cosine |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | - | - | - | - | - | - | {r['error']} |")
+            continue
+        cos = ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r["int8_cosine"].values()) or "-"
+        vms = "-" if r["vela_ms"] is None else f"{r['vela_ms']:.3f}"
+        print(f"| {r['model']} | {r['nodes']} | {r['mapped']} | {r['agreement']}% | {r['npu_share_vela_ops']}% "
+              f"({r['vela_npu_ops']}/{r['vela_npu_ops'] + r['vela_cpu_ops']}) | {vms} | "
+              f"{r['edgesdk_ms']:.3f} / {r['edgesdk_npu_ms']:.3f} | {cos} |")
+    for r in rows:
+        for x in r.get("disagreements", []):
+            why = f": {x['reason']}" if x["reason"] else ""
+            print(f"- {r['model']}: {x['node']} ({x['op']}): edgesdk {x['edgesdk']}, vela {x['vela']} "
+                  f"({x['vela_op']}){why}")
+
+
+BOARDS = {"rk3588": (agreement, _print_rk3588), "imx93": (agreement_vela, _print_imx93)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", type=Path)
+    ap.add_argument("--zoo", default="", help="comma-separated zoo ids (scripts/zoo_models.yaml)")
+    ap.add_argument("--board", choices=[*BOARDS, "all"], default="all")
+    ap.add_argument("--work", type=Path, default=None, help="keep the builds in this folder (default: a temporary one)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    todo = {p.stem: (p, {}) for p in a.models}
+    if a.zoo:
+        todo.update(_zoo(a.zoo))
+    boards = list(BOARDS) if a.board == "all" else [a.board]
+    rows: dict[str, list[dict]] = {b: [] for b in boards}
+    with tempfile.TemporaryDirectory() as d:
+        root = a.work or Path(d)
+        for b in boards:
+            for name, (p, shapes) in todo.items():
+                work = root / b / name
+                work.mkdir(parents=True, exist_ok=True)
+                try:
+                    rows[b].append(BOARDS[b][0](name, p, work, shapes))
+                except Exception as exc:  # a model the compiler refuses is a row, not the end of the run
+                    rows[b].append({"board": b, "model": name,
+                                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
+                print(f"{b} {name}: done", file=sys.stderr)
+    if a.json:
+        print(json.dumps([r for b in boards for r in rows[b]], indent=2))
+        return 0
+    for b in boards:
+        if len(boards) > 1:
+            print(f"\n{b}\n")
+        BOARDS[b][1](rows[b])
     return 0
 
 

@@ -251,6 +251,13 @@ def _check_single_input_dynamic(v: _NodeView) -> str | None:
     return f"inputs {', '.join(bad)} must be constants" if bad else None
 
 
+def _check_square_exponent(v: _NodeView) -> str | None:
+    e = v.const_value(1) if len(v.node.input) > 1 else None
+    if e is None:
+        return "the exponent is not a constant"
+    return None if e.size == 1 and float(e.reshape(-1)[0]) == 2.0 else f"exponent {e.reshape(-1)[:4].tolist()} is not 2"
+
+
 #: Implementation of every check name in edgesdk.toolchains.spec.NAMED_CHECKS (a test keeps them equal).
 CHECKS: dict[str, Callable[[_NodeView], str | None]] = {
     "depthwise_or_dense": _check_depthwise_or_dense,
@@ -264,6 +271,7 @@ CHECKS: dict[str, Callable[[_NodeView], str | None]] = {
     "resize_2x_int": _check_resize_2x_int,
     "last_axis": _check_last_axis,
     "single_input_dynamic": _check_single_input_dynamic,
+    "square_exponent": _check_square_exponent,
 }
 
 

@@ -29,6 +29,7 @@ NAMED_CHECKS: dict[str, str] = {
     "resize_2x_int": "Resize/Upsample scale is an integer factor (typically 2) on H and W only",
     "last_axis": "the op works on the last axis only",
     "single_input_dynamic": "only the first input is a runtime tensor, the rest are constants",
+    "square_exponent": "Pow's exponent is the constant 2 (converters write x * x)",
 }
 
 _ONNX_DTYPES = (
