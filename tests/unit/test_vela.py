@@ -205,3 +205,26 @@ def test_real_vela_compile(tmp_path: Path) -> None:
     assert seg.engine == "ethosu" and seg.accelerator and seg.cpu_version.engine == "tflite"
     assert seg.options["vendor_estimate_ms"] > 0
     assert any("ops on the Ethos-U" in w for w in out["warnings"])
+
+
+def test_pow_goes_to_the_ethos_u_only_as_a_square(tmp_path: Path) -> None:
+    """vela 5.2.0 was seen to run Pow(x, 2) (x * x) on the NPU, nothing else: the op table says exactly that."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.boards import get_board
+    from edgesdk.graph.load import load_model
+    from edgesdk.graph.support import check_support
+
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"], name="square"),
+             helper.make_node("Pow", ["sq", "half"], ["y"], name="root")]
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    g = helper.make_graph(nodes, "pow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(m, str(tmp_path / "pow.onnx"))
+    where = {p.node: p for p in check_support(load_model(tmp_path / "pow.onnx"), get_board("imx93")).placements}
+    assert where["square"].target == "accelerator"
+    assert where["root"].target == "cpu" and any("is not 2" in r for r in where["root"].reasons)
