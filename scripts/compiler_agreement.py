@@ -105,121 +105,6 @@ def agreement(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ..
 
 # -- imx93: vela --------------------------------------------------------------------------------------------------
 
-# Run in the tflite venv after VALUE_MATCH (argv[1]: JSON config). Each ONNX node's outputs (or the consumer TFLite fuses
-# them into) found by value in onnx2tf's float32 TFLite, then the float32 TFLite's ops aligned with the int8 TFLite's
-# (the same converter run: the same op sequence, other fused tensor names) to name the int8 op vela saw.
-_VELA_MAP = r'''
-import difflib, json, sys
-import onnx
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-cfg = json.load(open(sys.argv[1]))
-
-
-def load(path, keep):
-    it = Interpreter(model_path=path, experimental_preserve_all_tensors=keep,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    return it
-
-
-def op_rows(it):
-    t = {d["index"]: d for d in it.get_tensor_details()}
-    return [(o["op_name"], t[o["outputs"][0]]["name"], tuple(int(x) for x in t[o["outputs"][0]]["shape"]))
-            for o in it._get_ops_details() if len(o["outputs"]) and o["outputs"][0] >= 0]
-
-
-fl = load(cfg["float"], True)
-sig = fl._get_full_signature_list().get("serving_default", {}).get("inputs", {})
-details = fl.get_input_details()
-for pos, i in enumerate(cfg["inputs"]):
-    idx = sig.get(i["alias"], details[pos]["index"] if len(details) == len(cfg["inputs"]) else None)
-    if idx is None:
-        sys.exit(f"the float TFLite has no input {i['alias']!r} (signature: {sorted(sig)})")
-    fl.set_tensor(idx, np.load(i["npy"]).astype(np.float32)[:1])
-fl.invoke()
-by_size = float_tensors(fl)
-frows, qrows = op_rows(fl), op_rows(load(cfg["int8"], False))
-to_int8 = {}
-sm = difflib.SequenceMatcher(a=[(r[0], r[2]) for r in frows], b=[(r[0], r[2]) for r in qrows], autojunk=False)
-for blk in sm.get_matching_blocks():
-    for k in range(blk.size):
-        to_int8[frows[blk.a + k][1]] = qrows[blk.b + k][1]
-
-m = onnx.load(cfg["onnx"])
-nodes, inits, consumers, producer, dynamic = onnx_graph(m)
-chains = {o: fused_chain(o, consumers, inits) for n in m.graph.node for o in n.output if o in dynamic}
-values = onnx_values(m, [t for c in chains.values() for t in c], cfg["arrays"])
-out = {}
-for n in m.graph.node:
-    hits, why, via = [], [], None
-    for o in (o for o in n.output if o in chains):
-        for k, t in enumerate(chains[o]):
-            h, reason = match(values[t], by_size)
-            if h is None:
-                why.append(f"output {o!r} is not a float tensor (no quantized TFLite op of its own)")
-                break
-            if h:
-                q = [to_int8[x] for x in h if x in to_int8]
-                if not q:
-                    why.append(f"output {o!r}: its float32 TFLite op(s) have no counterpart in the int8 TFLite")
-                hits += q
-                via = producer[t] if k else via
-                break
-        else:
-            why.append(f"output {o!r}: {reason}")
-    if not any(o in dynamic for o in n.output):
-        why = ["it computes a constant (folded into a weight)"]
-    out[n.name] = {"tensors": list(dict.fromkeys(hits)), "why": "; ".join(why), "via": via}
-json.dump({"nodes": out, "int8_ops": [[r[0], r[1]] for r in qrows], "aligned": len(to_int8), "float_ops": len(frows)},
-          open(cfg["out"], "w"), indent=1)
-'''
-
-
-def _vela_placement(mapping: dict, vela_ops: list[dict]) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
-    """ONNX node -> (npu|cpu, vela op(s), reason) for the nodes mapped to int8 TFLite ops; node -> why for the rest.
-
-    A TFLite op vela does not list was fused into a neighbouring NPU op or removed by vela's graph optimiser (vela
-    passes every op it cannot run to the CPU under its own name): NPU. A node whose values several TFLite ops hold (a
-    RESHAPE or TRANSPOSE that only moves them, an op fused into its producer) takes their placement when they agree;
-    when they do not, the nodes sharing those ops are matched to them in graph order if the counts agree, else the
-    node is unmapped (ambiguous)."""
-    listed: dict[str, list[dict]] = {}
-    for o in vela_ops:
-        listed.setdefault(o["name"], []).append(o)
-    order = {name: k for k, (_, name) in enumerate(mapping["int8_ops"])}
-
-    def where(t: str) -> tuple[str, str, str]:
-        rows = listed.get(t)
-        if not rows:
-            return "npu", "(fused/removed by vela)", ""
-        tgt = "cpu" if any(r["target"] == "cpu" for r in rows) else "npu"
-        return tgt, "+".join(dict.fromkeys(r["op"] for r in rows)), "; ".join(
-            dict.fromkeys(r["reason"] for r in rows if r["reason"]))
-
-    placed: dict[str, tuple[str, str, str]] = {}
-    unmapped: dict[str, str] = {}
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for node, r in mapping["nodes"].items():
-        ts = sorted(r["tensors"], key=lambda t: order.get(t, 1 << 30))
-        if not ts:
-            unmapped[node] = r["why"] or "not found in the TFLite"
-            continue
-        ws = [where(t) for t in ts]
-        if len({w[0] for w in ws}) == 1:
-            placed[node] = (ws[0][0], "+".join(dict.fromkeys(w[1] for w in ws)),
-                            "; ".join(dict.fromkeys(w[2] for w in ws if w[2])))
-        else:
-            groups.setdefault(tuple(ts), []).append(node)
-    for ts, group in groups.items():
-        if len(group) == len(ts):  # nodes in graph order, ops in TFLite order
-            placed.update({node: where(t) for node, t in zip(group, ts)})
-        else:
-            unmapped.update({node: f"ambiguous: its values are in {len(ts)} TFLite ops that vela placed differently"
-                             for node in group})
-    return placed, unmapped
-
-
 def _cosines(a: Any, job: Any, plan: Any, m: Any) -> dict[str, Any]:
     """int8 TFLite (LiteRT interpreter, host) against onnxruntime fp32, per output, on the first calibration sample."""
     import onnxruntime as ort
@@ -242,12 +127,9 @@ def _cosines(a: Any, job: Any, plan: Any, m: Any) -> dict[str, Any]:
 def agreement_vela(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None = None
                    ) -> dict[str, object]:
     """imx93: edgesdk's placement against vela's, per ONNX node; vela's and edgesdk's estimates; int8 cosine."""
-    import subprocess
     from dataclasses import replace
 
     from edgesdk.graph.report import analyze, build_report
-    from edgesdk.toolchains.adapters._tflite_values import VALUE_MATCH
-    from edgesdk.toolchains.adapters.tflite import _safe, io_aliases
     from edgesdk.toolchains.adapters.vela import VelaAdapter
     from edgesdk.toolchains.executor import execute
 
@@ -259,21 +141,7 @@ def agreement_vela(name: str, path: Path, work: Path, shapes: dict[str, tuple[in
                    outputs={k: v for k, v in plan.outputs.items() if k != "sim"})
     execute(plan)
     rep = a.report(plan)
-    tfl = plan.outputs["tflite"]
-    alias = io_aliases([t.name for t in (*job.inputs, *job.outputs)])
-    cfg = {"float": str(tfl.with_name(tfl.name.replace("_full_integer_quant", "_float32"))), "int8": str(tfl),
-           "onnx": str(job.onnx), "arrays": str(job.calib.arrays), "out": str(work / f"{name}_vela_map.json"),
-           "inputs": [{"alias": alias[i.name], "npy": str(work / f"{name}_calib_{_safe(i.name)}.npy")}
-                      for i in job.inputs]}
-    (work / f"{name}_vela_map.cfg.json").write_text(json.dumps(cfg, indent=1))
-    (work / f"{name}_vela_map.py").write_text(VALUE_MATCH + _VELA_MAP)
-    r = subprocess.run([str(a.tflite.python), str(work / f"{name}_vela_map.py"),
-                        str(work / f"{name}_vela_map.cfg.json")],
-                       capture_output=True, text=True, timeout=1800, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"mapping by value failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    mapping = json.loads(Path(cfg["out"]).read_text())
-    placed, unmapped = _vela_placement(mapping, rep["ops"])
+    mapping, placed, unmapped = a.node_placement(job, plan)
     both = [n for n in predicted if n in placed]
     agree = [n for n in both if predicted[n] == placed[n][0]]
     ops = {n.name: n.op_type for n in m.proto.graph.node}

@@ -54,9 +54,9 @@ def inspect_cmd(
     no_prepare: bool = NO_PREPARE_OPTION,
     html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Also write a self-contained HTML report."),
     trust_model: bool = TRUST_MODEL_OPTION,
-    compiler: bool = typer.Option(False, "--compiler", help="Also run the board's vendor compiler (where it runs "
-                                  "here: rk3588's RKNN-Toolkit2) and show, node by node, where it disagrees with "
-                                  "edgesdk's op table."),
+    compiler: bool = typer.Option(False, "--compiler", help="Also run the board's vendor compiler (rk3588: "
+                                  "RKNN-Toolkit2, seconds; imx93: int8 TFLite + vela, minutes) and show, node by node, "
+                                  "where it disagrees with edgesdk's op table."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show where each op of MODEL runs on a board, and why; the segments; an estimated latency.

@@ -349,9 +349,9 @@ def run_compiler(model: Model, board: BoardProfile, rep: InspectReport) -> dict[
         onnx.save(model.proto, str(onnx_path))
         placement = adapter.compiler_placement(onnx_path, Path(d), ins, outs)
     if placement is None:
-        raise InputError(f"--compiler: edgesdk cannot run {adapter.vendor_binary} on its own for board {board.id} "
-                         "(only RKNN-Toolkit2's build gives a per-node table without a conversion); "
-                         f"`edgesdk convert --board {board.id}` runs it")
+        raise InputError(f"--compiler: edgesdk cannot map {adapter.vendor_binary}'s placement back to the model's "
+                         f"nodes for board {board.id} (it does for rk3588 and imx93); `edgesdk convert --board "
+                         f"{board.id}` runs the compiler and keeps its log")
     idx = {n.name: i for i, n in enumerate(model.nodes)}
     ours = {p["node"]: p for p in rep.node_placements}
     mapped = [n for n in ours if n in placement]
@@ -360,7 +360,11 @@ def run_compiler(model: Model, board: BoardProfile, rep: InspectReport) -> dict[
              for n in mapped if (ours[n]["target"] == "accelerator") != (placement[n][0] == "accelerator")]
     total = sum(model.costs[idx[n]].flops for n in mapped) or 1  # of the mapped nodes: a fused op's others are not
     on_acc = sum(model.costs[idx[n]].flops for n in mapped if placement[n][0] == "accelerator")
-    return {"label": "vendor compiler", "tool": env.version or adapter.vendor, "seconds": round(time.perf_counter() - t0, 1),
+    from edgesdk.toolchains.spec import get_toolchain
+
+    pins = get_toolchain(adapter.id).versions
+    tool = env.version or " ".join(f"{k}{v}" for k, v in pins.items()) or adapter.vendor_binary
+    return {"label": "vendor compiler", "tool": tool, "seconds": round(time.perf_counter() - t0, 1),
             "nodes": len(ours), "mapped": len(mapped), "unmapped": len(ours) - len(mapped),
             "agreement_percent": round(100.0 * (len(mapped) - len(diffs)) / len(mapped), 1) if mapped else None,
             "accelerator_flops_share_of_mapped": on_acc / total,

@@ -228,3 +228,27 @@ def test_pow_goes_to_the_ethos_u_only_as_a_square(tmp_path: Path) -> None:
     where = {p.node: p for p in check_support(load_model(tmp_path / "pow.onnx"), get_board("imx93")).placements}
     assert where["square"].target == "accelerator"
     assert where["root"].target == "cpu" and any("is not 2" in r for r in where["root"].reasons)
+
+
+def test_inspect_compiler_runs_vela_and_maps_its_ops_to_the_model(tmp_path: Path, monkeypatch) -> None:
+    """`edgesdk inspect --board imx93 --compiler`: the int8 TFLite compiled by vela, its per-op placement found back
+    on the ONNX nodes by value."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from edgesdk.cli import app
+    from edgesdk.toolchains.adapters.vela import VelaAdapter
+
+    if not (VelaAdapter().vendor_env().ok and VelaAdapter().tflite.check_env().ok):
+        if os.environ.get("CI") == "true":
+            pytest.fail("vela or tflite toolchain not ready (scripts/setup.sh installs them)")
+        pytest.skip("vela or tflite toolchain not ready")
+    model = Path(__file__).resolve().parents[1] / "data" / "digits_cnn.onnx"
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["inspect", str(model), "--board", "imx93", "--compiler", "--json"])
+    assert r.exit_code == 0, r.stdout
+    cr = json.loads(r.stdout)["compiler_run"]
+    assert cr["tool"] == "ethos-u-vela==5.2.0" and cr["mapped"] >= 8 and cr["nodes"] == 11
+    assert cr["agreement_percent"] == 100.0 and cr["cpu_nodes"] == []  # the digits CNN is all Ethos-U ops

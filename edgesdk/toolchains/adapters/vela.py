@@ -12,7 +12,7 @@ import csv
 import io as _io
 import sys
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,10 +171,183 @@ class VelaAdapter(TfliteCompilerAdapter):
         return {"vendor_estimate_ms": round(float(est), 6), "vendor_estimate_by": "vela (static, NPU only)"} \
             if est is not None else {}
 
+    def node_placement(self, job: ConversionJob, plan: ConversionPlan
+                       ) -> tuple[dict[str, Any], dict[str, tuple[str, str, str]], dict[str, str]]:
+        """vela's placement per ONNX node of an executed plan: (the by-value mapping, node -> (npu|cpu, vela op(s),
+        reason), node -> why it is unmapped). The float32 TFLite onnx2tf writes beside the int8 one, the segment's
+        calibration arrays and the tflite venv's interpreter find each node's TFLite op (module comment above
+        _NODE_MAP)."""
+        import json
+        import subprocess
+
+        from edgesdk.errors import ToolchainError
+        from edgesdk.toolchains.adapters._tflite_values import VALUE_MATCH
+        from edgesdk.toolchains.adapters.tflite import _safe, io_aliases
+
+        assert job.calib is not None
+        w, sid = job.work, job.segment
+        tfl = plan.outputs["tflite"]
+        alias = io_aliases([t.name for t in (*job.inputs, *job.outputs)])
+        cfg = {"float": str(tfl.with_name(tfl.name.replace("_full_integer_quant", "_float32"))), "int8": str(tfl),
+               "onnx": str(job.onnx), "arrays": str(job.calib.arrays), "out": str(w / f"{sid}_vela_map.json"),
+               "inputs": [{"alias": alias[i.name], "npy": str(w / f"{sid}_calib_{_safe(i.name)}.npy")}
+                          for i in job.inputs]}
+        (w / f"{sid}_vela_map.cfg.json").write_text(json.dumps(cfg, indent=1))
+        (w / f"{sid}_vela_map.py").write_text(VALUE_MATCH + _NODE_MAP)
+        r = subprocess.run([str(self.tflite.python), str(w / f"{sid}_vela_map.py"), str(w / f"{sid}_vela_map.cfg.json")],
+                           capture_output=True, text=True, timeout=1800, check=False)
+        if r.returncode != 0:
+            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ToolchainError(f"vela placement: mapping the TFLite ops back to ONNX nodes by value failed: {last[0]}")
+        mapping = json.loads(Path(cfg["out"]).read_text())
+        placed, unmapped = placement_by_node(mapping, self.report(plan)["ops"])
+        return mapping, placed, unmapped
+
+    def compiler_placement(self, onnx_path: Path, work: Path, inputs: Sequence[Any], outputs: Sequence[Any]
+                           ) -> dict[str, tuple[str, str]] | None:
+        """The int8 TFLite (tflite toolchain, 4 random calibration samples: placement does not depend on the values),
+        compiled by vela; its per-op placement mapped to ONNX nodes by value (node_placement). Minutes: onnx2tf."""
+        if not self.vendor_env().ok or not self.tflite.check_env().ok:
+            return None
+        from dataclasses import replace
+
+        import numpy as np
+
+        from edgesdk.toolchains.adapters.base import CalibData
+        from edgesdk.toolchains.executor import execute
+
+        rng = np.random.default_rng(0)
+        calib = work / "placement_calib.npz"
+        np.savez(calib, **{t.name: rng.uniform(0, 1, (4, *t.shape[1:])).astype(np.float32) for t in inputs})
+        job = ConversionJob("placement", onnx_path, work, "int8", tuple(inputs), tuple(outputs), CalibData(calib, 4), {})
+        plan = self.plan(job)
+        plan = replace(plan, commands=tuple(c for c in plan.commands if c.tool != "onnxruntime"),  # no host simulation
+                       outputs={k: p for k, p in plan.outputs.items() if k != "sim"})
+        execute(plan)
+        _, placed, _ = self.node_placement(job, plan)
+        return {n: ("accelerator" if t == "npu" else "cpu", f"vela: {op} on the {t.upper()}" + (f" ({why})" if why else ""))
+                for n, (t, op, why) in placed.items()}
+
     def describe(self, job: ConversionJob, plan: ConversionPlan) -> Artifact:
         ins, outs = self.tflite_io(job, plan)
         return Artifact({"model": plan.outputs["model"]}, ins, outs, options=self.compiled_options(plan),
                         notes=self.log_notes(plan), compiler_view=self.report(plan))
+
+
+# Run in the tflite venv after _tflite_values.VALUE_MATCH (argv[1]: a JSON config). Each ONNX node's outputs (or the
+# consumer TFLite fuses them into) are found by value in onnx2tf's float32 TFLite, then the float32 TFLite's ops are
+# aligned with the int8 TFLite's (the same converter run: the same op sequence, other fused tensor names) to name the
+# int8 op vela saw.
+_NODE_MAP = r'''
+import difflib, json, sys
+import onnx
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+cfg = json.load(open(sys.argv[1]))
+
+
+def load(path, keep):
+    it = Interpreter(model_path=path, experimental_preserve_all_tensors=keep,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it
+
+
+def op_rows(it):
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    return [(o["op_name"], t[o["outputs"][0]]["name"], tuple(int(x) for x in t[o["outputs"][0]]["shape"]))
+            for o in it._get_ops_details() if len(o["outputs"]) and o["outputs"][0] >= 0]
+
+
+fl = load(cfg["float"], True)
+sig = fl._get_full_signature_list().get("serving_default", {}).get("inputs", {})
+details = fl.get_input_details()
+for pos, i in enumerate(cfg["inputs"]):
+    idx = sig.get(i["alias"], details[pos]["index"] if len(details) == len(cfg["inputs"]) else None)
+    if idx is None:
+        sys.exit(f"the float TFLite has no input {i['alias']!r} (signature: {sorted(sig)})")
+    fl.set_tensor(idx, np.load(i["npy"]).astype(np.float32)[:1])
+fl.invoke()
+by_size = float_tensors(fl)
+frows, qrows = op_rows(fl), op_rows(load(cfg["int8"], False))
+to_int8 = {}
+sm = difflib.SequenceMatcher(a=[(r[0], r[2]) for r in frows], b=[(r[0], r[2]) for r in qrows], autojunk=False)
+for blk in sm.get_matching_blocks():
+    for k in range(blk.size):
+        to_int8[frows[blk.a + k][1]] = qrows[blk.b + k][1]
+
+m = onnx.load(cfg["onnx"])
+nodes, inits, consumers, producer, dynamic = onnx_graph(m)
+chains = {o: fused_chain(o, consumers, inits) for n in m.graph.node for o in n.output if o in dynamic}
+values = onnx_values(m, [t for c in chains.values() for t in c], cfg["arrays"])
+out = {}
+for n in m.graph.node:
+    hits, why, via = [], [], None
+    for o in (o for o in n.output if o in chains):
+        for k, t in enumerate(chains[o]):
+            h, reason = match(values[t], by_size)
+            if h is None:
+                why.append(f"output {o!r} is not a float tensor (no quantized TFLite op of its own)")
+                break
+            if h:
+                q = [to_int8[x] for x in h if x in to_int8]
+                if not q:
+                    why.append(f"output {o!r}: its float32 TFLite op(s) have no counterpart in the int8 TFLite")
+                hits += q
+                via = producer[t] if k else via
+                break
+        else:
+            why.append(f"output {o!r}: {reason}")
+    if not any(o in dynamic for o in n.output):
+        why = ["it computes a constant (folded into a weight)"]
+    out[n.name] = {"tensors": list(dict.fromkeys(hits)), "why": "; ".join(why), "via": via}
+json.dump({"nodes": out, "int8_ops": [[r[0], r[1]] for r in qrows], "aligned": len(to_int8), "float_ops": len(frows)},
+          open(cfg["out"], "w"), indent=1)
+'''
+
+
+def placement_by_node(mapping: dict, vela_ops: list[dict]) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """ONNX node -> (npu|cpu, vela op(s), reason) for the nodes mapped to int8 TFLite ops; node -> why for the rest.
+
+    A TFLite op vela does not list was fused into a neighbouring NPU op or removed by vela's graph optimiser (vela
+    passes every op it cannot run to the CPU under its own name): NPU. A node whose values several TFLite ops hold (a
+    RESHAPE or TRANSPOSE that only moves them, an op fused into its producer) takes their placement when they agree;
+    when they do not, the nodes sharing those ops are matched to them in graph order if the counts agree, else the
+    node is unmapped (ambiguous)."""
+    listed: dict[str, list[dict]] = {}
+    for o in vela_ops:
+        listed.setdefault(o["name"], []).append(o)
+    order = {name: k for k, (_, name) in enumerate(mapping["int8_ops"])}
+
+    def where(t: str) -> tuple[str, str, str]:
+        rows = listed.get(t)
+        if not rows:
+            return "npu", "(fused/removed by vela)", ""
+        tgt = "cpu" if any(r["target"] == "cpu" for r in rows) else "npu"
+        return tgt, "+".join(dict.fromkeys(r["op"] for r in rows)), "; ".join(
+            dict.fromkeys(r["reason"] for r in rows if r["reason"]))
+
+    placed: dict[str, tuple[str, str, str]] = {}
+    unmapped: dict[str, str] = {}
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for node, r in mapping["nodes"].items():
+        ts = sorted(r["tensors"], key=lambda t: order.get(t, 1 << 30))
+        if not ts:
+            unmapped[node] = r["why"] or "not found in the TFLite"
+            continue
+        ws = [where(t) for t in ts]
+        if len({w[0] for w in ws}) == 1:
+            placed[node] = (ws[0][0], "+".join(dict.fromkeys(w[1] for w in ws)),
+                            "; ".join(dict.fromkeys(w[2] for w in ws if w[2])))
+        else:
+            groups.setdefault(tuple(ts), []).append(node)
+    for ts, group in groups.items():
+        if len(group) == len(ts):  # nodes in graph order, ops in TFLite order
+            placed.update({node: where(t) for node, t in zip(group, ts)})
+        else:
+            unmapped.update({node: f"ambiguous: its values are in {len(ts)} TFLite ops that vela placed differently"
+                             for node in group})
+    return placed, unmapped
 
 
 #: `python -c _TEE LOG argv...`: run argv, pass its output through, and keep a copy of it in LOG.
@@ -182,4 +355,4 @@ _TEE = ("import subprocess, sys; r = subprocess.run(sys.argv[2:], capture_output
         "open(sys.argv[1], 'w').write(r.stdout + r.stderr); sys.stdout.write(r.stdout); "
         "sys.stderr.write(r.stderr); sys.exit(r.returncode)")
 
-__all__ = ["VelaAdapter", "VelaOp", "VelaReport", "parse_vela_output", "parse_vela_summary_csv"]
+__all__ = ["VelaAdapter", "VelaOp", "VelaReport", "parse_vela_output", "parse_vela_summary_csv", "placement_by_node"]
