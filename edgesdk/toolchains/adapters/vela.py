@@ -23,11 +23,13 @@ from edgesdk.toolchains.adapters.base import Artifact, ConversionJob
 from edgesdk.toolchains.executor import Command, ConversionPlan
 
 ACCELERATOR = "ethos-u65-256"
-#: vela's bundled Arm/vela.ini (ethosu/config_files/Arm/vela.ini in the wheel); NXP's own vela fork/eIQ
-#: ini was not found here, so the i.MX 93 is approximated by Arm's U65 High-End system config.
+#: vela's bundled Arm/vela.ini (ethosu/config_files/Arm/vela.ini in the wheel). NXP ships no ini for the i.MX 93: its
+#: vela fork (nxp-imx/ethos-u-vela, Imx93ArchitectureFeatures) hard-codes the numbers of Arm's Ethos_U65_High_End
+#: system config and a 384 KiB SRAM arena cache, which is Arm's Dedicated_Sram_384KB memory mode
+#: (toolchains/vela/toolchain.yaml notes, with the sources).
 CONFIG = "Arm/vela.ini"
 SYSTEM_CONFIG = "Ethos_U65_High_End"
-MEMORY_MODE = "Dedicated_Sram_512KB"
+MEMORY_MODE = "Dedicated_Sram_384KB"
 
 
 @dataclass(frozen=True)
