@@ -252,3 +252,19 @@ def test_inspect_compiler_runs_vela_and_maps_its_ops_to_the_model(tmp_path: Path
     cr = json.loads(r.stdout)["compiler_run"]
     assert cr["tool"] == "ethos-u-vela==5.2.0" and cr["mapped"] >= 8 and cr["nodes"] == 11
     assert cr["agreement_percent"] == 100.0 and cr["cpu_nodes"] == []  # the digits CNN is all Ethos-U ops
+
+
+def test_tflite_outputs_the_signature_does_not_name_are_found_by_shape() -> None:
+    """onnx2tf renamed the outputs (picodet's 8 heads): each is the unnamed TFLite output of its shape, NCHW or NHWC,
+    not the one at its position."""
+    from edgesdk.toolchains.adapters.base import IOSpec
+    from edgesdk.toolchains.adapters.tflite import _match
+
+    specs = (IOSpec("scores", (1, 7600, 10)), IOSpec("boxes", (1, 7600, 32)), IOSpec("feat", (1, 8, 4, 6)))
+    details = [{"index": 5, "name": "Identity", "shape": [1, 7600, 32], "dtype": "float32"},
+               {"index": 6, "name": "Identity_1", "shape": [1, 4, 6, 8], "dtype": "float32"},
+               {"index": 7, "name": "Identity_2", "shape": [1, 7600, 10], "dtype": "float32"}]
+    got = {t.name: (t.engine_name, t.layout) for t in _match(specs, details, {}, "output")}
+    assert got == {"scores": ("Identity_2", None), "boxes": ("Identity", None), "feat": ("Identity_1", "NHWC")}
+    with pytest.raises(Exception, match="no output"):
+        _match((IOSpec("other", (1, 3)),), details[:1], {}, "output")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from edgesdk.errors import InputError
 from edgesdk.runtime.manifest import QuantParams, TensorSpec
@@ -439,9 +440,28 @@ def _match(specs: tuple, details: list[dict], sig: dict[str, int], what: str,
     `all_specs`: the segment's inputs then outputs, whose names were aliased together (io_aliases)."""
     sig = _alias_sig(all_specs if all_specs is not None else specs, sig)
     by_index = {d["index"]: d for d in details}
+    named = {sig[s.name] for s in specs if s.name in sig}
+    free = [d for d in details if d["index"] not in named]  # in the model's order
+
+    def fits(spec: Any, d: dict) -> bool:
+        shape, tshape = tuple(spec.shape), tuple(int(x) for x in d["shape"])
+        return tshape == shape or (len(shape) >= 3 and tshape == (shape[0], *shape[2:], shape[1]))
+
     res = []
     for k, s in enumerate(specs):
-        d = by_index.get(sig[s.name]) if s.name in sig else (details[k] if len(details) == len(specs) else None)
+        if s.name in sig:
+            d = by_index.get(sig[s.name])
+        else:
+            # the signature does not name it (onnx2tf renamed it): the one unnamed tensor of its shape (NCHW or NHWC),
+            # else, among several of that shape, the one in its position; never a tensor of another shape
+            same = [x for x in free if fits(s, x)]
+            d = same[0] if len(same) == 1 else None
+            if d is None and len(details) == len(specs) and fits(s, details[k]) and details[k] in free:
+                d = details[k]
+            if d is None and same:
+                d = same[0]
+            if d is not None:
+                free.remove(d)
         if d is None:
             raise ConversionRefused("onnx2tf", f"the converted model has no {what} for {s.name!r}")
         shape, tshape = tuple(s.shape), tuple(d["shape"])
