@@ -569,7 +569,9 @@ def verb_probe(b: Board, args: argparse.Namespace) -> dict:
     except OSError:
         pass
     res["usb_ids"] = usb
-    res["dev_nodes"] = {n: os.path.exists(n) for n in q.get("dev_nodes", []) if isinstance(n, str) and n.startswith("/dev/")}
+    # device nodes, and the sysfs device paths some drivers expose instead (Horizon's BPU: /sys/devices/system/bpu)
+    res["dev_nodes"] = {n: os.path.exists(n) for n in q.get("dev_nodes", []) if isinstance(n, str)
+                        and n.startswith(("/dev/", "/sys/")) and ".." not in n}
     res["tools"] = {t: find_tool(t) for t in q.get("tools", []) if isinstance(t, str)
                     and (re.match(r"^[\w.+-]+$", t) or (re.match(r"^/[\w./+-]+$", t) and ".." not in t))}
     vpy = b.p("venv", "bin", "python")

@@ -146,3 +146,16 @@ def test_agent_is_stdlib_only():
     mods |= {n.module.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module}
     assert mods <= set(sys.stdlib_module_names) | {"__future__"}, mods
     assert "shell=True" not in src
+
+
+def test_the_probe_checks_sysfs_device_paths_too(tmp_path, monkeypatch):
+    """x3's BPU is /sys/devices/system/bpu/bpu0 (no /dev node): the agent answers for /sys paths, not for others."""
+    from edgesdk.boards import get_board
+    from edgesdk.runtime import agent
+
+    nodes = list(get_board("x3").detect.dev_nodes)
+    assert any(n.startswith("/sys/") for n in nodes)
+    monkeypatch.setattr(agent, "read_stdin", lambda: {"dev_nodes": [*nodes, "/dev/null", "/etc/passwd",
+                                                                      "/sys/../etc/passwd"]})
+    res = agent.verb_probe(agent.Board(str(tmp_path)), None)
+    assert set(res["dev_nodes"]) == {*nodes, "/dev/null"} and res["dev_nodes"]["/dev/null"] is True
