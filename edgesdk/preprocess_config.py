@@ -57,6 +57,9 @@ def make_preprocess(input_name: str, input_shape: Sequence[int], yaml_path: str 
     for k, v in (options or {}).items():
         if v is not None:
             data[k] = list(v) if isinstance(v, tuple) else v
+    if guess is not None:  # the defaults (no normalisation) for the model's channel count: a grey model takes luma
+        data.setdefault("mean", [0.0] * guess[2])
+        data.setdefault("std", [1.0] * guess[2])
     if "size" not in data:
         raise InputError(f"{where}: field size: the model input {list(input_shape)} is not an image; give size: [H, W]")
     try:

@@ -86,12 +86,24 @@ def resize_numpy(img: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 def resize(img: np.ndarray, new_w: int, new_h: int, backend: str = "auto") -> np.ndarray:
     cv2 = cv2_module() if backend != "numpy" else None
     if cv2 is not None:
-        return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        return out[:, :, None] if out.ndim == 2 and img.ndim == 3 else out  # cv2 drops a single channel axis
     return resize_numpy(img, new_w, new_h)
 
 
+def to_grey(img: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> (H, W, 1) uint8 luma, 0.299 R + 0.587 G + 0.114 B (OpenCV's COLOR_BGR2GRAY, which it
+    computes in fixed point: the numpy path can differ from it by 1 on some pixels)."""
+    cv2 = cv2_module() if backend != "numpy" else None
+    if cv2 is not None:
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)[:, :, None]
+    y = img[:, :, 0] * np.float32(0.114) + img[:, :, 1] * np.float32(0.587) + img[:, :, 2] * np.float32(0.299)
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)[:, :, None]
+
+
 class Preprocessor:
-    """Callable: image (H, W, 3) uint8 BGR -> (batch-1 tensor, Geometry)."""
+    """Callable: image (H, W, 3) uint8 BGR -> (batch-1 tensor, Geometry). A one-channel model (mean/std of one
+    value) takes the image's luma (to_grey)."""
 
     def __init__(self, spec: Preprocess, backend: str = "auto") -> None:
         if backend not in ("auto", "opencv", "numpy"):
@@ -141,8 +153,10 @@ class Preprocessor:
         return Geometry(h, w, 1.0, 1.0, 0, 0), w, h, 0, 0
 
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """The resized and padded uint8 image (out_h, out_w, C), still BGR."""
+        """The resized and padded uint8 image (out_h, out_w, C), still BGR (grey for a one-channel model)."""
         img = self._check(image)
+        if len(self._a) == 1 and img.shape[2] == 3:
+            img = to_grey(img, self.backend)
         h, w = img.shape[:2]
         geo, nw, nh, px, py = self.geometry(h, w)
         out_h, out_w = self.spec.size
@@ -200,4 +214,4 @@ class Preprocessor:
         return image
 
 
-__all__ = ["Geometry", "Preprocessor", "cv2_module", "letterbox_geometry", "resize", "resize_numpy"]
+__all__ = ["Geometry", "Preprocessor", "cv2_module", "letterbox_geometry", "resize", "resize_numpy", "to_grey"]

@@ -240,3 +240,23 @@ def test_opencv_and_numpy_normalise_agree(layout: str) -> None:
     ref = ref.transpose(2, 0, 1)[None] if layout == "NCHW" else ref[None]
     np.testing.assert_allclose(a, ref, atol=1e-5)
     np.testing.assert_allclose(b, ref, atol=1e-5)
+
+
+def test_a_grey_model_takes_the_luma_of_a_colour_photo():
+    """A one-channel model (an OCR recogniser): default mean/std of one value, and a BGR photo becomes its luma, the
+    same on OpenCV and on numpy (within 1 of 255: OpenCV computes it in fixed point)."""
+    import numpy as np
+
+    from edgesdk.preprocess_config import make_preprocess
+    from edgesdk.runtime.preprocess import Preprocessor, to_grey
+
+    pre = make_preprocess("x", (1, 1, 32, 96))
+    assert list(pre.mean) == [0.0] and list(pre.std) == [1.0]
+    img = np.random.default_rng(0).integers(0, 256, (40, 120, 3), dtype=np.uint8)
+    a, _ = Preprocessor(pre, "auto")(img)
+    b, _ = Preprocessor(pre, "numpy")(img)
+    assert a.shape == b.shape == (1, 1, 32, 96)
+    assert float(np.abs(a - b).max()) <= 1.5 / 255
+    g = to_grey(img, "numpy")[:, :, 0].astype(np.float64)
+    want = 0.114 * img[:, :, 0] + 0.587 * img[:, :, 1] + 0.299 * img[:, :, 2]
+    assert np.abs(g - want).max() <= 0.5 + 1e-6
