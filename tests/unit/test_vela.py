@@ -268,3 +268,22 @@ def test_tflite_outputs_the_signature_does_not_name_are_found_by_shape() -> None
     assert got == {"scores": ("Identity_2", None), "boxes": ("Identity", None), "feat": ("Identity_1", "NHWC")}
     with pytest.raises(Exception, match="no output"):
         _match((IOSpec("other", (1, 3)),), details[:1], {}, "output")
+
+
+def test_tflite_outputs_named_output_k_follow_the_onnx_order() -> None:
+    """onnx2tf names outputs output_0.. in the ONNX graph's order when it cannot keep their names: yolov8n's
+    /model.18/Split outputs (same shape) on imx93 were swapped by position (cosine 0.02), caught by the CPU version's
+    check."""
+    from edgesdk.toolchains.adapters.base import IOSpec
+    from edgesdk.toolchains.adapters.tflite import _match
+
+    specs = (IOSpec("/m9", (1, 256, 10, 10)), IOSpec("/m15", (1, 64, 40, 40)), IOSpec("/split_0", (1, 64, 20, 20)),
+             IOSpec("/split_1", (1, 64, 20, 20)))
+    details = [{"index": 202, "name": "PartitionedCall:1", "shape": [1, 40, 40, 64], "dtype": "float32"},
+               {"index": 212, "name": "PartitionedCall:3", "shape": [1, 20, 20, 64], "dtype": "float32"},
+               {"index": 167, "name": "PartitionedCall:0", "shape": [1, 10, 10, 256], "dtype": "float32"},
+               {"index": 211, "name": "PartitionedCall:2", "shape": [1, 20, 20, 64], "dtype": "float32"}]
+    sig = {"output_0": 167, "output_1": 202, "output_2": 211, "output_3": 212}
+    got = {t.name: t.engine_name for t in _match(specs, details, sig, "output")}
+    assert got == {"/m9": "PartitionedCall:0", "/m15": "PartitionedCall:1", "/split_0": "PartitionedCall:2",
+                   "/split_1": "PartitionedCall:3"}

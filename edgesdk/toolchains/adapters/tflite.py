@@ -440,6 +440,10 @@ def _match(specs: tuple, details: list[dict], sig: dict[str, int], what: str,
     `all_specs`: the segment's inputs then outputs, whose names were aliased together (io_aliases)."""
     sig = _alias_sig(all_specs if all_specs is not None else specs, sig)
     by_index = {d["index"]: d for d in details}
+    # onnx2tf keeps the names (-coion) or, where it cannot, names them output_0.. in the ONNX graph's order
+    for k, s in enumerate(specs):
+        if s.name not in sig and f"{what}_{k}" in sig:
+            sig[s.name] = sig[f"{what}_{k}"]
     named = {sig[s.name] for s in specs if s.name in sig}
     free = [d for d in details if d["index"] not in named]  # in the model's order
 
