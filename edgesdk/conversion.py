@@ -211,11 +211,11 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
     sim_art = SimpleNamespace(files={"model": cplan.outputs["sim"]}, inputs=plain, outputs=plain_out, options={})
     chk = _check("onnxruntime", sim_art, feed, expected, "int8", tolerance, split_outputs)
     host_miss = None if chk.ok else replace(chk, engine=f"{accel.engine} (host int8 simulation)")
-    if host_miss is not None and not vendor_sim:
-        raise ConversionFailed(sid, model_name, [host_miss])
     # the CPU version: the toolchain record's fallback_engine (the host int8 simulation on onnxruntime, or e.g. the
     # int8 TFLite on the TFLite interpreter for the Ethos-U), checked like every artifact before it is bundled
     cv_engine = accel.cpu_engine()
+    if host_miss is not None and not vendor_sim and cv_engine == "onnxruntime":
+        raise ConversionFailed(sid, model_name, [host_miss])  # nothing truer than the simulation judges it here
     cv_paths: dict[str, Path] = {"model": cplan.outputs["sim"]}
     if cv_engine == "onnxruntime":
         cv = CpuVersion("onnxruntime", {"model": sim_rel}, plain, plain_out)
@@ -234,6 +234,10 @@ def _convert_accelerator(accel: Any, job: ConversionJob, s: Any, dry_run: bool, 
         cv = CpuVersion(cv_engine, cv_rel, cv_in, cv_out)
         cv_what = f"its CPU version on {cv_engine}"
         worst = f"cosine {chk.cosine:.5f}" if chk.cosine is not None else chk.message
+        if host_miss is not None and not vendor_sim:  # the artifact the accelerator compiles meets it: that decides
+            warnings.append(f"segment {sid}: the host int8 simulation ({accel.scheme} scheme) misses the tolerance "
+                            f"(cosine {host_miss.cosine if host_miss.cosine is not None else float('nan'):.5f}) where "
+                            f"the int8 model the compiler takes meets it on {cv_engine} ({worst}): that model decides")
         notes.append(f"segment {sid}: its CPU version is {', '.join(sorted(cv_rel.values()))} on {cv_engine} "
                      f"(fallback_engine of toolchains/{accel.id}/toolchain.yaml); against the fp32 model: {worst}")
     toolchains[accel.id] = {accel.id: venv_ok.detail}
@@ -935,6 +939,8 @@ def _vendor_meets_target(accel: Any, sid: str, s: Any, seg_onnx: Path, cal: Path
             "search decides")
         return None
     if len(got) != 1 + len(samples):
+        say(f"{sid}: {accel.vendor}'s simulator returned {len(got)} of {1 + len(samples)} samples: the host search "
+            "decides")
         return None
     v = float(judge(got[1:]))
     size = cplan.outputs["model"].stat().st_size if cplan.outputs["model"].is_file() else 0

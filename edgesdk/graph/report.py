@@ -335,6 +335,10 @@ def run_compiler(model: Model, board: BoardProfile, rep: InspectReport) -> dict[
     if not env.ok:
         raise InputError(f"--compiler: {adapter.vendor_binary} is not ready for board {board.id}: {env.detail} "
                          f"(fix: {env.fix or adapter.install_hint})")
+    host = adapter.check_env()  # the host steps before the compiler (imx93: the tflite toolchain's int8 TFLite)
+    if not host.ok:
+        raise InputError(f"--compiler: the host steps for board {board.id} are not ready: {host.detail} "
+                         f"(fix: {host.fix})")
 
     def spec(name: str) -> IOSpec:
         t = model.tensors[name]

@@ -21,9 +21,8 @@ int8 that zeroes every score keeps a whole-tensor cosine of 0.998, and would pas
 such a tensor along each axis: the per-index scale (the reference's range over every other axis and sample)
 falls by at least `COMPONENT_GAP` (100x) from one group of indexes to the next, the smaller group is still above
 `COMPONENT_FLOOR` of the largest scale (below that it is numerically silent), and the two groups are a few
-contiguous blocks along that axis (concatenated heads, not scattered classes), and the axis is the tensor's
-strictly shortest one (the features of 1 x 84 x N or 1 x N x 85; not H or W of a probability map, whose
-near-empty border is no separate quantity). Then each block is judged on its
+contiguous blocks along that axis (concatenated heads, not scattered classes), and the axis is not a position
+(`_position_axes`: H and W of a map, whose near-empty border is no separate quantity). Then each block is judged on its
 own, with the same tolerance relative to its own range (at least COMPONENT_REL_MIN), beside the whole tensor;
 over several samples its cosine is pooled (one vector over every sample), so a sample where the block is near
 silent weighs little. The split is a property of the reference only, so the same output is cut the same way on
@@ -178,12 +177,10 @@ def components(refs: Sequence[Any]) -> tuple[Component, ...]:
             else:
                 lo_hi[ax] = (np.minimum(lo_hi[ax][0], mn), np.maximum(lo_hi[ax][1], mx))
     best: tuple[float, int, Any, Any] | None = None
-    lens = [n for n in shape if n >= 2]
+    positions = _position_axes(shape)
     for ax, n in enumerate(shape):
-        if n < 2 or n > COMPONENT_MAX_AXIS:
+        if n < 2 or n > COMPONENT_MAX_AXIS or ax in positions:
             continue
-        if n != min(lens) or lens.count(n) > 1:
-            continue  # the features are the shortest axis; H and W of a map (ppocr-det's 640 x 640) are positions
         scale = (lo_hi[ax][1] - lo_hi[ax][0]).astype(np.float64)
         top = float(scale.max())
         if top <= 0:
@@ -214,6 +211,20 @@ def components(refs: Sequence[Any]) -> tuple[Component, ...]:
         return Component(ax, tuple(int(i) for i in ix), float(mx[ix].max()) - float(mn[ix].min()))
 
     return comp(hi), comp(lo)
+
+
+def _position_axes(shape: tuple[int, ...]) -> set[int]:
+    """The axes that are positions, not features: two axes of the same length (H and W of a square map), and H, W of
+    a rank-4 map with at most 4 channels (NCHW or NHWC: ppocr-det's 1 x 1 x 640 x 640 text map, whose near-empty border
+    is no separate quantity). YOLO heads (1 x 84 x N, 1 x N x 85, 1 x 3 x H x W x 85) keep their feature axis."""
+    lens = [n for n in shape if n >= 2]
+    out = {ax for ax, n in enumerate(shape) if n >= 2 and lens.count(n) > 1}
+    if len(shape) == 4:
+        if shape[1] <= 4 < min(shape[2], shape[3]):
+            out |= {2, 3}
+        elif shape[3] <= 4 < min(shape[1], shape[2]):
+            out |= {1, 2}
+    return out
 
 
 def _num(x: float) -> float | None:

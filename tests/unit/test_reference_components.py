@@ -106,3 +106,23 @@ def test_split_off_judges_the_whole_tensor_only():
     got[:, 4:] = 0.0
     m = compare("feat", [got], [ref], TOLERANCES["int8"], split=False)
     assert m.components == () and m.ok
+
+
+def test_positions_are_not_components_but_raw_yolo_heads_keep_theirs():
+    """A 1 x 1 x H x W probability map's near-empty border is not a component; a YOLOv5 raw head (1 x 3 x H x W x 85:
+    boxes in pixels beside 0-1 scores) and a batched 2 x 84 x N head are still split on their feature axis."""
+    import numpy as np
+
+    from edgesdk.runtime.reference import components
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((1, 1, 64, 48), np.float32)
+    m[..., 8:-8, 8:-8] = rng.uniform(0, 1, (48, 32))
+    m[..., :8, :] = rng.uniform(0, 1e-4, (8, 48))
+    assert components([m]) == ()
+    head = np.concatenate([rng.uniform(0, 320, (1, 3, 8, 8, 4)), rng.uniform(0, 1, (1, 3, 8, 8, 81))], axis=-1)
+    (big, small) = components([head])
+    assert big.axis == small.axis == 4 and big.indexes == (0, 1, 2, 3)
+    batched = np.concatenate([rng.uniform(0, 320, (2, 4, 300)), rng.uniform(0, 1, (2, 80, 300))], axis=1)
+    (big, _small) = components([batched])
+    assert big.axis == 1 and big.indexes == (0, 1, 2, 3)

@@ -52,6 +52,8 @@ try:
     first = open(cfg["samples_from"]).readline().split() if cfg.get("samples_from") else []
     if cfg.get("check") and first:
         report["rc"]["init_runtime"] = r.init_runtime()
+        if report["rc"]["init_runtime"] != 0:
+            raise SystemExit(f"rknn-toolkit2 init_runtime (the simulator) returned {report['rc']['init_runtime']}")
         xs = [np.load(p) for p in first]
         got = r.inference(inputs=xs, data_format="nchw")
         import onnxruntime as ort
@@ -72,6 +74,8 @@ try:
         # its outputs are what the accelerator computes, judged by edgesdk like every engine's
         if "init_runtime" not in report["rc"]:
             report["rc"]["init_runtime"] = r.init_runtime()
+            if report["rc"]["init_runtime"] != 0:
+                raise SystemExit(f"rknn-toolkit2 init_runtime (the simulator) returned {report['rc']['init_runtime']}")
         feeds = np.load(cfg["check_feeds"])
         names = cfg["input_names"]
         count = len(feeds[feeds.files[0]])
@@ -89,7 +93,10 @@ try:
         # table is kept (the per-tensor dumps under golden/ and simulator/ are as big as the activations)
         import shutil
         d = cfg["accuracy"] + ".d"
-        report["rc"]["accuracy_analysis"] = r.accuracy_analysis(inputs=first, output_dir=d)
+        try:  # a diagnostic: its failure is reported, the built model stands
+            report["rc"]["accuracy_analysis"] = r.accuracy_analysis(inputs=first, output_dir=d)
+        except Exception as exc:
+            report["rc"]["accuracy_analysis"] = f"{type(exc).__name__}: {exc}"
         if os.path.isfile(os.path.join(d, "error_analysis.txt")):
             shutil.copyfile(os.path.join(d, "error_analysis.txt"), cfg["accuracy"])
         shutil.rmtree(d, ignore_errors=True)
@@ -193,8 +200,8 @@ def map_to_onnx(rows: Sequence[LayerRow], onnx_nodes: Sequence[tuple[str, Sequen
 
 
 #: figures are %.5f; a long euclidean runs into the next cosine ("3422.526860.99996"), so widths decide, not spaces
-_ACC_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<tensor>\S+)\s+(?P<ec>\d\.\d{5})\s*\|\s*(?P<ee>\d+\.\d{5})\s*"
-                      r"(?P<sc>\d\.\d{5})\s*\|\s*(?P<se>\d+\.\d{5})")
+_ACC_ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<tensor>\S+)\s+(?P<ec>-?\d\.\d{5})\s*\|\s*(?P<ee>\d+\.\d{5})\s*"
+                      r"(?P<sc>-?\d\.\d{5})\s*\|\s*(?P<se>\d+\.\d{5})")
 
 
 def parse_accuracy_analysis(text: str) -> list[dict[str, Any]]:

@@ -462,8 +462,9 @@ def _match(specs: tuple, details: list[dict], sig: dict[str, int], what: str,
             d = same[0] if len(same) == 1 else None
             if d is None and len(details) == len(specs) and fits(s, details[k]) and details[k] in free:
                 d = details[k]
-            if d is None and same:
-                d = same[0]
+            if d is None and len(same) > 1:
+                raise ConversionRefused("onnx2tf", f"{what} {s.name!r}: the converted model has {len(same)} unnamed "
+                                                   f"{what}s of its shape {list(s.shape)} and none in its position")
             if d is not None:
                 free.remove(d)
         if d is None:
