@@ -590,7 +590,8 @@ def convert(
         if tgt is not None and accel is not None and cset is not None and eval_in is not None:
             keep_cpu, acc_plans = _accelerator_keep(accel, plan, m, full, inits, node_index, work,
                                                     {k: v[calib_idx] for k, v in cset.arrays.items()}, eval_in,
-                                                    eval_source, tgt, ref_env, ref_out, postprocess, pre, prof, say)
+                                                    eval_source, tgt, ref_env, ref_out, postprocess, pre, prof, say,
+                                                    dict(accel_options or {}))
             for ip in acc_plans:
                 quant.append(ip.to_dict())
                 notes.append(ip.summary())
@@ -859,7 +860,8 @@ def _merge_tolerance(a: Tolerance | None, b: Tolerance | None) -> Tolerance | No
 def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node_index: Mapping[str, int],
                       work: Path, calib: Mapping[str, Any], eval_in: Mapping[str, Any], eval_source: str | None,
                       tgt: tuple[str, float], ref_env: Mapping[str, Any], ref_out: Mapping[str, Any],
-                      postprocess: Any, pre: Any, prof: Any, say: Callable[[str], None]) -> tuple[dict[str, str], list]:
+                      postprocess: Any, pre: Any, prof: Any, say: Callable[[str], None],
+                      options: Mapping[str, Any] | None = None) -> tuple[dict[str, str], list]:
     """--target on an int8-only accelerator: each accelerator segment's search on its host int8 simulation (the
     accelerator's scheme, edgesdk.simulate), and the layers it keeps in float, which go to the CPU (name -> why).
 
@@ -887,7 +889,8 @@ def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node
                                     prof.accelerator.tops.value * 1e12, prof.peaks.cpu_fp32_gflops.value * 1e9)
         if accel.vendor_simulator and accel.vendor_env().ok:
             ip = _vendor_meets_target(accel, sid, s, seg_onnx, cal, seg_eval[s.index], feed,
-                                      {t.name: ref_env[t.name] for t in s.outputs}, eval_source, tgt, task_ctx, say)
+                                      {t.name: ref_env[t.name] for t in s.outputs}, eval_source, tgt, task_ctx, say,
+                                      options or {})
             if ip is not None:
                 plans.append(ip)
                 continue
@@ -904,7 +907,8 @@ def _accelerator_keep(accel: Any, plan: Any, m: Any, full: Any, inits: Any, node
 
 def _vendor_meets_target(accel: Any, sid: str, s: Any, seg_onnx: Path, cal: Path, seg_eval: Mapping[str, Any],
                          feed: Mapping[str, Any], expected: Mapping[str, Any], eval_source: str | None,
-                         tgt: tuple[str, float], task_ctx: Any, say: Callable[[str], None]) -> Any:
+                         tgt: tuple[str, float], task_ctx: Any, say: Callable[[str], None],
+                         options: Mapping[str, Any] | None = None) -> Any:
     """--target on an accelerator whose toolchain simulates its compiled model (RKNN): the whole segment compiled by
     the vendor, with the vendor's own quantizer, judged on the evaluation samples by the search's judge. Returns the
     segment's Int8Plan when that meets the target (nothing leaves the accelerator), else None (the host search
@@ -925,8 +929,8 @@ def _vendor_meets_target(accel: Any, sid: str, s: Any, seg_onnx: Path, cal: Path
     with np.load(cal) as z:
         n_cal = len(z[z.files[0]])
     job = ConversionJob(sid, seg_onnx, work, "int8", ins, outs, CalibData(cal, n_cal),
-                        {"check_feeds": str(write_npz(work / "feeds.npz", feeds)), "accuracy_analysis": False,
-                         "simulate": False})
+                        {**(options or {}), "check_feeds": str(write_npz(work / "feeds.npz", feeds)),
+                         "accuracy_analysis": False, "simulate": False})  # the shipped build's options
     t0 = time.perf_counter()
     say(f"{sid}: --target on {accel.engine}: the whole segment on {accel.vendor}'s own quantizer and simulator")
     try:
