@@ -934,9 +934,8 @@ def _vendor_meets_target(accel: Any, sid: str, s: Any, seg_onnx: Path, cal: Path
     t0 = time.perf_counter()
     say(f"{sid}: --target on {accel.engine}: the whole segment on {accel.vendor}'s own quantizer and simulator")
     try:
-        cplan = accel.plan(job)
-        vend = accel.split(cplan)[1]
-        execute(replace(vend, writes=cplan.writes))  # the compiler alone (its driver and configs), no host simulation
+        cplan = accel.without_simulation(accel.plan(job))
+        execute(cplan)
         got = accel.simulated_outputs(job, cplan) or []
     except EdgeSDKError as exc:
         say(f"{sid}: {accel.vendor} could not build it for the check ({str(exc).splitlines()[0][:200]}): the host "

@@ -127,18 +127,13 @@ def _cosines(a: Any, job: Any, plan: Any, m: Any) -> dict[str, Any]:
 def agreement_vela(name: str, path: Path, work: Path, shapes: dict[str, tuple[int, ...]] | None = None
                    ) -> dict[str, object]:
     """imx93: edgesdk's placement against vela's, per ONNX node; vela's and edgesdk's estimates; int8 cosine."""
-    from dataclasses import replace
-
     from edgesdk.graph.report import analyze, build_report
     from edgesdk.toolchains.adapters.vela import VelaAdapter
     from edgesdk.toolchains.executor import execute
 
     m, board, predicted, job = _prepared(name, path, work, shapes, "imx93", {})
     a = VelaAdapter()
-    plan = a.plan(job)
-    # the host int8 simulation (convert's CPU version of the segment) is not what is measured here
-    plan = replace(plan, commands=tuple(c for c in plan.commands if c.tool != "onnxruntime"),
-                   outputs={k: v for k, v in plan.outputs.items() if k != "sim"})
+    plan = a.without_simulation(a.plan(job))  # the host int8 simulation is not what is measured here
     execute(plan)
     rep = a.report(plan)
     mapping, placed, unmapped = a.node_placement(job, plan)

@@ -115,6 +115,33 @@ class AcceleratorAdapter(Adapter):
         sample; None without a vendor simulator."""
         return None
 
+    @staticmethod
+    def without_simulation(plan: ConversionPlan) -> ConversionPlan:
+        """`plan` without the host int8 simulation (its command and its output): for a build that only asks the
+        compiler something (its placement, its simulator's verdict), not a segment's conversion."""
+        from dataclasses import replace
+
+        return replace(plan, commands=tuple(c for c in plan.commands if c.tool != "onnxruntime"),
+                       outputs={k: v for k, v in plan.outputs.items() if k != "sim"})
+
+    def placement_build(self, onnx_path: Path, work: Path, inputs: Sequence[Any], outputs: Sequence[Any],
+                        options: Mapping[str, Any] | None = None) -> tuple[ConversionJob, ConversionPlan]:
+        """Compile `onnx_path` int8 on 4 random calibration samples (placement does not depend on the values),
+        without the host simulation; returns the executed job and plan (compiler_placement's build)."""
+        import numpy as np
+
+        from edgesdk.toolchains.adapters.base import CalibData
+        from edgesdk.toolchains.executor import execute
+
+        rng = np.random.default_rng(0)
+        calib = work / "placement_calib.npz"
+        np.savez(calib, **{t.name: rng.uniform(0, 1, (4, *t.shape[1:])).astype(np.float32) for t in inputs})
+        job = ConversionJob("placement", onnx_path, work, "int8", tuple(inputs), tuple(outputs), CalibData(calib, 4),
+                            dict(options or {}))
+        plan = self.without_simulation(self.plan(job))
+        execute(plan)
+        return job, plan
+
     def compiler_placement(self, onnx_path: Path, work: Path, inputs: Sequence[Any], outputs: Sequence[Any]
                            ) -> dict[str, tuple[str, str]] | None:
         """What the vendor compiler itself does with each node of `onnx_path` (static shapes): node -> ("accelerator"

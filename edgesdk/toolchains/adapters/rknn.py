@@ -312,21 +312,9 @@ class RknnAdapter(AcceleratorAdapter):
         values; no simulator, no accuracy analysis) and read the layer table, mapped to ONNX nodes."""
         if not self.vendor_env().ok:
             return None
-        import numpy as np
         import onnx
 
-        from edgesdk.toolchains.adapters.base import CalibData
-        from edgesdk.toolchains.executor import execute
-
-        rng = np.random.default_rng(0)
-        calib = work / "placement_calib.npz"
-        np.savez(calib, **{t.name: rng.uniform(0, 1, (4, *t.shape[1:])).astype(np.float32) for t in inputs})
-        job = ConversionJob("placement", onnx_path, work, "int8", tuple(inputs), tuple(outputs), CalibData(calib, 4),
-                            {"simulate": False, "accuracy_analysis": False})
-        plan = self.plan(job)
-        vend = self.split(plan)[1]
-        execute(ConversionPlan(vend.toolchain, vend.engine, vend.precision, plan.writes, vend.commands, vend.outputs,
-                               vend.notes))
+        _, plan = self.placement_build(onnx_path, work, inputs, outputs, {"simulate": False, "accuracy_analysis": False})
         m = onnx.load(str(onnx_path), load_external_data=False)
         view = self.compiler_view(plan, [(n.name, list(n.input), list(n.output)) for n in m.graph.node])
         ops = {n: r for r in view["rows"] for n in r["onnx_nodes"]}

@@ -211,21 +211,7 @@ class VelaAdapter(TfliteCompilerAdapter):
         compiled by vela; its per-op placement mapped to ONNX nodes by value (node_placement). Minutes: onnx2tf."""
         if not self.vendor_env().ok or not self.tflite.check_env().ok:
             return None
-        from dataclasses import replace
-
-        import numpy as np
-
-        from edgesdk.toolchains.adapters.base import CalibData
-        from edgesdk.toolchains.executor import execute
-
-        rng = np.random.default_rng(0)
-        calib = work / "placement_calib.npz"
-        np.savez(calib, **{t.name: rng.uniform(0, 1, (4, *t.shape[1:])).astype(np.float32) for t in inputs})
-        job = ConversionJob("placement", onnx_path, work, "int8", tuple(inputs), tuple(outputs), CalibData(calib, 4), {})
-        plan = self.plan(job)
-        plan = replace(plan, commands=tuple(c for c in plan.commands if c.tool != "onnxruntime"),  # no host simulation
-                       outputs={k: p for k, p in plan.outputs.items() if k != "sim"})
-        execute(plan)
+        job, plan = self.placement_build(onnx_path, work, inputs, outputs)
         _, placed, _ = self.node_placement(job, plan)
         return {n: ("accelerator" if t == "npu" else "cpu", f"vela: {op} on the {t.upper()}" + (f" ({why})" if why else ""))
                 for n, (t, op, why) in placed.items()}
