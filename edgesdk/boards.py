@@ -154,6 +154,35 @@ class ReferenceLatency(_Strict):
     source: Source
 
 
+class OpUtilisation(_Strict):
+    """Share of the peak an op class reaches (0-1], fitted or derived: each figure names its source."""
+
+    conv: Figure = Field(description="dense convolution (group 1, or grouped below depthwise)")
+    depthwise: Figure = Field(description="depthwise convolution (group == input channels)")
+    matmul: Figure = Field(description="Gemm / MatMul")
+    elementwise: Figure = Field(description="activations, pooling, resize, reductions, normalisation")
+
+
+class CostModel(_Strict):
+    """The latency model of edgesdk.graph.cost: per-node roofline at each op class's utilisation, a cost per
+    accelerator invocation, the CPU<->accelerator link, and the CPU work at every hand-off (quantize/dequantize, layout
+    conversion). Calibrated against `reference_latencies` by scripts/calibrate_cost.py; `calibration` says how."""
+
+    cpu: OpUtilisation
+    cpu_parallel_efficiency: Figure | None = Field(
+        default=None, description="speed-up of each extra CPU core, 0-1: cores used = 1 + (n - 1) x this")
+    accelerator: OpUtilisation | None = None
+    invoke_ms: Figure | None = Field(default=None, description="fixed cost of one accelerator invocation")
+    link_gbs: Figure | None = Field(default=None, description="CPU <-> accelerator link (USB, PCIe or shared DRAM)")
+    weights_over_link: bool = Field(
+        default=False, description="parameters beyond accelerator.on_chip_memory_mb cross the link every inference")
+    quantize_ns_per_byte: Figure = Field(description="CPU cost per byte of the float tensor to (de)quantize it")
+    layout_ns_per_byte: Figure = Field(description="CPU cost per byte of the float tensor for NCHW <-> NHWC")
+    accelerator_layout: Literal["NHWC", "NCHW"] | None = Field(
+        default=None, description="the layout the accelerator's runtime takes; NCHW engines pay layout_ns_per_byte")
+    calibration: str = Field(min_length=3, description="which reference rows calibrated it, and the error; or why not")
+
+
 class BoardProfile(_Strict):
     """Everything edgesdk knows about one board. One YAML file in boards/."""
 
@@ -175,6 +204,7 @@ class BoardProfile(_Strict):
     detect: Detect
     emulation: Emulation
     reference_latencies: list[ReferenceLatency] = Field(default_factory=list)
+    cost: CostModel | None = Field(default=None, description="the latency model's figures (edgesdk.graph.cost)")
 
     @model_validator(mode="after")
     def _consistent(self) -> BoardProfile:
@@ -271,8 +301,10 @@ def get_board(board_id: str, directory: str | Path | None = None) -> BoardProfil
 __all__ = [
     "Accelerator",
     "BoardProfile",
+    "CostModel",
     "Cpu",
     "Figure",
+    "OpUtilisation",
     "ReferenceLatency",
     "board_ids",
     "boards_dir",
