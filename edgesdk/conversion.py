@@ -441,6 +441,8 @@ def convert(
     target: str | None = None,
     calib_method: str | None = None,
     sample: str | Path | None = None,
+    plan: str = "best",
+    max_segments: int | None = None,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
@@ -455,7 +457,8 @@ def convert(
     onnxruntime, confirmed on an MNN/TFLite segment's own build; an accelerator's kept layers move to the CPU);
     calib_method: auto (tried on held-back samples, the onnxruntime default), minmax, entropy or percentile.
     prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
-    input. Bad input raises
+    input. plan: on a board with an accelerator, best (the candidate plan with the lowest estimated latency,
+    edgesdk.graph.plans), or a forced cpu / vendor / split; max_segments bounds the plan. Bad input raises
     InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
     in the result and the manifest; with `engine`, that engine only.
     """
@@ -474,6 +477,13 @@ def convert(
 
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
+    from edgesdk.graph.plans import PLAN_MODES
+
+    plan_mode = plan  # `plan` is the partition plan below
+    if plan_mode not in PLAN_MODES:
+        raise InputError(f"--plan {plan_mode!r}: choose one of {', '.join(PLAN_MODES)}")
+    if max_segments is not None and max_segments < 1:
+        raise InputError(f"--max-segments {max_segments}: must be at least 1")
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     prof = get_board(board)
@@ -552,7 +562,7 @@ def convert(
             upd["accelerator"] = None
         prof2 = prof.model_copy(update=upd)
         say(f"partitioning for {prof.id}")
-        plan = analyze(m, prof2, whole_model=not explicit).plan
+        plan = analyze(m, prof2, whole_model=not explicit, plan=plan_mode, max_segments=max_segments).plan
         notes.extend(plan.notes)
         accel = None
         if any(s.target == "accelerator" for s in plan.segments):
@@ -597,7 +607,8 @@ def convert(
                 notes.append(ip.summary())
                 tolerance = _merge_tolerance(tolerance, ip.tolerance())
             if keep_cpu:
-                plan = analyze(m, prof2, whole_model=not explicit, keep_cpu=keep_cpu).plan
+                plan = analyze(m, prof2, whole_model=not explicit, keep_cpu=keep_cpu, plan=plan_mode,
+                               max_segments=max_segments).plan
                 notes.append(f"--target keeps {len(keep_cpu)} accelerator layer(s) in float on the CPU "
                              f"({', '.join(list(keep_cpu)[:5])}{', ...' if len(keep_cpu) > 5 else ''}): the partition "
                              f"now has {len(plan.segments)} segment(s)")

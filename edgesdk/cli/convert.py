@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from edgesdk.cli.common import JSON_OPTION, console, err_console, handle_errors, print_json
-from edgesdk.cli.inspect import INPUT_SHAPE_OPTION, NO_PREPARE_OPTION, TRUST_MODEL_OPTION, shapes_from
+from edgesdk.cli.inspect import (
+    INPUT_SHAPE_OPTION,
+    MAX_SEGMENTS_OPTION,
+    NO_PREPARE_OPTION,
+    PLAN_OPTION,
+    TRUST_MODEL_OPTION,
+    shapes_from,
+)
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -75,6 +82,8 @@ def convert_cmd(
                                                "mismatch with arch.json is refused before compiling."),
     no_prepare: bool = NO_PREPARE_OPTION,
     trust_model: bool = TRUST_MODEL_OPTION,
+    plan: str = PLAN_OPTION,
+    max_segments: int | None = MAX_SEGMENTS_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle with this private key "
                                      "(edgesdk keys generate); release_version: the key's last + 1."),
@@ -98,6 +107,8 @@ def convert_cmd(
       edgesdk convert net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model -o build/net
 
       edgesdk convert model.onnx --board rpi4 -o build/rpi4 --sign release.key
+
+      edgesdk convert det.onnx --board kv260 --input-shape x=1,3,640,640 --max-segments 3 -o build/kv260
     """
     from edgesdk.conversion import convert
 
@@ -120,7 +131,7 @@ def convert_cmd(
                   accel_options={k: v for k, v in {"vai_version": vai_version,
                                                    "board_fingerprint": dpu_fingerprint}.items() if v},
                   prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model, target=target,
-                  calib_method=calib_method)
+                  calib_method=calib_method, plan=plan, max_segments=max_segments)
     signed = None
     if sign is not None and not res.dry_run:
         from edgesdk.signing import sign_bundle

@@ -26,6 +26,16 @@ MIN_ISLAND_OPTION = typer.Option(
     help="Accelerator islands below this share of the FLOPs fold into the CPU when that saves two transfers.")
 
 
+PLAN_OPTION = typer.Option(
+    "best", "--plan", metavar="best|cpu|vendor|split",
+    help="Which plan: best (the lowest estimated latency: whole model on the CPU, the vendor compiler's own split, "
+         "edgesdk's multi-segment plan, or that plan with the costly accelerator islands moved to the CPU), or force "
+         "one: cpu, vendor, split.")
+MAX_SEGMENTS_OPTION = typer.Option(
+    None, "--max-segments", min=1, metavar="N",
+    help="Keep the plan to at most N segments (islands move to the CPU, least loss first, until it fits).")
+
+
 def shapes_from(options: list[str] | None) -> dict[str, tuple[int, ...]]:
     from edgesdk.graph import parse_input_shape
 
@@ -57,9 +67,12 @@ def inspect_cmd(
     compiler: bool = typer.Option(False, "--compiler", help="Also run the board's vendor compiler (rk3588: "
                                   "RKNN-Toolkit2, seconds; imx93: int8 TFLite + vela, minutes) and show, node by node, "
                                   "where it disagrees with edgesdk's op table."),
+    plan: str = PLAN_OPTION,
+    max_segments: int | None = MAX_SEGMENTS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Show where each op of MODEL runs on a board, and why; the segments; an estimated latency.
+    """Show where each op of MODEL runs on a board, and why; the candidate plans and the one chosen by estimated
+    latency; the ops that keep nodes off the accelerator, what each costs and the rewrite that would lift it.
 
     Examples:
 
@@ -74,8 +87,12 @@ def inspect_cmd(
       edgesdk inspect net.pt --board rpi4 --input-shape input=1,3,224,224 --trust-model
 
       edgesdk inspect det.onnx --board rk3588 --input-shape images=1,3,640,640 --compiler
+
+      edgesdk inspect det.onnx --board kv260 --input-shape x=1,3,640,640 --max-segments 4
+
+      edgesdk inspect det.onnx --board coral-usb --input-shape x=1,3,640,640 --plan vendor
     """
-    from edgesdk.graph.report import ESTIMATE_LABEL, compare_boards, inspect_model
+    from edgesdk.graph.report import compare_boards, inspect_model
 
     shapes = shapes_from(input_shape)
     if all_boards:
@@ -85,23 +102,27 @@ def inspect_cmd(
             raise InputError("--html needs one --board, not --all-boards")
         info: list = []
         rows = compare_boards(model, shapes, [board] if board else None, min_island_share, not no_prepare,
-                              opened_info=info, trust_model=trust_model)
+                              opened_info=info, trust_model=trust_model, plan=plan, max_segments=max_segments)
         if json_out:
             print_json([{**r.to_dict(), "prepare": info[0].prepare.to_dict()} for r in rows])
             return
         for n in (*info[0].notes, info[0].prepare.summary()):
             console.print(f"note: {n}", highlight=False)
-        t = Table(title=f"{model.name} on every board ({ESTIMATE_LABEL})")
-        for col in ("board", "accelerator", "FLOPs on accelerator", "FLOPs on preferred engine", "segments",
-                    "hand-offs", "est. latency"):
-            t.add_column(col, justify="right" if col not in ("board", "accelerator") else "left")
+        from edgesdk.graph.cost import LABEL
+
+        t = Table(title=f"{model.name} on every board, fastest first ({LABEL})")
+        for col in ("#", "board", "plan", "est. latency", "all on CPU", "FLOPs on accel.", "segments",
+                    "hand-offs", "blocks the accelerator most"):
+            t.add_column(col, justify="left" if col in ("board", "plan", "blocks the accelerator most") else "right")
         for r in rows:
-            acc = r.accelerator.split(" (")[0].split(",")[0] if r.accelerator else "- (CPU only)"
             share = _pct(r.accelerator_flops_share)
             if r.compiler_view_share is not None:
                 share += f" (compiler alone: {_pct(r.compiler_view_share)})"
-            t.add_row(r.board_id, acc, share, f"{r.primary_engine} {_pct(r.primary_flops_share)}",
-                      str(r.segments), str(r.handoffs), f"~{r.estimate_ms:.1f} ms")
+            tb = r.top_blocker
+            block = f"{tb['op_type']} x{tb['count']} (~{tb['gain_ms']:.1f} ms)" if tb else "-"
+            t.add_row(str(r.rank), r.board_id, r.plan + ("" if r.calibrated else " (uncalibrated)"),
+                      f"~{r.estimate_ms:.1f} ms", f"~{r.cpu_ms:.1f} ms" if r.cpu_ms is not None else "-", share,
+                      str(r.segments), str(r.handoffs), block)
         console.print(t)
         return
     if board is None:
@@ -109,7 +130,7 @@ def inspect_cmd(
     if compiler and not json_out:
         console.print(f"running the vendor compiler for {board} (this builds the model: seconds to minutes) ...")
     rep = inspect_model(model, board, shapes, min_island_share, not no_prepare, trust_model=trust_model,
-                        compiler=compiler)
+                        compiler=compiler, plan=plan, max_segments=max_segments)
     if html is not None:
         from edgesdk.graph.html import write_html
 
@@ -163,6 +184,7 @@ def _print_report(rep) -> None:  # noqa: ANN001 - InspectReport, imported lazily
         for x in cr["disagreements"]:
             console.print(f"  {x['node']} ({x['op_type']}): edgesdk {x['edgesdk']}, compiler {x['compiler']}"
                           f"{': ' + x['compiler_says'] if x['compiler_says'] else ''}", highlight=False)
+    _print_choice(rep)
     for f in rep.plan.folded:
         console.print(f"folded into the CPU: accelerator island {', '.join(f.nodes[:4])}"
                       f"{'...' if len(f.nodes) > 4 else ''} ({_pct(f.flops_share)} of FLOPs), saves "
@@ -176,6 +198,35 @@ def _print_report(rep) -> None:  # noqa: ANN001 - InspectReport, imported lazily
         console.print(w)
     for n in rep.notes:
         console.print(f"note: {n}", highlight=False)
+
+
+def _print_choice(rep) -> None:  # noqa: ANN001 - InspectReport
+    """The candidate plans, the reason for the choice, the blocking ops and the rewrites applied."""
+    ch = rep.plan_choice
+    if ch:
+        t = Table(title="candidate plans (estimated latency)")
+        for col in ("plan", "segments", "hand-offs", "FLOPs on accelerator", "compute", "invocations", "hand-off cost",
+                    "total", ""):
+            t.add_column(col)
+        for c in ch["candidates"]:
+            t.add_row(c["name"], str(c["segments"]), str(c["handoffs"]), _pct(c["accelerator_flops_share"]),
+                      f"{c['compute_ms']:.2f} ms", f"{c['invoke_ms']:.2f} ms", f"{c['boundary_ms']:.2f} ms",
+                      f"{c['estimate_ms']:.2f} ms", "chosen" if c["chosen"] else "")
+        console.print(t)
+        console.print(f"plan: {ch['reason']}", highlight=False)
+    for r in rep.rewrites_applied:
+        console.print(f"rewritten: {r['title']} x{r['count']} (proven on onnxruntime: cosine {r['cosine']:.6f})",
+                      highlight=False)
+    if rep.blockers:
+        b = Table(title="what keeps nodes off the accelerator (gain = estimated ms saved if the accelerator took them)")
+        for col in ("op type", "nodes", "on the CPU", "gain", "why", "rewrite"):
+            b.add_column(col)
+        for x in rep.blockers:
+            rw = "-" if not x.rewrite else x.rewrite + ("" if x.exact else " [changes the function: fine-tune]")
+            b.add_row(x.op_type, str(x.count), f"{x.cpu_ms:.2f} ms", f"{x.gain_ms:.2f} ms", x.reason[:120], rw)
+        console.print(b)
+        if rep.all_on_accelerator_ms is not None:
+            console.print(f"with every node on the accelerator: ~{rep.all_on_accelerator_ms:.1f} ms (estimate)")
 
 
 def register(app: typer.Typer) -> None:

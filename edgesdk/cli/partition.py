@@ -9,8 +9,10 @@ import typer
 from edgesdk.cli.common import JSON_OPTION, console, handle_errors, print_json
 from edgesdk.cli.inspect import (
     INPUT_SHAPE_OPTION,
+    MAX_SEGMENTS_OPTION,
     MIN_ISLAND_OPTION,
     NO_PREPARE_OPTION,
+    PLAN_OPTION,
     TRUST_MODEL_OPTION,
     shapes_from,
 )
@@ -26,6 +28,8 @@ def partition_cmd(
     min_island_share: float = MIN_ISLAND_OPTION,
     no_prepare: bool = NO_PREPARE_OPTION,
     trust_model: bool = TRUST_MODEL_OPTION,
+    plan: str = PLAN_OPTION,
+    max_segments: int | None = MAX_SEGMENTS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Split MODEL into accelerator and CPU segments for a board and write them with plan.json.
@@ -37,11 +41,13 @@ def partition_cmd(
       edgesdk partition det.onnx --board x3 --input-shape x=1,3,640,640 -o build/x3 --force
 
       edgesdk partition net.pt --board coral-usb --input-shape image=1,3,224,224 --trust-model -o build/net
+
+      edgesdk partition det.onnx --board kv260 --input-shape x=1,3,640,640 --max-segments 3 -o build/kv
     """
     from edgesdk.graph.extract import partition_model
 
     res = partition_model(model, board, out, force, shapes_from(input_shape), min_island_share,
-                          prepare=not no_prepare, trust_model=trust_model)
+                          prepare=not no_prepare, trust_model=trust_model, plan=plan, max_segments=max_segments)
     if json_out:
         print_json({"out_dir": str(res.out_dir), "files": list(res.files), "plan": res.plan.to_dict(),
                     "prepare": res.prepare.to_dict() if res.prepare else None})

@@ -30,6 +30,8 @@ class Analysis:
     board: BoardProfile
     support: SupportReport
     plan: PartitionPlan
+    #: the candidate plans and why the chosen one won (edgesdk.graph.plans); None on a CPU board
+    choice: Any = None
 
 
 def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
@@ -52,13 +54,16 @@ def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
 
 def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,
             min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, whole_model: bool = True,
-            keep_cpu: Mapping[str, str] | None = None) -> Analysis:
+            keep_cpu: Mapping[str, str] | None = None, plan: str = "best",
+            max_segments: int | None = None) -> Analysis:
     """Support check and partition of a loaded model for one board.
 
     On a board without an accelerator, a model its first CPU engine cannot take whole goes whole to the
     board's next CPU engine that takes every node (`whole_model`), rather than being cut between engines:
     the plan says so in its notes. With `whole_model=False` (an explicit --engine) the board's order stands.
-    `keep_cpu`: accelerator nodes moved to the CPU (keep_on_cpu)."""
+    `keep_cpu`: accelerator nodes moved to the CPU (keep_on_cpu). On a board with an accelerator, `plan` picks among
+    the candidate plans by estimated latency (edgesdk.graph.plans: best, or a forced cpu / vendor / split) within
+    `max_segments`; the analysis carries the candidates and the reason (`choice`)."""
     support = check_support(model, board, tables)
     if keep_cpu:
         support = keep_on_cpu(model, support, keep_cpu)
@@ -82,7 +87,16 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
 
                     plan = replace(plan, notes=(note, *plan.notes))
                     return Analysis(model, alt, s2, plan)
-    return Analysis(model, board, support, partition(model, board, support, min_island_flops_share))
+    if board.accelerator is None:
+        return Analysis(model, board, support, partition(model, board, support, min_island_flops_share))
+    from edgesdk.graph.plans import choose
+
+    ch = choose(model, board, support, plan, max_segments, min_island_flops_share)
+    chosen = ch.chosen
+    from dataclasses import replace
+
+    notes = (f"plan: {ch.reason}", *chosen.plan.notes)
+    return Analysis(model, board, chosen.support, replace(chosen.plan, notes=notes), ch)
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,16 @@ class InspectReport:
     prepare: dict[str, Any] | None = None
     #: inspect --compiler: what the vendor compiler, run here, did with each node (run_compiler)
     compiler_run: dict[str, Any] | None = None
+    #: the latency model's estimate of the plan (edgesdk.graph.cost.PlanCost)
+    cost: Any = None
+    #: the candidate plans and the reason for the choice (edgesdk.graph.plans.PlanChoice.to_dict())
+    plan_choice: dict[str, Any] | None = None
+    #: the op types that keep nodes off the accelerator, with their estimated cost and rewrite (plans.Blocker)
+    blockers: tuple[Any, ...] = ()
+    #: the estimate with every node on the accelerator (what lifting every blocker could give at best)
+    all_on_accelerator_ms: float | None = None
+    #: function-preserving rewrites applied for this board (edgesdk.graph.rewrite), as dicts
+    rewrites_applied: tuple[dict[str, Any], ...] = ()
 
     @property
     def accelerator_flops_share(self) -> float | None:
@@ -168,6 +192,9 @@ class InspectReport:
 
     @property
     def estimate_ms(self) -> float:
+        """The latency model's estimate of the chosen plan (edgesdk.graph.cost)."""
+        if self.cost is not None:
+            return float(self.cost.total_ms)
         return sum(e.ms for e in self.estimates) + self.transfer_ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,8 +209,14 @@ class InspectReport:
             "transfers": {"count": len(self.plan.transfers), "handoffs": self.plan.handoffs,
                           "bytes": self.transfer_bytes, "estimate_ms": self.transfer_ms},
             "folded_islands": [f.to_dict() for f in self.plan.folded],
-            "latency": {"label": ESTIMATE_LABEL, "segments": [e.to_dict() for e in self.estimates],
-                        "transfer_ms": self.transfer_ms, "total_ms": self.estimate_ms},
+            "latency": {**(self.cost.to_dict() if self.cost is not None else {"label": ESTIMATE_LABEL}),
+                        "total_ms": self.estimate_ms,
+                        "roofline": {"label": ESTIMATE_LABEL, "segments": [e.to_dict() for e in self.estimates],
+                                     "transfer_ms": self.transfer_ms}},
+            "plan_choice": self.plan_choice,
+            "blockers": [b.to_dict() for b in self.blockers],
+            "all_on_accelerator_ms": self.all_on_accelerator_ms,
+            "rewrites_applied": list(self.rewrites_applied),
             "rewrites": [r.to_dict() for r in self.rewrites],
             "prepare": self.prepare,
             "compiler_view": self.compiler_view,
@@ -236,7 +269,7 @@ def build_report(a: Analysis) -> InspectReport:
             reasons[p.op_type][r] = None
         if p.node in folded_nodes:
             reasons[p.op_type]["folded into the CPU: a small accelerator island, moving it saves two transfers"] = None
-        if p.reasons and p.target == "cpu":
+        if p.reasons and p.target == "cpu" and p.kind != "plan":
             refused[p.op_type] += 1
             if p.rewrite and p.op_type not in rewrite_src:
                 rewrite_src[p.op_type] = p.rewrite
@@ -255,6 +288,14 @@ def build_report(a: Analysis) -> InspectReport:
                 rewrites.append(Rewrite(op, n, text, "rewrites table"))
 
     est, tbytes, tms = _estimates(board, plan)
+    from edgesdk.graph.cost import estimate_plan
+    from edgesdk.graph.plans import explain
+
+    cost = estimate_plan(model, board, plan)
+    blockers: tuple[Any, ...] = ()
+    all_acc = None
+    if a.choice is not None:
+        blockers, all_acc = explain(model, board, a.choice, lambda op, p: suggestion(kind, op, p.rewrite))
     compiler_view = None
     if support.compiler_view is not None:
         total = model.total_flops or 1
@@ -292,12 +333,28 @@ def build_report(a: Analysis) -> InspectReport:
         estimates=tuple(est), transfer_bytes=tbytes, transfer_ms=tms, rewrites=tuple(rewrites),
         accelerator=board.accelerator.name if board.accelerator else None, compiler_view=compiler_view,
         notes=plan.notes, node_placements=tuple(node_placements), edges=edges,
+        cost=cost, plan_choice=a.choice.to_dict() if a.choice is not None else None, blockers=blockers,
+        all_on_accelerator_ms=all_acc,
     )
+
+
+def suggestion(kind: str, op_type: str, table_rewrite: str | None = None) -> tuple[str, bool] | None:
+    """(rewrite text, keeps the function) for an op an accelerator of `kind` refuses: the op table's own `rewrite`
+    first, then edgesdk/graph/rewrites.yaml. A rewrite keeps the function only where its text says "(exact";
+    every other one changes it (fine-tune after applying it)."""
+    text = table_rewrite
+    if not text:
+        table = rewrite_table()
+        text = table.get(kind, {}).get(op_type) or table.get("any", {}).get(op_type)
+    if not text:
+        return None
+    return text, "(exact" in text
 
 
 def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
-                  example_inputs: Any = None, trust_model: bool = False, compiler: bool = False) -> InspectReport:
+                  example_inputs: Any = None, trust_model: bool = False, compiler: bool = False,
+                  plan: str = "best", max_segments: int | None = None) -> InspectReport:
     """Open `path` (any input convert takes), prepare it, check and partition it for `board_id`, and report
     (the `edgesdk inspect` command). trust_model: see edgesdk.frontends (TorchScript is code). compiler: also run
     the board's vendor compiler on the prepared model and report what it did (`compiler_run`), against edgesdk's
@@ -308,7 +365,8 @@ def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[
 
     board = get_board(board_id)
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
-        rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share))
+        rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share, plan=plan,
+                                   max_segments=max_segments))
         rep = replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
                       notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
         if compiler:
@@ -389,22 +447,35 @@ class BoardSummary:
     handoffs: int
     estimate_ms: float
     compiler_view_share: float | None = None
+    plan: str = "cpu-board"  # the chosen candidate (edgesdk.graph.plans)
+    reason: str = ""
+    cpu_ms: float | None = None  # the whole model on the board's CPU
+    top_blocker: dict[str, Any] | None = None
+    calibrated: bool = False
+    rank: int = 0  # 1 = the fastest board by the estimate
 
     def to_dict(self) -> dict[str, Any]:
-        return {"board": self.board_id, "accelerator": self.accelerator, "primary_engine": self.primary_engine,
+        from edgesdk.graph.cost import LABEL
+
+        return {"rank": self.rank, "board": self.board_id, "accelerator": self.accelerator,
+                "primary_engine": self.primary_engine,
                 "accelerator_flops_share": self.accelerator_flops_share,
                 "primary_flops_share": self.primary_flops_share, "segments": self.segments,
-                "handoffs": self.handoffs, "estimate_ms": self.estimate_ms,
+                "handoffs": self.handoffs, "estimate_ms": self.estimate_ms, "cpu_ms": self.cpu_ms,
+                "plan": self.plan, "reason": self.reason, "top_blocker": self.top_blocker,
+                "cost_model_calibrated": self.calibrated,
                 "compiler_view_accelerator_flops_share": self.compiler_view_share,
-                "estimate_label": ESTIMATE_LABEL}
+                "estimate_label": LABEL}
 
 
 def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
                    board_ids: Sequence[str] | None = None,
                    min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
                    example_inputs: Any = None, opened_info: list[Any] | None = None,
-                   trust_model: bool = False) -> list[BoardSummary]:
-    """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`).
+                   trust_model: bool = False, plan: str = "best",
+                   max_segments: int | None = None) -> list[BoardSummary]:
+    """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`), ranked
+    by the estimated latency of each board's chosen plan (fastest first; `rank`).
 
     `opened_info`, when given, receives the Opened model (its preparation report and notes)."""
     from edgesdk.graph.source import opened
@@ -413,19 +484,31 @@ def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None =
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         if opened_info is not None:
             opened_info.append(o)
-        return _compare(o.model, boards, min_island_flops_share)
+        return _compare(o.model, boards, min_island_flops_share, plan, max_segments)
 
 
-def _compare(model: Model, boards: Sequence[BoardProfile], min_island_flops_share: float) -> list[BoardSummary]:
+def _compare(model: Model, boards: Sequence[BoardProfile], min_island_flops_share: float, plan: str = "best",
+             max_segments: int | None = None) -> list[BoardSummary]:
+    from dataclasses import replace
+
     out = []
     for board in boards:
-        r = build_report(analyze(model, board, min_island_flops_share=min_island_flops_share))
+        r = build_report(analyze(model, board, min_island_flops_share=min_island_flops_share, plan=plan,
+                                 max_segments=max_segments))
         primary = board.accelerator.engine if board.accelerator else board.engines[0]
+        ch = r.plan_choice or {}
+        top = r.blockers[0] if r.blockers else None
         out.append(BoardSummary(
             board.id, r.accelerator, primary, r.accelerator_flops_share,
-            sum(s.flops_share for s in r.plan.segments if s.engine == primary), len(r.plan.segments), r.plan.handoffs, r.estimate_ms,
-            r.compiler_view["accelerator_flops_share"] if r.compiler_view else None))
-    return out
+            sum(s.flops_share for s in r.plan.segments if s.engine == primary), len(r.plan.segments),
+            r.plan.handoffs, r.estimate_ms,
+            r.compiler_view["accelerator_flops_share"] if r.compiler_view else None,
+            plan=ch.get("chosen", "cpu-board"), reason=ch.get("reason", "a CPU board: one plan"),
+            cpu_ms=next((c["estimate_ms"] for c in ch.get("candidates", []) if c["name"] == "cpu"), r.estimate_ms),
+            top_blocker=top.to_dict() if top is not None else None, calibrated=bool(r.cost and r.cost.calibrated)))
+    order = sorted(range(len(out)), key=lambda k: out[k].estimate_ms)
+    ranks = {k: i + 1 for i, k in enumerate(order)}
+    return [replace(out[k], rank=ranks[k]) for k in order]
 
 
 __all__ = [

@@ -21,7 +21,7 @@ ENGINE_TOOLCHAIN: dict[str, str] = {t.engine: t.id for t in list_toolchains()}
 
 Target = Literal["accelerator", "cpu"]
 #: Why a node runs where it runs.
-Kind = Literal["supported", "unsupported_op", "attribute", "limits", "partition_rule", "fallback", "folded"]
+Kind = Literal["supported", "unsupported_op", "attribute", "limits", "partition_rule", "fallback", "folded", "plan"]
 
 
 @dataclass(frozen=True)

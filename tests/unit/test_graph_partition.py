@@ -34,7 +34,7 @@ def _reference(path, feeds):
 def _roundtrip(tmp_path, proto, board, tables, share=0.0, whole_model=True):
     p = save(proto, tmp_path)
     model = load_model(p)
-    a = analyze(model, board, tables, min_island_flops_share=share, whole_model=whole_model)
+    a = analyze(model, board, tables, min_island_flops_share=share, whole_model=whole_model, plan="split")
     out = write_segments(model, a.plan, tmp_path / "out")
     x = np.random.default_rng(1).random((tuple(model.tensors[model.inputs[0]].shape))).astype(np.float32)
     feeds = {model.inputs[0]: x}
@@ -184,7 +184,7 @@ def test_plan_json_lists_order_engine_file_and_names(tmp_path):
     board, tables = acc_board()
     p = save(skip_across_cpu(), tmp_path)
     model = load_model(p)
-    a = analyze(model, board, tables)
+    a = analyze(model, board, tables, plan="split")
     out = write_segments(model, a.plan, tmp_path / "o")
     doc = json.loads((out / "plan.json").read_text())
     assert [s["index"] for s in doc["segments"]] == list(range(len(a.plan.segments)))
@@ -205,7 +205,7 @@ def test_support_report_is_json_serialisable():
         model = load_model(save(chain_cpu_middle(), Path(d)))
         s = check_support(model, board, tables)
         json.dumps(s.to_dict())
-        rep = build_report(analyze(model, board, tables))
+        rep = build_report(analyze(model, board, tables, plan="split"))
         json.dumps(rep.to_dict())
         assert rep.to_dict()["latency"]["label"].startswith("estimate")
         assert partition(model, board, s).segments

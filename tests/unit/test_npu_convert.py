@@ -19,6 +19,8 @@ from edgesdk.errors import InputError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 MODEL = DATA / "digits_cnn.onnx"
+# plan="split" forces the accelerator segments: these tests are about the vendor path, not the plan choice (the cost
+# model may well find the tiny digits CNN faster on the CPU; tests/unit/test_plans.py tests the choice).
 PRE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 LOG = Path(__file__).resolve().parent.parent / "golden" / "npu" / "logs" / "edgetpu_compiler.log"
 #: fp32 top-1 on the 500 held-out digits (docs/convert.md)
@@ -61,7 +63,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, calib: Path):
 
         _skip_unready(board)
         out = root / board
-        convert(MODEL, board, out, precision="int8", calib=calib, preprocess=PRE)
+        convert(MODEL, board, out, precision="int8", calib=calib, preprocess=PRE, plan="split")
         return out
 
     return make
@@ -111,7 +113,7 @@ def test_nnie_bundle_keeps_the_checked_caffe_model(bundles) -> None:
 def test_dry_run_plans_the_compiler(board: str, calib: Path) -> None:
     from edgesdk.conversion import convert
 
-    res = convert(MODEL, board, None, precision="int8", calib=calib, preprocess=PRE, dry_run=True)
+    res = convert(MODEL, board, None, precision="int8", calib=calib, preprocess=PRE, dry_run=True, plan="split")
     tools = [c["tool"] for p in res.plans for c in p["commands"]]
     assert {"edgetpu_compiler", "vai_c_xir", "nnie_mapper", "hb_mapper"} & set(tools)
 
@@ -156,7 +158,7 @@ def test_fake_edgetpu_compiler_through_convert_verify_and_flash_check(tmp_path: 
     fake.write_text(FAKE_COMPILER.format(python=sys.executable, log=str(LOG)))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    res = convert(MODEL, "coral-usb", tmp_path / "b", precision="int8", calib=calib, preprocess=PRE)
+    res = convert(MODEL, "coral-usb", tmp_path / "b", precision="int8", calib=calib, preprocess=PRE, plan="split")
     assert any("3.50 MiB" in w and "10.5 ms" in w for w in res.warnings)  # the parsed log's cache warning
     mf = load_manifest(tmp_path / "b")
     seg = mf.segments[0]
