@@ -182,7 +182,8 @@ def _merged(model: Model, board: BoardProfile, support: SupportReport, split: Ca
     return cur if cur is not split else replace(split, name="merged", description=_DESCRIPTIONS["merged"])
 
 
-def _cpu_candidate(model: Model, board: BoardProfile, support: SupportReport, min_share: float) -> Candidate:
+def _cpu_candidate(model: Model, board: BoardProfile, support: SupportReport, min_share: float,
+                   tables: Any = None) -> Candidate:
     """The whole model on the CPU: on the CPU engine that takes it whole when there is one (as on a CPU board)."""
     from edgesdk.graph.report import analyze
 
@@ -190,7 +191,7 @@ def _cpu_candidate(model: Model, board: BoardProfile, support: SupportReport, mi
     if acc is None:
         return _candidate("cpu", model, board, support, partition(model, board, support, min_share))
     cpu_board = board.model_copy(update={"accelerator": None, "engines": [e for e in board.engines if e != acc.engine]})
-    a = analyze(model, cpu_board, min_island_flops_share=min_share, plan="split")
+    a = analyze(model, cpu_board, tables, min_island_flops_share=min_share, plan="split")
     why = "the plan runs the whole model on the CPU"
     on_acc = {i for i, p in enumerate(support.placements) if p.target == "accelerator"}
     placements = []
@@ -212,16 +213,17 @@ def _vendor_candidate(model: Model, board: BoardProfile, support: SupportReport)
 
 
 def candidates(model: Model, board: BoardProfile, support: SupportReport, min_share: float,
-               max_segments: int | None = None, names: Sequence[str] = ("cpu", "vendor", "split", "merged")
-               ) -> list[Candidate]:
-    """The candidate plans of `model` on `board`, each with its estimate. CPU-only boards have one plan."""
+               max_segments: int | None = None, names: Sequence[str] = ("cpu", "vendor", "split", "merged"),
+               tables: Any = None) -> list[Candidate]:
+    """The candidate plans of `model` on `board`, each with its estimate. CPU-only boards have one plan.
+    `tables`: the op tables the support check used (None: the boards' own)."""
     split = _candidate("split", model, board, support, partition(model, board, support, min_share))
     if board.accelerator is None or not any(p.target == "accelerator" for p in support.placements):
         return [split]
     out = []
     for name in names:
         if name == "cpu":
-            out.append(_cpu_candidate(model, board, support, min_share))
+            out.append(_cpu_candidate(model, board, support, min_share, tables))
         elif name == "vendor":
             out.append(_vendor_candidate(model, board, support))
         elif name == "split":
@@ -236,7 +238,7 @@ def _fmt(ms: float) -> str:
 
 
 def choose(model: Model, board: BoardProfile, support: SupportReport, mode: str = "best",
-           max_segments: int | None = None, min_share: float = 0.01) -> PlanChoice:
+           max_segments: int | None = None, min_share: float = 0.01, tables: Any = None) -> PlanChoice:
     """The plan to use: `mode` best (cheapest estimate within max_segments), or a forced cpu / vendor / split."""
     if mode not in PLAN_MODES:
         from edgesdk.errors import InputError
@@ -246,7 +248,7 @@ def choose(model: Model, board: BoardProfile, support: SupportReport, mode: str 
         from edgesdk.errors import InputError
 
         raise InputError(f"--max-segments {max_segments}: must be at least 1")
-    cands = candidates(model, board, support, min_share, max_segments)
+    cands = candidates(model, board, support, min_share, max_segments, tables=tables)
     if len(cands) == 1:
         c = cands[0]
         return PlanChoice(mode, max_segments, c, tuple(cands),

@@ -64,6 +64,13 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
     `keep_cpu`: accelerator nodes moved to the CPU (keep_on_cpu). On a board with an accelerator, `plan` picks among
     the candidate plans by estimated latency (edgesdk.graph.plans: best, or a forced cpu / vendor / split) within
     `max_segments`; the analysis carries the candidates and the reason (`choice`)."""
+    from edgesdk.graph.plans import PLAN_MODES
+
+    if plan not in PLAN_MODES or (max_segments is not None and max_segments < 1):
+        from edgesdk.errors import InputError
+
+        raise InputError(f"--plan {plan!r} / --max-segments {max_segments}: the plan is one of "
+                         f"{', '.join(PLAN_MODES)}, and the bound at least 1")
     support = check_support(model, board, tables)
     if keep_cpu:
         support = keep_on_cpu(model, support, keep_cpu)
@@ -91,7 +98,7 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
         return Analysis(model, board, support, partition(model, board, support, min_island_flops_share))
     from edgesdk.graph.plans import choose
 
-    ch = choose(model, board, support, plan, max_segments, min_island_flops_share)
+    ch = choose(model, board, support, plan, max_segments, min_island_flops_share, tables)
     chosen = ch.chosen
     from dataclasses import replace
 
