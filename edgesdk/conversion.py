@@ -443,6 +443,7 @@ def convert(
     sample: str | Path | None = None,
     plan: str = "best",
     max_segments: int | None = None,
+    rewrite: bool = True,
 ) -> ConvertResult:
     """Convert `model` for `board` into a bundle at `out` (see docs/convert.md).
 
@@ -458,7 +459,9 @@ def convert(
     calib_method: auto (tried on held-back samples, the onnxruntime default), minmax, entropy or percentile.
     prepare: graph preparation (edgesdk.graph.prepare), proven on the reference
     input. plan: on a board with an accelerator, best (the candidate plan with the lowest estimated latency,
-    edgesdk.graph.plans), or a forced cpu / vendor / split; max_segments bounds the plan. Bad input raises
+    edgesdk.graph.plans), or a forced cpu / vendor / split; max_segments bounds the plan. rewrite: the
+    function-preserving rewrites the accelerator needs (edgesdk.graph.rewrite), proven on the reference input. Bad
+    input raises
     InputError before anything is written; a segment whose engine fails moves along the engine chain, recorded
     in the result and the manifest; with `engine`, that engine only.
     """
@@ -562,7 +565,9 @@ def convert(
             upd["accelerator"] = None
         prof2 = prof.model_copy(update=upd)
         say(f"partitioning for {prof.id}")
-        plan = analyze(m, prof2, whole_model=not explicit, plan=plan_mode, max_segments=max_segments).plan
+        analysis = analyze(m, prof2, whole_model=not explicit, plan=plan_mode, max_segments=max_segments,
+                           rewrite=rewrite, feed=ref_in, feed_source="the bundle's reference input")
+        m, plan = analysis.model, analysis.plan  # m: with the accelerator's rewrites (edgesdk.graph.rewrite), if any
         notes.extend(plan.notes)
         accel = None
         if any(s.target == "accelerator" for s in plan.segments):
@@ -608,7 +613,8 @@ def convert(
                 tolerance = _merge_tolerance(tolerance, ip.tolerance())
             if keep_cpu:
                 plan = analyze(m, prof2, whole_model=not explicit, keep_cpu=keep_cpu, plan=plan_mode,
-                               max_segments=max_segments).plan
+                               max_segments=max_segments, rewrite=rewrite, feed=ref_in,
+                               feed_source="the bundle's reference input").plan
                 notes.append(f"--target keeps {len(keep_cpu)} accelerator layer(s) in float on the CPU "
                              f"({', '.join(list(keep_cpu)[:5])}{', ...' if len(keep_cpu) > 5 else ''}): the partition "
                              f"now has {len(plan.segments)} segment(s)")
@@ -757,6 +763,15 @@ def convert(
         source_model = {"name": src_path.name, "sha256": sha256_file(src_path), "opset": orig.opset,
                         "path": str(src_path.resolve()) if kind == "onnx" else "", "kind": kind,
                         "prepare": prep.to_dict()}
+        # only where there is an accelerator: a CPU board's manifest (and its cached bundles' ids) stay as they were
+        if analysis.rewrites is not None and analysis.rewrites.changed:
+            source_model["rewrites"] = analysis.rewrites.to_dict()
+        if analysis.choice is not None:
+            ch = analysis.choice
+            source_model["plan"] = {"mode": ch.mode, "max_segments": ch.max_segments, "chosen": ch.chosen.name,
+                                    "reason": ch.reason,
+                                    "candidates": [{"name": c.name, "estimate_ms": round(c.ms, 4),
+                                                    "segments": len(c.plan.segments)} for c in ch.candidates]}
         parts = BundleParts(prof.id, precision, model_in_specs, model_out_specs, segments, staged, toolchains,
                             notes, source_model, pre, postprocess, reference_source=ref_source, tolerance=tolerance)
         path, final = finish_bundle(out, force, parts, ref_in, ref_out,  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from edgesdk.cli.inspect import (
     INPUT_SHAPE_OPTION,
     MAX_SEGMENTS_OPTION,
     NO_PREPARE_OPTION,
+    NO_REWRITE_OPTION,
     PLAN_OPTION,
     TRUST_MODEL_OPTION,
     shapes_from,
@@ -84,6 +85,7 @@ def convert_cmd(
     trust_model: bool = TRUST_MODEL_OPTION,
     plan: str = PLAN_OPTION,
     max_segments: int | None = MAX_SEGMENTS_OPTION,
+    no_rewrite: bool = NO_REWRITE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle with this private key "
                                      "(edgesdk keys generate); release_version: the key's last + 1."),
@@ -131,7 +133,8 @@ def convert_cmd(
                   accel_options={k: v for k, v in {"vai_version": vai_version,
                                                    "board_fingerprint": dpu_fingerprint}.items() if v},
                   prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model, target=target,
-                  calib_method=calib_method, plan=plan, max_segments=max_segments)
+                  calib_method=calib_method, plan=plan, max_segments=max_segments,
+                  rewrite=not no_rewrite)
     signed = None
     if sign is not None and not res.dry_run:
         from edgesdk.signing import sign_bundle

@@ -31,6 +31,10 @@ PLAN_OPTION = typer.Option(
     help="Which plan: best (the lowest estimated latency: whole model on the CPU, the vendor compiler's own split, "
          "edgesdk's multi-segment plan, or that plan with the costly accelerator islands moved to the CPU), or force "
          "one: cpu, vendor, split.")
+NO_REWRITE_OPTION = typer.Option(
+    False, "--no-rewrite",
+    help="Do not apply the function-preserving rewrites the accelerator needs (Div by a constant -> Mul, decomposed "
+         "HardSwish <-> HardSwish, ...; each proven on onnxruntime).")
 MAX_SEGMENTS_OPTION = typer.Option(
     None, "--max-segments", min=1, metavar="N",
     help="Keep the plan to at most N segments (islands move to the CPU, least loss first, until it fits).")
@@ -69,6 +73,7 @@ def inspect_cmd(
                                   "where it disagrees with edgesdk's op table."),
     plan: str = PLAN_OPTION,
     max_segments: int | None = MAX_SEGMENTS_OPTION,
+    no_rewrite: bool = NO_REWRITE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show where each op of MODEL runs on a board, and why; the candidate plans and the one chosen by estimated
@@ -102,7 +107,8 @@ def inspect_cmd(
             raise InputError("--html needs one --board, not --all-boards")
         info: list = []
         rows = compare_boards(model, shapes, [board] if board else None, min_island_share, not no_prepare,
-                              opened_info=info, trust_model=trust_model, plan=plan, max_segments=max_segments)
+                              opened_info=info, trust_model=trust_model, plan=plan, max_segments=max_segments,
+                              rewrite=not no_rewrite)
         if json_out:
             print_json([{**r.to_dict(), "prepare": info[0].prepare.to_dict()} for r in rows])
             return
@@ -130,7 +136,7 @@ def inspect_cmd(
     if compiler and not json_out:
         console.print(f"running the vendor compiler for {board} (this builds the model: seconds to minutes) ...")
     rep = inspect_model(model, board, shapes, min_island_share, not no_prepare, trust_model=trust_model,
-                        compiler=compiler, plan=plan, max_segments=max_segments)
+                        compiler=compiler, plan=plan, max_segments=max_segments, rewrite=not no_rewrite)
     if html is not None:
         from edgesdk.graph.html import write_html
 

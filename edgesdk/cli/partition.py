@@ -12,6 +12,7 @@ from edgesdk.cli.inspect import (
     MAX_SEGMENTS_OPTION,
     MIN_ISLAND_OPTION,
     NO_PREPARE_OPTION,
+    NO_REWRITE_OPTION,
     PLAN_OPTION,
     TRUST_MODEL_OPTION,
     shapes_from,
@@ -30,6 +31,7 @@ def partition_cmd(
     trust_model: bool = TRUST_MODEL_OPTION,
     plan: str = PLAN_OPTION,
     max_segments: int | None = MAX_SEGMENTS_OPTION,
+    no_rewrite: bool = NO_REWRITE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Split MODEL into accelerator and CPU segments for a board and write them with plan.json.
@@ -47,7 +49,8 @@ def partition_cmd(
     from edgesdk.graph.extract import partition_model
 
     res = partition_model(model, board, out, force, shapes_from(input_shape), min_island_share,
-                          prepare=not no_prepare, trust_model=trust_model, plan=plan, max_segments=max_segments)
+                          prepare=not no_prepare, trust_model=trust_model, plan=plan, max_segments=max_segments,
+                          rewrite=not no_rewrite)
     if json_out:
         print_json({"out_dir": str(res.out_dir), "files": list(res.files), "plan": res.plan.to_dict(),
                     "prepare": res.prepare.to_dict() if res.prepare else None})

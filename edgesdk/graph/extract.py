@@ -396,7 +396,7 @@ def partition_model(path: Any, board_id: str, out_dir: str | Path, force: bool =
                     input_shapes: Mapping[str, Sequence[int]] | None = None,
                     min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
                     example_inputs: Any = None, trust_model: bool = False, plan: str = "best",
-                    max_segments: int | None = None) -> PartitionResult:
+                    max_segments: int | None = None, rewrite: bool = True) -> PartitionResult:
     """Open (any input convert takes), prepare, partition and write the segments of `path` for `board_id`
     (the `edgesdk partition` command). trust_model: see edgesdk.frontends (TorchScript is code). plan /
     max_segments: the plan choice (edgesdk.graph.plans)."""
@@ -410,7 +410,7 @@ def partition_model(path: Any, board_id: str, out_dir: str | Path, force: bool =
     board = get_board(board_id)
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         a = analyze(o.model, board, min_island_flops_share=min_island_flops_share, plan=plan,
-                    max_segments=max_segments)
+                    max_segments=max_segments, rewrite=rewrite)
         d = write_segments(a.model, a.plan, out, force=force)
         files = tuple(sorted(p.name for p in d.iterdir()))
         return PartitionResult(d, a.plan, files, o.prepare, o.notes + (o.prepare.summary(),))

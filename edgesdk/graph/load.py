@@ -544,16 +544,7 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
     tensors = tensor_table(inferred.graph)
     check_tensor_sizes(tensors, inferred.graph, limit, f"{p}: ")
 
-    node_inputs = []
-    producer: dict[str, int] = {}
-    for i, node in enumerate(inferred.graph.node):
-        ins = [n for n in node.input if n]
-        if any(a.HasField("g") or a.graphs for a in node.attribute):
-            ins += _subgraph_outer_inputs(node)
-        node_inputs.append(tuple(dict.fromkeys(ins)))
-        for o in node.output:
-            if o:
-                producer[o] = i
+    node_inputs, producer = graph_index(inferred.graph)
     costs = [node_cost(n, tensors) for n in inferred.graph.node]
     return Model(
         proto=inferred,
@@ -569,6 +560,21 @@ def load_model(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | Non
         has_external_data=has_ext,
         notes=tuple(notes),
     )
+
+
+def graph_index(graph: onnx.GraphProto) -> tuple[list[tuple[str, ...]], dict[str, int]]:
+    """(each node's inputs, explicit and outer-scope; tensor name -> index of the node that produces it)."""
+    node_inputs = []
+    producer: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        ins = [n for n in node.input if n]
+        if any(a.HasField("g") or a.graphs for a in node.attribute):
+            ins += _subgraph_outer_inputs(node)
+        node_inputs.append(tuple(dict.fromkeys(ins)))
+        for o in node.output:
+            if o:
+                producer[o] = i
+    return node_inputs, producer
 
 
 def load_weights(model: Model) -> onnx.ModelProto:

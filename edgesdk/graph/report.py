@@ -32,6 +32,8 @@ class Analysis:
     plan: PartitionPlan
     #: the candidate plans and why the chosen one won (edgesdk.graph.plans); None on a CPU board
     choice: Any = None
+    #: the function-preserving rewrites applied for this board (edgesdk.graph.rewrite.RewriteResult), or None
+    rewrites: Any = None
 
 
 def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
@@ -55,7 +57,8 @@ def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
 def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,
             min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, whole_model: bool = True,
             keep_cpu: Mapping[str, str] | None = None, plan: str = "best",
-            max_segments: int | None = None) -> Analysis:
+            max_segments: int | None = None, rewrite: bool = True, feed: Mapping[str, Any] | None = None,
+            feed_source: str | None = None) -> Analysis:
     """Support check and partition of a loaded model for one board.
 
     On a board without an accelerator, a model its first CPU engine cannot take whole goes whole to the
@@ -63,7 +66,9 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
     the plan says so in its notes. With `whole_model=False` (an explicit --engine) the board's order stands.
     `keep_cpu`: accelerator nodes moved to the CPU (keep_on_cpu). On a board with an accelerator, `plan` picks among
     the candidate plans by estimated latency (edgesdk.graph.plans: best, or a forced cpu / vendor / split) within
-    `max_segments`; the analysis carries the candidates and the reason (`choice`)."""
+    `max_segments`; the analysis carries the candidates and the reason (`choice`). Before that, `rewrite` applies
+    the function-preserving rewrites the accelerator needs (edgesdk.graph.rewrite: proven on onnxruntime on `feed`,
+    else a seeded input); the analysis' `model` is then the rewritten one, and `rewrites` says what was applied."""
     from edgesdk.graph.plans import PLAN_MODES
 
     if plan not in PLAN_MODES or (max_segments is not None and max_segments < 1):
@@ -71,6 +76,12 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
 
         raise InputError(f"--plan {plan!r} / --max-segments {max_segments}: the plan is one of "
                          f"{', '.join(PLAN_MODES)}, and the bound at least 1")
+    rw = None
+    if rewrite and board.accelerator is not None:
+        from edgesdk.graph.rewrite import apply_rewrites
+
+        rw = apply_rewrites(model, board, tables, feed=feed, input_source=feed_source)
+        model = rw.model
     support = check_support(model, board, tables)
     if keep_cpu:
         support = keep_on_cpu(model, support, keep_cpu)
@@ -102,8 +113,9 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
     chosen = ch.chosen
     from dataclasses import replace
 
-    notes = (f"plan: {ch.reason}", *chosen.plan.notes)
-    return Analysis(model, board, chosen.support, replace(chosen.plan, notes=notes), ch)
+    notes = (*((rw.summary(),) if rw is not None and rw.changed else ()), *(rw.notes if rw is not None else ()),
+             f"plan: {ch.reason}", *chosen.plan.notes)
+    return Analysis(model, board, chosen.support, replace(chosen.plan, notes=notes), ch, rw)
 
 
 @dataclass(frozen=True)
@@ -342,6 +354,7 @@ def build_report(a: Analysis) -> InspectReport:
         notes=plan.notes, node_placements=tuple(node_placements), edges=edges,
         cost=cost, plan_choice=a.choice.to_dict() if a.choice is not None else None, blockers=blockers,
         all_on_accelerator_ms=all_acc,
+        rewrites_applied=tuple(r.to_dict() for r in a.rewrites.applied) if a.rewrites is not None else (),
     )
 
 
@@ -361,7 +374,7 @@ def suggestion(kind: str, op_type: str, table_rewrite: str | None = None) -> tup
 def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
                   example_inputs: Any = None, trust_model: bool = False, compiler: bool = False,
-                  plan: str = "best", max_segments: int | None = None) -> InspectReport:
+                  plan: str = "best", max_segments: int | None = None, rewrite: bool = True) -> InspectReport:
     """Open `path` (any input convert takes), prepare it, check and partition it for `board_id`, and report
     (the `edgesdk inspect` command). trust_model: see edgesdk.frontends (TorchScript is code). compiler: also run
     the board's vendor compiler on the prepared model and report what it did (`compiler_run`), against edgesdk's
@@ -373,7 +386,7 @@ def inspect_model(path: Any, board_id: str, input_shapes: Mapping[str, Sequence[
     board = get_board(board_id)
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         rep = build_report(analyze(o.model, board, min_island_flops_share=min_island_flops_share, plan=plan,
-                                   max_segments=max_segments))
+                                   max_segments=max_segments, rewrite=rewrite))
         rep = replace(rep, model=o.original.name if o.source is None else Path(o.source).stem,
                       notes=o.notes + (o.prepare.summary(),) + rep.notes, prepare=o.prepare.to_dict())
         if compiler:
@@ -480,7 +493,7 @@ def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None =
                    min_island_flops_share: float = DEFAULT_MIN_ISLAND_SHARE, prepare: bool = True,
                    example_inputs: Any = None, opened_info: list[Any] | None = None,
                    trust_model: bool = False, plan: str = "best",
-                   max_segments: int | None = None) -> list[BoardSummary]:
+                   max_segments: int | None = None, rewrite: bool = True) -> list[BoardSummary]:
     """One row per board: FLOPs share on the accelerator, segment count, estimated latency (`--all-boards`), ranked
     by the estimated latency of each board's chosen plan (fastest first; `rank`).
 
@@ -491,17 +504,17 @@ def compare_boards(path: Any, input_shapes: Mapping[str, Sequence[int]] | None =
     with opened(path, input_shapes, prepare, example_inputs, trust_model=trust_model) as o:
         if opened_info is not None:
             opened_info.append(o)
-        return _compare(o.model, boards, min_island_flops_share, plan, max_segments)
+        return _compare(o.model, boards, min_island_flops_share, plan, max_segments, rewrite)
 
 
 def _compare(model: Model, boards: Sequence[BoardProfile], min_island_flops_share: float, plan: str = "best",
-             max_segments: int | None = None) -> list[BoardSummary]:
+             max_segments: int | None = None, rewrite: bool = True) -> list[BoardSummary]:
     from dataclasses import replace
 
     out = []
     for board in boards:
         r = build_report(analyze(model, board, min_island_flops_share=min_island_flops_share, plan=plan,
-                                 max_segments=max_segments))
+                                 max_segments=max_segments, rewrite=rewrite))
         primary = board.accelerator.engine if board.accelerator else board.engines[0]
         ch = r.plan_choice or {}
         top = r.blockers[0] if r.blockers else None

@@ -40,7 +40,7 @@ def test_segments_reproduce_the_model(det_model, tmp_path, board):
     ort = pytest.importorskip("onnxruntime")
     model = load_model(det_model, {"x": (1, 3, 640, 640)})
     a = analyze(model, next(b for b in list_boards() if b.id == board))
-    out = write_segments(model, a.plan, tmp_path / "o")
+    out = write_segments(a.model, a.plan, tmp_path / "o")
     x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
     ref = ort.InferenceSession(str(det_model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = run_segments(out, {"x": x})[model.outputs[0]]

@@ -35,7 +35,7 @@ def _roundtrip(tmp_path, proto, board, tables, share=0.0, whole_model=True):
     p = save(proto, tmp_path)
     model = load_model(p)
     a = analyze(model, board, tables, min_island_flops_share=share, whole_model=whole_model, plan="split")
-    out = write_segments(model, a.plan, tmp_path / "out")
+    out = write_segments(a.model, a.plan, tmp_path / "out")
     x = np.random.default_rng(1).random((tuple(model.tensors[model.inputs[0]].shape))).astype(np.float32)
     feeds = {model.inputs[0]: x}
     got = run_segments(out, feeds)
@@ -45,7 +45,7 @@ def _roundtrip(tmp_path, proto, board, tables, share=0.0, whole_model=True):
         assert np.abs(got[k] - ref[k]).max() <= 1e-5, k
     for seg in json.loads((out / "plan.json").read_text())["segments"]:
         onnx.checker.check_model(onnx.load(str(out / seg["file"])))
-    assert is_convex(model, a.plan)
+    assert is_convex(a.model, a.plan)
     return model, a
 
 
@@ -185,7 +185,7 @@ def test_plan_json_lists_order_engine_file_and_names(tmp_path):
     p = save(skip_across_cpu(), tmp_path)
     model = load_model(p)
     a = analyze(model, board, tables, plan="split")
-    out = write_segments(model, a.plan, tmp_path / "o")
+    out = write_segments(a.model, a.plan, tmp_path / "o")
     doc = json.loads((out / "plan.json").read_text())
     assert [s["index"] for s in doc["segments"]] == list(range(len(a.plan.segments)))
     available = {t["name"] for t in doc["inputs"]}

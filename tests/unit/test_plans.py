@@ -47,7 +47,7 @@ def test_every_mode_is_exact_and_best_is_never_slower_than_cpu(tmp_path, seed, k
     model = load_model(p)
     for mode in PLAN_MODES:
         a = analyze(model, board, tables, plan=mode)
-        _exact(tmp_path, p, model, a.plan)
+        _exact(tmp_path, p, a.model, a.plan)
         ch = a.choice
         cpu = next(c for c in ch.candidates if c.name == "cpu")
         assert {c.name for c in ch.candidates} == {"cpu", "vendor", "split", "merged"}
@@ -71,7 +71,7 @@ def test_cpu_plan_has_no_accelerator_segment_and_vendor_cut_is_one_prefix(tmp_pa
     split = analyze(model, board, tables, plan="split")
     assert sum(s.target == "accelerator" for s in split.plan.segments) > 1
     for a in (cpu, vendor, split):
-        _exact(tmp_path, p, model, a.plan)
+        _exact(tmp_path, p, a.model, a.plan)
 
 
 def _islands() -> object:
@@ -99,7 +99,7 @@ def test_merged_moves_islands_that_cost_more_than_they_save(tmp_path):
     moved = [pl for pl in by["merged"].support.placements if pl.kind == "plan"]
     assert {f"relu{i}" for i in range(4)} <= {pl.node for pl in moved} and "plan choice" in moved[0].reasons[0]
     assert "c2" not in {pl.node for pl in moved}  # the big conv stays on the accelerator
-    _exact(tmp_path, p, model, by["merged"].plan)
+    _exact(tmp_path, p, a.model, by["merged"].plan)
 
 
 @pytest.mark.parametrize("bound", [1, 2, 3])
@@ -112,7 +112,7 @@ def test_max_segments_bounds_the_plan(tmp_path, bound):
     a = analyze(model, board, tables, max_segments=bound, min_island_flops_share=0.0)
     assert len(a.plan.segments) <= bound, [s.engine for s in a.plan.segments]
     assert f"--max-segments {bound}" in a.choice.reason or len(a.choice.chosen.plan.segments) <= bound
-    _exact(tmp_path, p, model, a.plan)
+    _exact(tmp_path, p, a.model, a.plan)
 
 
 def test_report_explains_blockers_and_the_choice(tmp_path):
@@ -167,8 +167,8 @@ def test_real_detector_best_plan_is_exact_and_not_slower_than_cpu(tmp_path, boar
         pm = tmp_path / "prepared.onnx"
         import onnx
 
-        onnx.save(m.proto, str(pm))
-        _exact(tmp_path, pm, m, a.plan)
+        onnx.save(m.proto, str(pm))  # the reference: the prepared model, before the board's rewrites
+        _exact(tmp_path, pm, a.model, a.plan)
 
 
 def test_all_boards_are_ranked_by_estimate(tmp_path):
