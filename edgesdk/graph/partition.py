@@ -331,9 +331,9 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
         ))
     notes = list(support.notes)
     if support.partition_rule == "first-unsupported-to-cpu":
-        notes.append("the vendor compiler alone keeps everything after the first unsupported op on the CPU; this plan "
-                     "is edgesdk's multi-segment split (separate accelerator models joined by CPU segments), "
-                     "and it is the plan used for conversion")
+        notes.append("the vendor compiler alone keeps everything after the first unsupported op on the CPU (the "
+                     "`vendor` candidate); edgesdk can also split the model into separate accelerator models joined "
+                     "by CPU segments (`split`, `merged`): the plan choice says which one is used")
     produced_anywhere = set(model.producer)
     for o in model.outputs:
         if o not in produced_anywhere:

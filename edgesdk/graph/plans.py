@@ -265,10 +265,11 @@ def choose(model: Model, board: BoardProfile, support: SupportReport, mode: str 
     win = min(fits, key=lambda c: (round(c.ms, 9), len(c.plan.segments), order[c.name]))
     cpu = by["cpu"]
     others = ", ".join(f"{c.name} {_fmt(c.ms)} ({len(c.plan.segments)} seg)" for c in cands if c is not win)
-    if win.name == "cpu":
-        acc_best = min((c for c in cands if c.name != "cpu"), key=lambda c: c.ms)
-        reason = (f"the whole model on the CPU is estimated fastest ({_fmt(win.ms)}): the best accelerator plan, "
-                  f"{acc_best.name}, costs {_fmt(acc_best.ms)} (compute {_fmt(acc_best.cost.compute_ms)}, "
+    if not any(s.target == "accelerator" for s in win.plan.segments):
+        with_acc = [c for c in cands if any(s.target == "accelerator" for s in c.plan.segments)]
+        acc_best = min(with_acc, key=lambda c: c.ms) if with_acc else None
+        reason = f"no candidate keeps a node on the accelerator; others: {others}" if acc_best is None else (f"the whole model on the CPU is estimated fastest ({_fmt(win.ms)}): the best plan that uses the "
+                  f"accelerator, {acc_best.name}, costs {_fmt(acc_best.ms)} (compute {_fmt(acc_best.cost.compute_ms)}, "
                   f"invocations {_fmt(acc_best.cost.invoke_ms)}, hand-offs {_fmt(acc_best.cost.boundary_ms)}); "
                   f"others: {others}")
     else:

@@ -77,6 +77,7 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
         raise InputError(f"--plan {plan!r} / --max-segments {max_segments}: the plan is one of "
                          f"{', '.join(PLAN_MODES)}, and the bound at least 1")
     rw = None
+    original = model
     if rewrite and board.accelerator is not None:
         from edgesdk.graph.rewrite import apply_rewrites
 
@@ -111,6 +112,10 @@ def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | N
 
     ch = choose(model, board, support, plan, max_segments, min_island_flops_share, tables)
     chosen = ch.chosen
+    if rw is not None and rw.changed and not any(s.target == "accelerator" for s in chosen.plan.segments):
+        # the rewrites only serve the accelerator: a plan without it runs the model as it came
+        return analyze(original, board, tables, min_island_flops_share, whole_model, keep_cpu, plan, max_segments,
+                       rewrite=False)
     from dataclasses import replace
 
     notes = (*((rw.summary(),) if rw is not None and rw.changed else ()), *(rw.notes if rw is not None else ()),

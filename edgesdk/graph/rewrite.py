@@ -446,13 +446,18 @@ def _refused_in(ctx: _Ctx, nodes: Sequence[int]) -> bool:
 
 
 def _piecewise(ctx: _Ctx, pattern: Sequence[int]) -> list[list[_Part]]:
-    """Alternatives made of the refused pieces' own rewrites: the j-th alternative of each refused piece."""
+    """Alternatives made of the refused pieces' own rewrites: the j-th alternative of each refused piece; last, the
+    one-for-one rewrites alone (a Div -> Mul where the Clip has no accepted form: a partial lift, fewer refused)."""
     per = [(i, _node_alternatives(ctx, i)) for i in pattern if ctx.nodes[i].name in ctx.refused]
     per = [(i, alts) for i, alts in per if alts]
     if not per:
         return []
     depth = max(len(a) for _, a in per)
-    return [[alts[min(j, len(alts) - 1)] for _, alts in per] for j in range(depth)]
+    out = [[alts[min(j, len(alts) - 1)] for _, alts in per] for j in range(depth)]
+    small = [next(a for a in alts if not _grows([a])) for _, alts in per if any(not _grows([a]) for a in alts)]
+    if small and len(small) < len(per) and small not in out:
+        out.append(small)
+    return out
 
 
 def _affine_back(ctx: _Ctx, t: str, reader: int, stop: set[str]) -> tuple[str, float, float, list[int]]:
@@ -931,6 +936,8 @@ def apply_rewrites(model: Model, board: BoardProfile, tables: Mapping[str, OpTab
             bad = _isolate_build_failure(model, [s for s in live if s.chosen is not None], undecided)
             for s in bad:
                 s.k += 1
+                if s.k >= len(s.alternatives) and s.partial is not None:
+                    s.chosen = s.partial
             undecided = [s for s in undecided if s.k < len(s.alternatives)]
             if not bad:
                 notes.append(f"rewrites not applied: the rewritten graph does not build ({type(exc).__name__}: "
@@ -948,7 +955,7 @@ def apply_rewrites(model: Model, board: BoardProfile, tables: Mapping[str, OpTab
                 s.chosen = s.k
                 continue
             if s.partial is None and all(n in acc for n in new) and \
-                    sum(n not in acc for n in rest) < sum(model.nodes[i].name not in acc for i in s.pattern):
+                    sum(n not in acc for n in rest) < sum(model.nodes[i].name in refused for i in s.pattern):
                 s.partial = s.k
             s.k += 1
             if s.k < len(s.alternatives):

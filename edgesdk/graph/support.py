@@ -251,6 +251,11 @@ def _check_single_input_dynamic(v: _NodeView) -> str | None:
     return f"inputs {', '.join(bad)} must be constants" if bad else None
 
 
+def _check_feature_maps_only(v: _NodeView) -> str | None:
+    bad = [n for i, n in enumerate(v.node.input) if n and v.is_const(i)]
+    return f"input(s) {', '.join(bad)} are constants" if bad else None
+
+
 def _check_square_exponent(v: _NodeView) -> str | None:
     e = v.const_value(1) if len(v.node.input) > 1 else None
     if e is None:
@@ -272,6 +277,7 @@ CHECKS: dict[str, Callable[[_NodeView], str | None]] = {
     "last_axis": _check_last_axis,
     "single_input_dynamic": _check_single_input_dynamic,
     "square_exponent": _check_square_exponent,
+    "feature_maps_only": _check_feature_maps_only,
 }
 
 

@@ -30,6 +30,7 @@ NAMED_CHECKS: dict[str, str] = {
     "last_axis": "the op works on the last axis only",
     "single_input_dynamic": "only the first input is a runtime tensor, the rest are constants",
     "square_exponent": "Pow's exponent is the constant 2 (converters write x * x)",
+    "feature_maps_only": "every input is a runtime tensor, none a constant (e.g. Caffe Eltwise takes blobs only)",
 }
 
 _ONNX_DTYPES = (
