@@ -1,7 +1,9 @@
-"""Benchmark: load + shape inference + support check + partition (+ writing segments) on generated graphs.
+"""Benchmark: load + shape inference + support check + partition + plan choice (+ rewrites, + writing segments).
 
 Usage: python scripts/bench_partition.py [--sizes 1000,10000,50000] [--board coral-usb] [--write-segments]
-Graphs are conv/relu chains with skip branches and an unsupported op (HardSwish) every ~25 nodes.
+Graphs are conv/relu chains with skip branches and an unsupported op (HardSwish) every ~25 nodes. "plan choice" is
+edgesdk.graph.plans.choose on the partition's support (the candidates cpu, vendor, split, merged, each costed);
+"rewrites" is edgesdk.graph.rewrite.apply_rewrites (the sites, the support check per round, the onnxruntime proof).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgesdk.boards import get_board
 from edgesdk.graph import check_support, load_model, partition, write_segments
+from edgesdk.graph.plans import choose
+from edgesdk.graph.rewrite import apply_rewrites
 
 
 def generate(n: int, c: int = 8, hw: int = 8) -> onnx.ModelProto:
@@ -56,11 +60,18 @@ def bench(n: int, board_id: str, write: bool) -> dict[str, float]:
         t2 = time.perf_counter()
         plan = partition(model, board, support)
         t3 = time.perf_counter()
+        choice = choose(model, board, support) if board.accelerator is not None else None
+        t4 = time.perf_counter()
+        rw = apply_rewrites(model, board)
+        t5 = time.perf_counter()
         if write:
             write_segments(model, plan, Path(d) / "out")
-        t4 = time.perf_counter()
-    return {"n": n, "load": t1 - t0, "support": t2 - t1, "partition": t3 - t2, "total": t3 - t0,
-            "write": t4 - t3 if write else float("nan"), "segments": len(plan.segments)}
+        t6 = time.perf_counter()
+    return {"n": n, "load": t1 - t0, "support": t2 - t1, "partition": t3 - t2, "choice": t4 - t3,
+            "total": t4 - t0, "rewrites": t5 - t4, "write": t6 - t5 if write else float("nan"),
+            "segments": len(plan.segments),
+            "chosen": f"{choice.chosen.name} ({len(choice.chosen.plan.segments)})" if choice else "-",
+            "rewritten": sum(a.count for a in rw.applied)}
 
 
 def main() -> None:
@@ -72,13 +83,14 @@ def main() -> None:
     rows = [bench(int(s), args.board, args.write_segments) for s in args.sizes.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"onnx {onnx.__version__}, board {args.board}")
-    print("| nodes | segments | load + shape inference (s) | support (s) | partition (s) | total (s) "
-          "| total / (N log2 N) (us) | write segments (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| nodes | segments | load + shape inference (s) | support (s) | partition (s) | plan choice (s) | chosen "
+          "(segments) | total (s) | total / (N log2 N) (us) | rewrites (s) | sites rewritten | write segments (s) |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         nlogn = r["n"] * math.log2(r["n"])
         print(f"| {r['n']} | {r['segments']} | {r['load']:.3f} | {r['support']:.3f} | {r['partition']:.3f} | "
-              f"{r['total']:.3f} | {1e6 * r['total'] / nlogn:.3f} | "
+              f"{r['choice']:.3f} | {r['chosen']} | {r['total']:.3f} | {1e6 * r['total'] / nlogn:.3f} | "
+              f"{r['rewrites']:.3f} | {r['rewritten']} | "
               + ("-" if math.isnan(r["write"]) else f"{r['write']:.2f}") + " |")
 
 

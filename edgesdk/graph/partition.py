@@ -274,6 +274,7 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
                 groups: list[list[int]], targets: dict[str, str], folded: list[FoldedIsland],
                 min_share: float) -> PartitionPlan:
     total = model.total_flops
+    mnodes = model.nodes
     seg_of: dict[int, int] = {}
     for s, g in enumerate(groups):
         for j in g:
@@ -297,7 +298,7 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
         engine = labels[g[0]]
         produced = set()
         for j in g:
-            produced.update(o for o in model.nodes[j].output if o)
+            produced.update(o for o in mnodes[j].output if o)
         in_names: dict[str, None] = {}
         for j in g:
             for name in model.node_inputs[j]:
@@ -311,7 +312,7 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
             ins.append(ref(name, seg_of[p] if p is not None else None, readers[name]))
         outs = []
         for j in g:
-            for name in model.nodes[j].output:
+            for name in mnodes[j].output:
                 if not name:
                     continue
                 others = readers.get(name, set()) - {s}
@@ -324,7 +325,7 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
         flops = sum(model.costs[j].flops for j in g)
         segments.append(Segment(
             index=s, engine=engine, target=targets[engine],
-            nodes=tuple(model.nodes[j].name for j in g), inputs=tuple(ins), outputs=tuple(outs),
+            nodes=tuple(mnodes[j].name for j in g), inputs=tuple(ins), outputs=tuple(outs),
             flops=flops, flops_share=(flops / total if total else 0.0),
             param_bytes=sum(model.costs[j].param_bytes for j in g),
             activation_bytes=sum(model.costs[j].activation_bytes for j in g),
@@ -332,8 +333,8 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
     notes = list(support.notes)
     if support.partition_rule == "first-unsupported-to-cpu":
         notes.append("the vendor compiler alone keeps everything after the first unsupported op on the CPU (the "
-                     "`vendor` candidate); edgesdk can also split the model into separate accelerator models joined "
-                     "by CPU segments (`split`, `merged`): the plan choice says which one is used")
+                     "`vendor` candidate); edgesdk's multi-segment plans (`split`, `merged`) join separate accelerator "
+                     "models by CPU segments: the plan choice says which one is used")
     produced_anywhere = set(model.producer)
     for o in model.outputs:
         if o not in produced_anywhere:
@@ -344,7 +345,7 @@ def _build_plan(model: Model, board: BoardProfile, support: SupportReport, label
         model_inputs=model_inputs, model_outputs=model.outputs, segments=tuple(segments),
         transfers=tuple(transfers), folded=tuple(folded), total_flops=total,
         min_island_flops_share=min_share,
-        placement={model.nodes[j].name: labels[j] for j in range(len(labels))}, notes=tuple(notes),
+        placement={mnodes[j].name: labels[j] for j in range(len(labels))}, notes=tuple(notes),
     )
 
 
