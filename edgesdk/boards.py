@@ -171,7 +171,17 @@ class CostModel(_Strict):
     cpu: OpUtilisation
     cpu_parallel_efficiency: Figure | None = Field(
         default=None, description="speed-up of each extra CPU core, 0-1: cores used = 1 + (n - 1) x this")
+    cpu_int8_efficiency: Figure | None = Field(
+        default=None, description="share of peaks.cpu_int8_gops int8 kernels reach relative to fp32 at the same "
+                                  "utilisation (int8 peak used = cpu_int8_gops x this); default 1")
+    cpu_bandwidth_efficiency: Figure | None = Field(
+        default=None, description="share of the profile's memory bandwidth (measured_gbs, else bandwidth_gbs) a "
+                                  "layer's tensor traffic gets on the CPU: the memory roofline's bandwidth is "
+                                  "bandwidth x this; default 1")
     accelerator: OpUtilisation | None = None
+    accelerator_peak_fraction: Figure | None = Field(
+        default=None, description="share of accelerator.tops one inference uses (e.g. one of three NPU cores); "
+                                  "default 1")
     invoke_ms: Figure | None = Field(default=None, description="fixed cost of one accelerator invocation")
     link_gbs: Figure | None = Field(default=None, description="CPU <-> accelerator link (USB, PCIe or shared DRAM)")
     weights_over_link: bool = Field(
@@ -179,7 +189,8 @@ class CostModel(_Strict):
     quantize_ns_per_byte: Figure = Field(description="CPU cost per byte of the float tensor to (de)quantize it")
     layout_ns_per_byte: Figure = Field(description="CPU cost per byte of the float tensor for NCHW <-> NHWC")
     accelerator_layout: Literal["NHWC", "NCHW"] | None = Field(
-        default=None, description="the layout the accelerator's runtime takes; NCHW engines pay layout_ns_per_byte")
+        default=None, description="the layout the accelerator's runtime takes; an NHWC accelerator pays "
+                                  "layout_ns_per_byte for each 4-D tensor it exchanges with the NCHW graph")
     calibration: str = Field(min_length=3, description="which reference rows calibrated it, and the error; or why not")
 
 
