@@ -850,13 +850,9 @@ def _build(model: Model, parts: Sequence[_Part]) -> Model:
 # -- proof -----------------------------------------------------------------------------------------------
 
 def _run(proto: onnx.ModelProto, feed: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
-    import onnxruntime as ort
+    from edgesdk.graph.prepare import _run as run_in_memory  # one in-memory onnxruntime run for both proofs
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(list(outputs), {k: v for k, v in feed.items() if k in names})
+    return run_in_memory(proto, feed, outputs)
 
 
 def compare(ref: Sequence[Any], got: Sequence[Any]) -> tuple[bool, float, float]:
