@@ -132,7 +132,7 @@ def test_tflite_file_as_input(bundles, calib_dir: Path, tmp_path: Path, precisio
     src = tmp_path / f"digits_{precision}.tflite"
     src.write_bytes((first / load_manifest(first).segments[0].files["model"]).read_bytes())
     out = tmp_path / "b"
-    convert(src, board, out, calib=calib_dir, preprocess=PRE)
+    convert(src, board, out, calib=calib_dir, preprocess=PRE, plan="split")
     m = load_manifest(out)
     assert m.precision == precision and m.inputs[0].shape == (1, 32, 32, 3)  # the file's own NHWC input
     assert m.preprocess is not None and m.preprocess.layout == "NHWC"

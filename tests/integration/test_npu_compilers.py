@@ -60,7 +60,7 @@ def _convert(user_dir: Path, board: str) -> tuple[dict, Path]:
     try:
         r = CliRunner().invoke(app, ["convert", str(MODEL), "--board", board, "--precision", "int8", "--calib",
                                      "calib", "--preprocess", "pre.yaml", "-o", out.name,
-                                     "--json"])
+                                     "--plan", "split", "--json"])  # the compiler path, not the plan choice
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -124,7 +124,7 @@ def test_target_on_rk3588_asks_rknns_own_simulator_first(user_dir):
     try:
         r = CliRunner().invoke(app, ["convert", str(MODEL), "--board", "rk3588", "-p", "int8", "--calib", "calib",
                                      "--preprocess", "pre.yaml", "--target", "cosine=0.95", "-o", "bundle-target",
-                                     "--json"])
+                                     "--plan", "split", "--json"])
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.stdout + r.stderr
