@@ -511,6 +511,12 @@ def convert(
     precision = precision or "fp32"
     eng, notes = choose_engine(prof, precision, engine)
     notes = tflite_notes + notes
+    if tgt is not None and plan_mode == "best" and prof.accelerator is not None and engine is None:
+        # --target's search on an accelerator measures the multi-segment partition's accelerator segments and moves
+        # the kept layers off them: the latency choice would re-cut the plan under it (not combined yet)
+        plan_mode = "split"
+        notes.append("--target on an accelerator: the plan is edgesdk's multi-segment partition (split), the one "
+                     "its search measures; the choice by estimated latency does not combine with --target yet")
     explicit = engine is not None
     if precision == "int8" and calib is None:
         raise InputError("int8 needs a calibration set: --calib DIR of images (jpg/png) or .npy tensors")

@@ -318,7 +318,7 @@ def explain(model: Model, board: BoardProfile, choice: PlanChoice, suggest: Any 
     model on the accelerator). `suggest(op_type, placement)` -> (rewrite text, exact) or None. Each gain is a what-if:
     the same candidates with that op type's nodes accepted, the cheapest kept, against the chosen plan."""
     from edgesdk.graph.cost import all_on
-    from edgesdk.graph.support import _first_unsupported_view
+    from edgesdk.graph.support import first_unsupported_view
 
     if board.accelerator is None or len(choice.candidates) < 2:
         return (), None
@@ -339,7 +339,7 @@ def explain(model: Model, board: BoardProfile, choice: PlanChoice, suggest: Any 
         pl = [replace(q, engine=acc_engine, target="accelerator", kind="supported", reasons=())
               if i in lifted else q for i, q in enumerate(base.placements)]
         sup = replace(base, placements=tuple(pl),
-                      compiler_view=_first_unsupported_view(pl, base.chain) if base.compiler_view is not None else None)
+                      compiler_view=first_unsupported_view(pl, base.chain) if base.compiler_view is not None else None)
         split = _candidate("split", model, board, sup, partition(model, board, sup, 0.01))
         best = min(cpu_ms, split.ms, _merged(model, board, sup, split, 0.01, None).ms)
         if sup.compiler_view is not None:

@@ -51,7 +51,11 @@ def keep_on_cpu(model: Model, support: Any, nodes: Mapping[str, str]) -> Any:
             p = replace(p, engine=spec.engine, target="cpu", kind="fallback", reasons=(nodes[p.node],),
                         refused_by=(*p.refused_by, p.engine))
         out.append(p)
-    return replace(support, placements=tuple(out))
+    from edgesdk.graph.support import first_unsupported_view
+
+    # the vendor compiler's own cut moves with them (the `vendor` candidate reads it)
+    view = first_unsupported_view(out, support.chain) if support.compiler_view is not None else None
+    return replace(support, placements=tuple(out), compiler_view=view)
 
 
 def analyze(model: Model, board: BoardProfile, tables: Mapping[str, OpTable] | None = None,

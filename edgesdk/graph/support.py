@@ -416,11 +416,11 @@ def check_support(model: Model, board: BoardProfile, tables: Mapping[str, OpTabl
     compiler_view = None
     rule = board.accelerator.partition_rule if board.accelerator else "cpu-only"
     if rule == "first-unsupported-to-cpu":
-        compiler_view = _first_unsupported_view(placements, chain)
+        compiler_view = first_unsupported_view(placements, chain)
     return SupportReport(board.id, rule, chain, tuple(placements), compiler_view, tuple(notes))
 
 
-def _first_unsupported_view(placements: list[Placement], chain: tuple[EngineSpec, ...]) -> tuple[Placement, ...]:
+def first_unsupported_view(placements: list[Placement], chain: tuple[EngineSpec, ...]) -> tuple[Placement, ...]:
     """The vendor compiler's view: the first unsupported op and everything after it stay on the CPU."""
     cpu = next((c for c in chain if c.target == "cpu"), chain[-1])
     out = []
@@ -450,6 +450,7 @@ def cpu_engine_for(model: Model, chain: tuple[EngineSpec, ...], index: int) -> E
 
 __all__ = [
     "CHECKS",
+    "first_unsupported_view",
     "ENGINE_TOOLCHAIN",
     "EngineSpec",
     "Placement",
