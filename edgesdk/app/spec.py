@@ -1,0 +1,174 @@
+"""app.yaml: an application of several models, validated like the board profiles (errors name the file and field).
+
+    name: ocr
+    inputs: [image]                       # the app's inputs (an image: H x W x 3 uint8 BGR, or any array)
+    outputs: {texts: text.text, boxes: order.boxes}
+    samples: samples/                     # default for --sample: real inputs, one file a sample, in name order
+    modules: [mysteps.py]                 # custom step modules the app ships (hashed like every file)
+    stages:
+      - name: det_pre
+        step: letterbox                   # a built-in step (edgesdk.runtime.app.steps)
+        inputs: {image: image}            # step input -> wire (an app input, or stage.output)
+        params: {size: [640, 640], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+      - name: det
+        model: models/det.onnx            # anything `edgesdk convert` takes, relative to app.yaml
+        input_shape: [x=1,3,640,640]
+        precision: fp32
+        inputs: {x: det_pre.tensor}       # model input -> wire
+        outputs: [map]                    # names for the model's outputs, in order (or {name: model output})
+      - name: fix
+        custom: mysteps.py:fix            # fn(inputs: dict, params: dict) -> dict, run on the board
+        inputs: {boxes: det_post.quads}
+        outputs: [boxes]
+
+A stage with `map: true` runs once per item of its list inputs (a recogniser over the crops).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgesdk.errors import InputError
+
+NAME_RE = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+
+class AppSpecError(InputError):
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path, self.problems = path, problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class StageDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_RE)
+    model: str | None = None
+    step: str | None = None
+    custom: str | None = None
+    inputs: dict[str, str]
+    outputs: list[str] | dict[str, str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    map: bool = False
+    # model stages: what `edgesdk convert` takes
+    input_shape: list[str] | str | None = None
+    precision: str | None = Field(default=None, pattern=r"^(fp32|fp16|int8)$")
+    engine: str | None = None
+    target: str | None = None
+    plan: str = Field(default="best", pattern=r"^(best|cpu|vendor|split|merged)$")
+    trust_model: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StageDecl:
+        kinds = [k for k in ("model", "step", "custom") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError(f"a stage is exactly one of model, step or custom (it has {kinds or 'none'})")
+        if self.model is None:
+            extra = [k for k in ("input_shape", "precision", "engine", "target") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for model stages")
+        if self.custom is not None and not re.match(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$", self.custom):
+            raise ValueError(f"custom: expected 'module.py:function', got {self.custom!r}")
+        if self.custom is not None and not self.outputs:
+            raise ValueError("a custom stage declares its outputs")
+        return self
+
+    @field_validator("outputs")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        names = list(v) if v is not None else []
+        bad = [n for n in names if not re.match(NAME_RE, n)]
+        if bad:
+            raise ValueError(f"output names must be identifiers, got {bad}")
+        if len(set(names)) != len(names):
+            raise ValueError("output names repeat")
+        return v
+
+    @property
+    def kind(self) -> str:
+        return "model" if self.model else "step" if self.step else "custom"
+
+    def shapes(self) -> list[str]:
+        s = self.input_shape
+        return [s] if isinstance(s, str) else list(s or [])
+
+
+class AppSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    inputs: list[str] = Field(min_length=1)
+    outputs: dict[str, str] = Field(min_length=1)
+    stages: list[StageDecl] = Field(min_length=1)
+    samples: str | None = None
+    modules: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    tolerance: dict[str, float] = Field(default_factory=lambda: {"max_abs_rel": 1e-3})
+
+    @model_validator(mode="after")
+    def _wiring(self) -> AppSpec:
+        avail = set(self.inputs)
+        names: set[str] = set()
+        for i, s in enumerate(self.stages):
+            if s.name in names or s.name in self.inputs:
+                raise ValueError(f"stages.{i}.name: {s.name!r} is used twice")
+            names.add(s.name)
+            for k, w in s.inputs.items():
+                if w not in avail:
+                    raise ValueError(f"stages.{i}.inputs.{k}: {w!r} is no app input and no output of an earlier "
+                                     f"stage (available: {', '.join(sorted(avail))})")
+            outs = list(s.outputs) if s.outputs else []
+            avail |= {f"{s.name}.{o}" for o in outs} | ({f"{s.name}.*"} if not outs else set())
+        for k, w in self.outputs.items():
+            stage = w.split(".", 1)[0]
+            if w not in avail and f"{stage}.*" not in avail:
+                raise ValueError(f"outputs.{k}: {w!r} is produced by no stage")
+        return self
+
+
+def _format(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        # a model validator's message names its own field (stages.3.inputs.x: ...)
+        out.append(f"field {loc}: {msg}" if loc else f"field {msg}" if re.match(r"^[\w.]+: ", msg) else msg)
+    return out
+
+
+def load_app_spec(path: str | Path) -> AppSpec:
+    """Read and validate app.yaml; AppSpecError (exit 2) naming the file and field."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AppSpecError(str(p), [f"cannot read: {exc.strerror or exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise AppSpecError(str(p), [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise AppSpecError(str(p), ["top level must be a mapping with name, inputs, outputs and stages"])
+    try:
+        return AppSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise AppSpecError(str(p), _format(exc)) from exc
+
+
+def looks_like_app(path: str | Path) -> bool:
+    """True for a .yaml/.yml file whose top level has `stages` (what `convert` and `flash` dispatch on)."""
+    p = Path(path)
+    if p.suffix.lower() not in (".yaml", ".yml") or not p.is_file():
+        return False
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return True  # a broken app.yaml: load_app_spec names the problem
+    return isinstance(raw, dict) and "stages" in raw
+
+
+__all__ = ["AppSpec", "AppSpecError", "StageDecl", "load_app_spec", "looks_like_app"]

@@ -1,0 +1,300 @@
+"""The app bundle's manifest.json (``"kind": "app"``): one manifest over the stages' sub-bundles, the app's files and
+the per-stage reference values.
+
+    APP/manifest.json            this manifest: stages, wiring, files (every file of the app, the sub-bundles' too,
+                                 with its sha256), reference samples, bundle_id
+    APP/stages/<stage>/          a model stage's bundle: a whole edgesdk bundle with its own manifest.json
+    APP/files/...                the app's files: character lists, custom step modules
+    APP/reference/<k>/...        per sample k: each stage's inputs and outputs (.npz) from the host run
+
+The deploy agent treats it like any bundle (its ``files`` table and ``bundle_id``), so an app installs, activates,
+rolls back and is signed as one release. Standard library + numpy, like the rest of the board runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesdk.runtime.errors import BundleError
+from edgesdk.runtime.manifest import (
+    MANIFEST,
+    Manifest,
+    Segment,
+    _Reader,
+    _release_version,
+    canonical_json,
+    load_manifest,
+    verify_files,
+)
+
+APP_KIND = "app"
+APP_SCHEMA_VERSION = 1
+STAGE_KINDS = ("model", "step", "custom")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage as the board runs it.
+
+    kind: model (``bundle`` is its sub-bundle dir), step (``step`` a built-in name) or custom (``function``
+    "files/mod.py:fn"). inputs: the stage's input name -> a wire ("APP_INPUT" or "stage.output"). outputs: the
+    stage's output names; for a model, ``model_outputs`` maps each to the model's own output name. map: run once per
+    item of the list inputs.
+    """
+
+    name: str
+    kind: str
+    inputs: dict[str, str]
+    outputs: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    bundle: str | None = None
+    model_outputs: dict[str, str] = field(default_factory=dict)
+    step: str | None = None
+    function: str | None = None
+    map: bool = False
+    stateful: bool = False
+
+    @classmethod
+    def parse(cls, r: _Reader) -> StageSpec:
+        r.unknown({"name", "kind", "inputs", "outputs", "params", "bundle", "model_outputs", "step", "function",
+                   "map", "stateful"})
+        kind = r.get("kind", str, choices=STAGE_KINDS)
+        s = cls(name=r.get("name", str), kind=kind, inputs=dict(r.get("inputs", dict)),
+                outputs=tuple(r.get("outputs", list)), params=dict(r.get("params", dict, {})),
+                bundle=r.relpath("bundle", r.get("bundle", str)) if kind == "model" else None,
+                model_outputs=dict(r.get("model_outputs", dict, {})),
+                step=r.get("step", str) if kind == "step" else None,
+                function=r.get("function", str) if kind == "custom" else None,
+                map=r.get("map", bool, False), stateful=r.get("stateful", bool, False))
+        for k, v in s.inputs.items():
+            if not isinstance(v, str):
+                raise r.fail(f"inputs.{k}", "expected a wire name (an app input or stage.output)")
+        return s
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One reference sample: the app's inputs and outputs, and every stage's inputs and outputs, as .npz files."""
+
+    name: str
+    source: str
+    inputs: str
+    outputs: str
+    stages: dict[str, dict[str, str]]  # stage -> {"inputs": rel, "outputs": rel}
+
+    @classmethod
+    def parse(cls, r: _Reader) -> SampleRef:
+        r.unknown({"name", "source", "inputs", "outputs", "stages"})
+        stages = {}
+        for k, v in r.get("stages", dict).items():
+            if not isinstance(v, dict) or set(v) != {"inputs", "outputs"}:
+                raise r.fail(f"stages.{k}", "expected {inputs: FILE, outputs: FILE}")
+            stages[k] = {io: r.relpath(f"stages.{k}.{io}", v[io]) for io in ("inputs", "outputs")}
+        return cls(r.get("name", str), r.get("source", str, ""), r.relpath("inputs", r.get("inputs", str)),
+                   r.relpath("outputs", r.get("outputs", str)), stages)
+
+
+@dataclass(frozen=True)
+class AppManifest:
+    name: str
+    board: str
+    inputs: tuple[str, ...]
+    outputs: dict[str, str]  # app output name -> wire
+    stages: tuple[StageSpec, ...]
+    files: dict[str, str]
+    samples: tuple[SampleRef, ...] = ()
+    #: per value kind, how a step's outputs are compared with their reference: {"max_abs_rel": ..}
+    tolerance: dict[str, float] = field(default_factory=lambda: {"max_abs_rel": 1e-3})
+    source: dict[str, Any] = field(default_factory=dict)  # {"spec": file name, "sha256": of app.yaml}
+    notes: tuple[str, ...] = ()
+    kind: str = APP_KIND
+    edgesdk_version: str = ""
+    created_at: str = ""
+    bundle_id: str = ""
+    schema_version: int = APP_SCHEMA_VERSION
+    release_version: int | None = None
+    #: the stages' sub-bundle manifests (loaded beside this one; not serialised)
+    sub: dict[str, Manifest] = field(default_factory=dict, compare=False)
+
+    # -- what the deploy code asks every bundle ---------------------------------------------------------------
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """Every model stage's segments (the engines the board needs), ids prefixed with the stage."""
+        return tuple(replace(s, id=f"{st}/{s.id}") for st, m in self.sub.items() for s in m.segments)
+
+    @property
+    def precision(self) -> str:
+        ps = sorted({m.precision for m in self.sub.values()})
+        return "+".join(ps) if ps else "none"
+
+    @property
+    def model_stages(self) -> tuple[StageSpec, ...]:
+        return tuple(s for s in self.stages if s.kind == "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items() if v is not None}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "sub"}
+        d["stages"] = [{k: v for k, v in s.__dict__.items()} for s in self.stages]
+        d["samples"] = [dict(s.__dict__) for s in self.samples]
+        return clean(d)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> AppManifest:
+        r = _Reader(data, where)
+        r.unknown({f for f in cls.__dataclass_fields__ if f != "sub"})
+        if r.get("kind", str) != APP_KIND:
+            raise r.fail("kind", f"expected {APP_KIND!r}")
+        ver = r.get("schema_version", int)
+        if ver != APP_SCHEMA_VERSION:
+            raise r.fail("schema_version", f"this runtime reads app version {APP_SCHEMA_VERSION}, the bundle has "
+                         f"{ver}; update edgesdk on the board or re-convert")
+        files = r.get("files", dict)
+        for k, v in files.items():
+            r.relpath(f"files.{k}", k)
+            if not (isinstance(v, str) and len(v) == 64):
+                raise r.fail(f"files.{k}", "expected a sha256 hex digest")
+        stages = tuple(StageSpec.parse(x) for x in r.items("stages"))
+        if not stages:
+            raise r.fail("stages", "an app needs at least one stage")
+        m = cls(name=r.get("name", str), board=r.get("board", str), inputs=tuple(r.get("inputs", list)),
+                outputs=dict(r.get("outputs", dict)), stages=stages, files=dict(files),
+                samples=tuple(SampleRef.parse(x) for x in r.items("samples", optional=True)),
+                tolerance=dict(r.get("tolerance", dict, {"max_abs_rel": 1e-3})),
+                source=dict(r.get("source", dict, {})), notes=tuple(r.get("notes", list, [])),
+                edgesdk_version=r.get("edgesdk_version", str, ""), created_at=r.get("created_at", str, ""),
+                bundle_id=r.get("bundle_id", str, ""), schema_version=ver, release_version=_release_version(r))
+        m.check_wiring(where)
+        return m
+
+    def check_wiring(self, where: str) -> None:
+        """Every wire names an app input or an earlier stage's output; stage names are unique."""
+        avail = set(self.inputs)
+        seen: set[str] = set()
+        for i, s in enumerate(self.stages):
+            if s.name in seen or s.name in self.inputs:
+                raise BundleError(f"{where}: field stages.{i}.name: {s.name!r} is used twice")
+            seen.add(s.name)
+            for k, w in s.inputs.items():
+                if w not in avail:
+                    raise BundleError(f"{where}: field stages.{i}.inputs.{k}: {w!r} is no app input and no output "
+                                      f"of an earlier stage (available: {', '.join(sorted(avail))})")
+            avail |= {f"{s.name}.{o}" for o in s.outputs}
+        for k, w in self.outputs.items():
+            if w not in avail:
+                raise BundleError(f"{where}: field outputs.{k}: {w!r} is produced by no stage")
+
+    def content_id(self) -> str:
+        d = self.to_dict()
+        d.pop("bundle_id", None)
+        d.pop("created_at", None)
+        return "a" + hashlib.sha256(canonical_json(d)).hexdigest()[:16]
+
+    def untuned_id(self) -> str:
+        return replace(self, release_version=None).content_id()
+
+
+def is_app(bundle_dir: str | Path) -> bool:
+    """True when BUNDLE/manifest.json is an app manifest (cheap: reads only its kind)."""
+    try:
+        data = json.loads((Path(bundle_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == APP_KIND
+
+
+def load_app_manifest(bundle_dir: str | Path, verify: bool = True) -> AppManifest:
+    """Read and validate APP/manifest.json and its stages' sub-bundle manifests; with verify, every file's sha256."""
+    root = Path(bundle_dir)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root}: not a bundle (no {MANIFEST})")
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
+    m = AppManifest.from_dict(data, str(mpath))
+    if m.bundle_id and m.bundle_id != m.content_id():
+        raise BundleError(f"{mpath}: field bundle_id: {m.bundle_id} does not match the content ({m.content_id()})")
+    if verify:
+        verify_files(root, m)  # type: ignore[arg-type]
+    sub = {}
+    for i, s in enumerate(m.model_stages):
+        if f"{s.bundle}/{MANIFEST}" not in m.files:
+            raise BundleError(f"{mpath}: field stages.{s.name}.bundle: {s.bundle}/{MANIFEST} is not listed in files")
+        sm = load_manifest(root / str(s.bundle), verify=False)  # its files are in this manifest's table, checked
+        names = {t.name for t in sm.outputs}
+        for local, model_name in s.model_outputs.items():
+            if model_name not in names:
+                raise BundleError(f"{mpath}: field stages.{s.name}.model_outputs.{local}: the model has no output "
+                                  f"{model_name!r} (it has {sorted(names)})")
+        sub[s.name] = sm
+    return replace(m, sub=sub)
+
+
+def load_any(bundle_dir: str | Path, verify: bool = True) -> Manifest | AppManifest:
+    """The manifest of a model bundle or of an app bundle."""
+    return load_app_manifest(bundle_dir, verify) if is_app(bundle_dir) else load_manifest(bundle_dir, verify)
+
+
+# -- values in .npz files ------------------------------------------------------------------------------------
+_LIST = "__list__"
+
+
+def pack(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{name: array | list of arrays} -> flat {key: array} for np.savez (lists as name.__list__ + name.0, ...)."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in values.items():
+        if isinstance(v, (list, tuple)):
+            out[f"{k}.{_LIST}"] = np.asarray(len(v), dtype=np.int64)
+            for i, x in enumerate(v):
+                if isinstance(x, (list, tuple)):
+                    raise BundleError(f"value {k!r}: a list of lists cannot be stored (item {i})")
+                out[f"{k}.{i}"] = np.asarray(x)
+        else:
+            a = np.asarray(v)
+            if a.dtype == object:
+                raise BundleError(f"value {k!r}: object arrays cannot be stored (use numbers or str)")
+            out[k] = a
+    return out
+
+
+def unpack(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    lists = {k[: -len(_LIST) - 1]: int(v) for k, v in flat.items() if k.endswith("." + _LIST)}
+    for k, v in flat.items():
+        if k.endswith("." + _LIST):
+            continue
+        base, _, idx = k.rpartition(".")
+        if base in lists and idx.isdigit():
+            continue
+        out[k] = np.asarray(v)
+    for base, n in lists.items():
+        out[base] = [np.asarray(flat[f"{base}.{i}"]) for i in range(n)]
+    return out
+
+
+def save_values(path: str | Path, values: Mapping[str, Any]) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **pack(values))
+
+
+def load_values(path: str | Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        return unpack({k: z[k] for k in z.files})
+
+
+__all__ = ["APP_KIND", "APP_SCHEMA_VERSION", "AppManifest", "SampleRef", "StageSpec", "is_app", "load_any",
+           "load_app_manifest", "load_values", "pack", "save_values", "unpack"]
