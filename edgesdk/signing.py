@@ -30,6 +30,7 @@ from typing import Any
 from edgesdk.errors import BundleError, InputError
 from edgesdk.paths import home, write_atomic
 from edgesdk.runtime import trust
+from edgesdk.runtime.app.manifest import load_any
 from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, load_manifest
 
 KEY_SUFFIX, PUB_SUFFIX = ".key", ".pub"
@@ -212,7 +213,7 @@ def sign_bundle(bundle: str | Path, key: str | Path, version: int | None = None,
     (b / SIGNATURE).unlink(missing_ok=True)
     write_atomic(b / MANIFEST, text, 0o644)
     write_atomic(b / SIGNATURE, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
-    load_manifest(b, verify=False)
+    load_any(b, verify=False)
     _record_version(fp, version)
     return Signed(b, m2.bundle_id, version, fp, b / SIGNATURE, expires_at)
 

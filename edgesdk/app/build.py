@@ -403,4 +403,28 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
                             time.perf_counter() - t_all)
 
 
-__all__ = ["AppConvertResult", "OrtRunner", "StageReport", "convert_app", "read_samples"]
+def app_cache_key(spec_path: str | Path) -> str:
+    """A hash over app.yaml and every file it uses (models, app files, samples) and edgesdk's version: `flash
+    app.yaml` converts again when any of them changes."""
+    import hashlib
+
+    from edgesdk import __version__
+
+    p = Path(spec_path)
+    spec = load_app_spec(p)
+    d = p.resolve().parent
+    h = hashlib.sha256(p.read_bytes())
+    h.update(f"\0edgesdk {__version__}".encode())
+    rels = [s.model for s in spec.stages if s.model] + [str(s.custom).rpartition(":")[0] for s in spec.stages
+                                                          if s.custom]
+    rels += list(spec.modules) + list(spec.files)
+    rels += [v for s in spec.stages if s.step for v in s.params.values() if isinstance(v, str) and (d / v).is_file()]
+    if spec.samples and (d / spec.samples).is_dir():
+        rels += [str(f.relative_to(d)) for f in sorted((d / spec.samples).iterdir()) if f.is_file()]
+    for rel in sorted(set(r for r in rels if r)):
+        f = d / rel
+        h.update(f"\0{rel}\0".encode() + (sha256_file(f).encode() if f.is_file() else b"missing"))
+    return h.hexdigest()[:16]
+
+
+__all__ = ["AppConvertResult", "app_cache_key", "OrtRunner", "StageReport", "convert_app", "read_samples"]

@@ -92,9 +92,11 @@ def convert_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (commands and files), convert nothing."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Convert MODEL for a board and write the bundle OUT.
+    """Convert MODEL (or an app.yaml of several models) for a board and write the bundle OUT.
 
     Examples:
+
+      edgesdk convert examples/ocr/app.yaml --board rpi4 --sample examples/ocr/samples -o build/ocr
 
       edgesdk convert model.onnx --board rpi4 -o build/rpi4 --sample photos/
 
@@ -112,8 +114,20 @@ def convert_cmd(
 
       edgesdk convert det.onnx --board kv260 --input-shape x=1,3,640,640 --max-segments 3 -o build/kv260
     """
+    from edgesdk.app.spec import looks_like_app
     from edgesdk.conversion import convert
 
+    if looks_like_app(model):
+        given = [f for f, v in (("--precision", precision), ("--engine", engine), ("--calib", calib),
+                                ("--preprocess", preprocess), ("--postprocess", postprocess), ("--target", target),
+                                ("--input-shape", input_shape), ("--dry-run", dry_run)) if v]
+        if given:
+            from edgesdk.errors import InputError
+
+            raise InputError(f"{model}: {', '.join(given)} apply to one model; an app's stages set them in app.yaml "
+                             "(precision, engine, input_shape, target per model stage)")
+        _convert_app(model, board, out, sample, force, sign, json_out, calib_limit)
+        return
     if sign is not None and not dry_run:
         from edgesdk.signing import load_private_key
 
@@ -167,6 +181,40 @@ def convert_cmd(
         console.print(f"  {s.id}  {s.engine:<11} {s.precision}  {s.nodes:>5} nodes  {s.seconds:6.2f} s  "
                       f"{s.bytes / 1024:8.1f} KiB{fb}", highlight=False)
     console.print(f"wrote bundle {res.bundle_id} to {res.out} in {res.seconds:.1f} s")
+    if signed:
+        console.print(f"signed with {signed.fingerprint}, release_version {signed.release_version}", highlight=False)
+
+
+def _convert_app(spec: Path, board: str, out: Path | None, sample: Path | None, force: bool, sign: Path | None,
+                 json_out: bool, calib_limit: int | None) -> None:
+    """`edgesdk convert app.yaml`: every model stage for the board, one app bundle (edgesdk.app.build)."""
+    from edgesdk.app.build import convert_app
+
+    if sign is not None:
+        from edgesdk.signing import load_private_key
+
+        load_private_key(sign)
+    res = convert_app(spec, board, out=out, sample=sample, force=force, progress=_progress(json_out),
+                      calib_limit=calib_limit)
+    signed = None
+    if sign is not None:
+        from edgesdk.signing import sign_bundle
+
+        signed = sign_bundle(res.out, sign)
+    if json_out:
+        print_json({**res.to_dict(), **({"signed": signed.to_dict()} if signed else {})})
+        return
+    for w in res.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for s in res.stages:
+        what = (f"{'+'.join(s.engines)} {s.precision}  {s.seconds:6.1f} s  bundle {s.bundle_id}" if s.kind == "model"
+                else s.kind)
+        console.print(f"  {s.name:<16} x{s.items:<4} {what}", highlight=False)
+    for r in res.reference:
+        shown = {k: (v if len(str(v)) < 120 else str(v)[:117] + "...") for k, v in r["outputs"].items()}
+        console.print(f"  reference {r['sample']}: {shown}", highlight=False, soft_wrap=True)
+    console.print(f"wrote app bundle {res.bundle_id} ({len(res.stages)} stages, {len(res.samples)} reference "
+                  f"samples) to {res.out} in {res.seconds:.1f} s")
     if signed:
         console.print(f"signed with {signed.fingerprint}, release_version {signed.release_version}", highlight=False)
 

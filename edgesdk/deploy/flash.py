@@ -102,13 +102,14 @@ class FlashOptions:
 
 def check_bundle(bundle: Path) -> tuple[Any, dict[str, LocalFile]]:
     """The manifest and files of a bundle dir; refuses links, '..', absolute paths and strays."""
-    from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, load_manifest
+    from edgesdk.runtime.app.manifest import load_any
+    from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING
 
     bundle = Path(bundle)
     if bundle.is_symlink():
         raise InputError(f"{bundle}: a bundle must be a directory, not a link")
     files = local_tree(bundle)
-    m = load_manifest(bundle, verify=True)
+    m = load_any(bundle, verify=True)  # a model bundle, or an app bundle (one release over its stages' bundles)
     # only the signature may sit beside manifest.json unlisted: every file that changes behaviour (tuning.json
     # too) is in the manifest's files, so in the bundle id and under a signature
     optional = {SIGNATURE} & set(files)
@@ -191,6 +192,22 @@ def resolve_bundle(model_or_bundle: str | Path, board: str, event: Event | None 
         raise InputError(f"{p}: no such model file or bundle directory")
     t0 = time.perf_counter()
     from edgesdk import __version__
+    from edgesdk.app.spec import looks_like_app
+
+    if looks_like_app(p):  # app.yaml: every model stage converted, with the samples its `samples:` names
+        from edgesdk.app.build import app_cache_key, convert_app
+
+        if input_shapes:
+            raise InputError(f"{p}: --input-shape applies to a model; an app's stages give their own input_shape")
+        out = home() / "bundles" / f"{board}-app-{p.stem}-{app_cache_key(p)}"
+        if not (out / "manifest.json").is_file():
+            if event:
+                event({"phase": "convert", "state": "start", "detail": f"app {p.name} for {board}"})
+            out.parent.mkdir(parents=True, exist_ok=True)
+            convert_app(p, board, out=out, force=True,
+                        progress=(lambda m: event({"phase": "convert", "state": "note", "detail": m})) if event
+                        else None)
+        return out, time.perf_counter() - t0
 
     h = hashlib.sha256(p.read_bytes())
     h.update(f"\0edgesdk {__version__}".encode())  # a new edgesdk converts again

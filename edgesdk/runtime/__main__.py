@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         with native_stdout_to_stderr(machine):
-            result, code = VERB_FUNCS[args.verb](args)
+            result, code = _verb(args)
     except EdgeSDKError as exc:
         result, code = {"ok": False, "error": type(exc).__name__, "message": str(exc)}, exc.exit_code
         if args.verb == "profile":
@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if not machine:
             print(f"error: {exc}", file=sys.stderr)
             return code
+        human = HUMAN[args.verb]
+    else:
+        human = _human(args, result)
     if args.result_line:
         if isinstance(result, dict):
             result.setdefault("uid", os.getuid())  # who ran it: the agent drops to nobody when it is root
@@ -152,8 +155,31 @@ def main(argv: list[str] | None = None) -> int:
     elif args.json:
         print(json.dumps(result, indent=2))
     else:
-        HUMAN[args.verb](result)
+        human(result)
     return code
+
+
+def _is_app(bundle: str) -> bool:
+    from edgesdk.runtime.app.manifest import is_app
+
+    return is_app(bundle)
+
+
+def _verb(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The verb on a model bundle, or on an app bundle (manifest kind "app": edgesdk.runtime.app.verbs)."""
+    if _is_app(args.bundle):
+        from edgesdk.runtime.app import verbs
+
+        return {"run": verbs.run, "smoke": verbs.smoke, "profile": verbs.profile}[args.verb](args)
+    return VERB_FUNCS[args.verb](args)
+
+
+def _human(args: argparse.Namespace, result: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    if isinstance(result, dict) and result.get("kind") == "app":
+        from edgesdk.runtime.app import verbs
+
+        return {"run": verbs.print_run, "smoke": verbs.print_smoke, "profile": verbs.print_profile}[args.verb]
+    return HUMAN[args.verb]
 
 
 # -- run -------------------------------------------------------------------------------------------------

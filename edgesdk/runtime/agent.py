@@ -1410,9 +1410,12 @@ def output_limits(release: str) -> dict:
     """{output name: the most bytes its .npy may have} from the release's manifest.json."""
     try:
         with open(os.path.join(release, "manifest.json"), encoding="utf-8") as fh:
-            outs = json.load(fh).get("outputs")
+            data = json.load(fh)
+        outs = data.get("outputs")
     except (OSError, ValueError, AttributeError):
         raise Fail("the release's manifest.json is not readable", EXIT_FAILED) from None
+    if data.get("kind") == "app":
+        return {}  # an app's outputs (texts, boxes, track ids) come back in the run's result, never as files
     if not isinstance(outs, list):
         raise Fail("the release's manifest.json has no outputs list", EXIT_FAILED)
     return {o["name"]: npy_limit(o.get("shape"), o.get("dtype")) for o in outs

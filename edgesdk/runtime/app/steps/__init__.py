@@ -11,7 +11,7 @@ and the host's reference run uses the very same code, so a stage's reference out
     ctc_decode        logits -> text, score         CTC greedy decoding over a character list (a file of the app)
     decode_yolo       output, meta -> boxes, scores, classes    YOLO heads (anchor-free / objectness) + NMS
     nms               boxes, scores[, classes] -> boxes, scores, classes, keep
-    tracker           boxes, scores[, classes] -> tracks, ids, classes   SORT: Kalman filter + IoU matching
+    tracker           boxes, scores[, classes] -> tracks, ids, classes, scores   SORT: Kalman filter + IoU matching
 """
 
 from __future__ import annotations
