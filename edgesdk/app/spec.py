@@ -78,6 +78,22 @@ class StageDecl(BaseModel):
             raise ValueError("a custom stage declares its outputs")
         return self
 
+    @field_validator("input_shape", mode="before")
+    @classmethod
+    def _flow_shapes(cls, v: Any) -> Any:
+        """`input_shape: [x=1,3,640,640]` is a YAML list of "x=1", 3, 640, 640: joined back into "x=1,3,640,640"
+        (a new shape starts at each NAME=)."""
+        if isinstance(v, list) and any(isinstance(x, int) and not isinstance(x, bool) for x in v) \
+                and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            out: list[str] = []
+            for x in v:
+                if isinstance(x, str) and ("=" in x or not out):
+                    out.append(x)
+                else:
+                    out[-1] += f",{x}"
+            return out
+        return v
+
     @field_validator("outputs")
     @classmethod
     def _names(cls, v: Any) -> Any:
@@ -120,10 +136,27 @@ class AppSpec(BaseModel):
                 raise ValueError(f"stages.{i}.name: {s.name!r} is used twice")
             names.add(s.name)
             for k, w in s.inputs.items():
-                if w not in avail:
+                if w not in avail and not (w.count(".") == 1 and f"{w.split('.')[0]}.*" in avail):
                     raise ValueError(f"stages.{i}.inputs.{k}: {w!r} is no app input and no output of an earlier "
                                      f"stage (available: {', '.join(sorted(avail))})")
             outs = list(s.outputs) if s.outputs else []
+            if s.step is not None:
+                from edgesdk.runtime.app.steps import AppError, builtin
+
+                try:
+                    cls = builtin(s.step, f"stages.{i}.step")
+                except AppError as exc:
+                    raise ValueError(str(exc)) from None
+                if not outs:
+                    outs = list(cls.outputs)
+                unknown = sorted(set(s.inputs) - set(cls.inputs) - set(cls.optional_inputs))
+                if unknown:
+                    raise ValueError(f"stages.{i}.inputs.{unknown[0]}: step {s.step} has no input {unknown[0]!r} "
+                                     f"(its inputs: {', '.join(cls.inputs + cls.optional_inputs)})")
+                missing = [n for n in cls.inputs if n not in s.inputs]
+                if missing:
+                    raise ValueError(f"stages.{i}.inputs: step {s.step} needs input {missing[0]!r} wired "
+                                     f"(its inputs: {', '.join(cls.inputs + cls.optional_inputs)})")
             avail |= {f"{s.name}.{o}" for o in outs} | ({f"{s.name}.*"} if not outs else set())
         for k, w in self.outputs.items():
             stage = w.split(".", 1)[0]

@@ -319,7 +319,8 @@ def rollback_cmd(
 
 @handle_errors
 def run_cmd(
-    inputs: list[str] = typer.Option(..., "--input", metavar="[NAME=]FILE.npy", help="Input tensor (repeatable)."),
+    inputs: list[str] = typer.Option(..., "--input", metavar="[NAME=]FILE", help="Input tensor (.npy) or image "
+                                     "(repeatable; for an app, several are consecutive frames)."),
     host: str | None = HOST_OPT, board: str | None = BOARD_OPT,
     release: str | None = typer.Option(None, "--release", metavar="ID", help="Release to run (default: current)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Outputs land in OUT/<host>/."),
@@ -340,6 +341,8 @@ def run_cmd(
       edgesdk run --host pi@10.0.0.7 --input x=input.npy --out results
 
       edgesdk run --board rpi4 --input images=frame.npy --release 3f2a... --json
+
+      edgesdk run --board rpi4 --input page.png          # an app release: its decoded outputs (texts, ids)
     """
     from edgesdk.deploy.flash import run_remote
 
@@ -356,6 +359,10 @@ def run_cmd(
                           f"{_s(u.get('reason'))})", highlight=False)
     for name, o in r.outputs.items():
         console.print(f"  {_s(name)}: {_s(o.dtype)}{list(o.shape)} -> {_s(o.file)}", highlight=False)
+    for i, fr in enumerate(r.frames or ()):
+        console.print(f"  frame {i} ({_s(fr.get('total_ms'))} ms):", highlight=False)
+        for name, v in (fr.get("outputs") or {}).items():
+            console.print(f"    {_s(name)}: {_s(json.dumps(v, ensure_ascii=False)[:400])}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

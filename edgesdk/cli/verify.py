@@ -47,8 +47,23 @@ def verify_cmd(
       edgesdk verify build/rpi5-int8 --data calib/ --limit 100 --json
 
       edgesdk verify build/rpi4-int8 --eval photos/eval --target map50=0.9
+
+      edgesdk verify build/ocr-rpi4            # an app bundle: stage by stage, names the first that fails
     """
+    from edgesdk.runtime.app.manifest import is_app
     from edgesdk.verify import verify
+
+    if is_app(bundle):
+        given = [f for f, v in (("--data", data), ("--model", model), ("--limit", limit), ("--eval", eval_dir),
+                                ("--task", task), ("--postprocess", postprocess), ("--charset", charset),
+                                ("--target", target), ("--sensitivity", sensitivity or None)) if v is not None]
+        if given:
+            from edgesdk.errors import InputError
+
+            raise InputError(f"{bundle} is an app bundle: it is verified stage by stage against the reference its "
+                             f"convert recorded; {', '.join(given)} apply to a model bundle (verify one stage's "
+                             f"sub-bundle, {bundle}/stages/NAME, with them)")
+        return _verify_app(bundle, layers, json_out)
 
     rep = verify(bundle, data=data, model=model, layers=layers, limit=limit, eval_dir=eval_dir, task=task,
                  postprocess=postprocess, charset=charset, blank=blank, target=target, sensitivity=sensitivity)
@@ -107,6 +122,52 @@ def verify_cmd(
             console.print(f"{tol} (reported; the verdict is the target)")
             console.print(f"[green]{rep.target.message}[/]" if rep.target.ok else f"[red]{rep.target.message}[/]",
                           highlight=False)
+    if not rep.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _verify_app(bundle: Path, layers: bool, json_out: bool) -> None:
+    from edgesdk.app.verify import verify_app
+
+    rep = verify_app(bundle, per_layer=layers)
+    if json_out:
+        print_json(rep.to_dict())
+    else:
+        console.print(f"app {rep.app} ({rep.bundle_id}, {rep.board}): {len(rep.checks)} stages, each on the inputs "
+                      "the host's reference run recorded for it", highlight=False)
+        for c in rep.checks:
+            status = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            eng = ",".join(sorted({u.get("engine", "?") for u in rep.engines.get(c.name, [])}))
+            console.print(f"  {c.name:<16} {c.kind:<16} {c.samples} sample(s)  {c.ms:9.1f} ms  {status}"
+                          + (f"  ({eng})" if eng else ""), highlight=False)
+            if c.error:
+                console.print(f"      {c.error}", highlight=False)
+            for o, oc in c.outputs.items():
+                d = oc.to_dict()
+                if not d.get("ok"):
+                    console.print(f"      {o}: {d.get('problem') or d}", highlight=False)
+        if rep.first_failure:
+            console.print(f"[red]first failing stage: {rep.first_failure}[/]", highlight=False)
+        if rep.layers:
+            console.print(f"  stage {rep.layer_stage} per layer (fp32 vs onnxruntime int8 simulation, threshold "
+                          f"{rep.layer_threshold}):", highlight=False)
+            for x in rep.layers:
+                mark = "  <- first below threshold" if rep.first_bad_layer and x.tensor == rep.first_bad_layer.tensor \
+                    else ""
+                console.print(f"    {x.node:<40} {x.op_type:<16} {x.cosine:.5f}{mark}", highlight=False)
+            if rep.first_bad_layer is not None:
+                console.print(f"[red]first layer below {rep.layer_threshold} in stage {rep.layer_stage}: "
+                              f"{rep.first_bad_layer.node} ({rep.first_bad_layer.op_type})[/]", highlight=False)
+        for v in rep.vendor_layers:
+            console.print(f"  stage {rep.layer_stage}, segment {v['segment']}, per layer by {v['tool']}:",
+                          highlight=False)
+            for x in v["layers"]:
+                mark = "  <- first below threshold" if v["first_below"] is x else ""
+                console.print(f"    {x.get('node') or x['tensor']:<40} {x['op_type']:<16} {x['cosine']:.5f}{mark}",
+                              highlight=False)
+        for n in rep.notes:
+            console.print(f"  note: {n}", highlight=False)
+        console.print("[green]every stage matches its reference[/]" if rep.ok else "[red]a stage differs[/]")
     if not rep.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -548,6 +548,10 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 # says (the agent bounds each by the size its manifest declares: shape x dtype + the .npy header)
 
 
+#: images `edgesdk run` pushes as they are (the board decodes them: a bundle's preprocess, an app's image input)
+RUN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
 def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, release: str | None = None,
                python: str | None = None, timeout: float = 300, *, allow_root: bool = False,
                transport: Connect | None = None) -> RunResult:
@@ -564,8 +568,9 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
     for item in inputs:
         name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         p = Path(path)
-        if not p.is_file() or p.suffix != ".npy":
-            raise InputError(f"--input {item}: expected an existing .npy file")
+        if not p.is_file() or p.suffix.lower() not in (".npy", *RUN_IMAGE_SUFFIXES):
+            raise InputError(f"--input {item}: expected an existing .npy file (or an image: "
+                             f"{', '.join(RUN_IMAGE_SUFFIXES)})")
         if name and not _SAFE_NAME.match(name):
             raise InputError(f"--input {item}: bad tensor name")
         feeds.append((name, p))
@@ -577,8 +582,9 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
             sftp.mkdir(rdir, 0o755)
             args = []
             for i, (name, p) in enumerate(feeds):
-                upload(sftp, p, f"{rdir}/input_{i}.npy", 0)
-                args.append(f"--input={name}=input_{i}.npy")
+                fn = f"input_{i}{p.suffix.lower()}"
+                upload(sftp, p, f"{rdir}/{fn}", 0)
+                args.append(f"--input={name}={fn}")
         try:
             r = rb.call("run", release or "current", f"--python={python or rb.venv_python}", f"--timeout={timeout}",
                         f"--workdir={work}", *args, *(["--allow-root"] if allow_root else []), timeout=timeout + 60)
@@ -601,9 +607,11 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
                     local = dest / (re.sub(r"[^A-Za-z0-9_.-]", "_", tensor)[:80] + ".npy")
                     _fetch_output(sftp, f"{rb.base}/tmp/{work}.out/{fn}", local, meta, target.known_hosts_name)
                     outputs[tensor] = _load_output(local, fn, target.known_hosts_name)
+            frames = result.get("frames") if result.get("kind") == "app" else None
             return RunResult(target.known_hosts_name, r["release"], outputs, result.get("latency_ms"),
                              r.get("fallback"), engines_used(result.get("engines_used")),
-                             uid=result.get("uid"), ran_as=result.get("ran_as"))
+                             uid=result.get("uid"), ran_as=result.get("ran_as"),
+                             frames=tuple(frames) if isinstance(frames, list) else None)
         finally:
             try:
                 rb.call("cleanup", work, timeout=60)

@@ -260,10 +260,13 @@ class RunResult:
     #: who ran it on the board (the runtime's os.getuid()) and as what: "nobody", "root" (--allow-root), "user"
     uid: int | None = None
     ran_as: str | None = None
+    #: an app release: its decoded outputs per frame ({"outputs": {name: JSON value}, "total_ms", "stages"}); the
+    #: app's outputs are results (texts, boxes, track ids), they come back in the answer, not as .npy files
+    frames: tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         _set(self, status=Outcome(self.status), outputs=MappingProxyType(dict(self.outputs)))
-        _frozen_fields(self, "engines_used")
+        _frozen_fields(self, "engines_used", "frames")
 
     @property
     def ok(self) -> bool:
@@ -273,7 +276,7 @@ class RunResult:
         return {"ok": self.ok, "host": self.host, "status": self.status.value, "release": self.release,
                 "outputs": {k: v.to_dict() for k, v in self.outputs.items()}, "latency_ms": self.latency_ms,
                 "fallback": self.fallback, "engines_used": thaw(self.engines_used), "uid": self.uid,
-                "ran_as": self.ran_as}
+                "ran_as": self.ran_as, **({"frames": thaw(self.frames)} if self.frames is not None else {})}
 
 
 def engines_used(raw: Any) -> tuple[dict[str, Any], ...] | None:

@@ -162,7 +162,53 @@ th{background:#f0f0f0} .grid{display:flex;gap:24px;flex-wrap:wrap} .card{flex:1 
 """
 
 
+def render_app_html(data: Mapping[str, Any]) -> str:
+    """An app's report: per frame (histogram), per stage (a bar per stage, the stage table), stage checks."""
+    from edgesdk.profile.report import STAGE_HEAD, stage_table
+
+    t, lat, b = data["target"], data["latency"], data["bundle"]
+    title = f"edgesdk profile: app {b.get('app', b['id'])} on {t['board']}"
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{E(title)}</title>"
+           f"<style>{_CSS}</style></head><body>"]
+    out.append(f"<h1>{E(title)}</h1><div>host {E(str(t['host']))} &middot; release {E(str(t.get('release')))} "
+               f"&middot; {E(data['created_at'])} &middot; schema {E(data['schema'])}</div>")
+    if data["emulated"]:
+        out.append("<div class='emu'>EMULATED board (qemu): these timings are the emulator's.</div>")
+    tp = data.get("throughput") or {}
+    kpis = [("frame p50", f"{_fmt(lat['p50_ms'])} ms"), ("frame p90", f"{_fmt(lat['p90_ms'])} ms"),
+            ("min / max", f"{_fmt(lat['min_ms'])} / {_fmt(lat['max_ms'])} ms"),
+            ("throughput", f"{tp.get('fps') or 0:.2f} fps"), ("stages", str(len(data.get("stages") or []))),
+            ("peak RSS", f"{(data.get('memory') or {}).get('peak_rss_mb', 0):.0f} MB")]
+    out.append("<div>" + "".join(f"<span class='kpi'>{E(k)}<b>{E(v)}</b></span>" for k, v in kpis) + "</div>")
+    for f in data.get("flags") or []:
+        out.append(f"<div class='flag {E(f['severity'])}'>{E(f['message'])}</div>")
+    bars = [{"segment": s["name"], "type": s["kind"] if s["kind"] == "model" else (s.get("step") or s["kind"]),
+             "name": f"x{s['calls_per_frame']:g}", "engine": ",".join(s.get("engines") or []) or "numpy",
+             "ms": float(s["mean_ms"])} for s in data.get("stages") or []]
+    out.append("<div class='grid'><div class='card'><h2>Per-frame latency histogram</h2>"
+               f"<div class='chartbox'>{histogram_svg(data['latencies_ms'])}</div>"
+               f"<div>{lat['count']} frames after {data['settings']['warmup']} warm-up round(s)</div></div>"
+               "<div class='card'><h2>Mean ms per stage and frame</h2>"
+               f"<div class='chartbox'>{layers_svg(bars)}</div></div></div>")
+    out.append("<h2>Stages</h2>" + _table(STAGE_HEAD, stage_table(dict(data))))
+    acc = data.get("accuracy") or {}
+    if acc.get("checked"):
+        rows = [[k, v.get("kind"), "ok" if v.get("ok") else "FAILED", v.get("samples"),
+                 "; ".join(f"{o}: {oc.get('problem') or ('ok' if oc.get('ok') else 'differs')}"
+                           for o, oc in (v.get("outputs") or {}).items())] for k, v in acc["stages"].items()]
+        out.append("<h2>Stages against their references</h2>"
+                   + (f"<div class='flag warn'>first failing stage: {E(str(acc.get('first_failure')))}</div>"
+                      if not acc.get("passed") else "") + _table(["stage", "kind", "check", "samples", "outputs"], rows))
+    out.append("<h2>Raw report</h2><details><summary>JSON</summary><pre>"
+               + E(json.dumps({k: v for k, v in data.items() if k != "latencies_ms"}, indent=1)[:200000])
+               + "</pre></details>")
+    out.append(f"<script>{_JS}</script></body></html>")
+    return "".join(out)
+
+
 def render_html(data: Mapping[str, Any]) -> str:
+    if data.get("kind") == "app":
+        return render_app_html(data)
     t, lat, b = data["target"], data["latency"], data["bundle"]
     title = f"edgesdk profile: {b.get('source_model', {}).get('name', b['id'])} on {t['board']}"
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{E(title)}</title>"
@@ -251,4 +297,4 @@ def render_html(data: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-__all__ = ["histogram_svg", "layers_svg", "render_html", "timeline_items", "timeline_svg"]
+__all__ = ["histogram_svg", "layers_svg", "render_app_html", "render_html", "timeline_items", "timeline_svg"]

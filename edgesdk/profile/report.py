@@ -59,6 +59,8 @@ class ProfileReport:
     def format(self) -> str:
         """A plain-text summary: latency, throughput, segments, top layers, memory, expectations, flags."""
         d = self.data
+        if d.get("kind") == "app":
+            return format_app(d)
         t = d["target"]
         lat = d["latency"]
         lines = [f"profile of {d['bundle']['id']} on {t['board']} ({t['host']})"
@@ -122,6 +124,46 @@ class ProfileReport:
 
     def __str__(self) -> str:
         return self.format()
+
+
+def stage_table(d: dict[str, Any]) -> list[list[str]]:
+    """An app report's stages as rows: stage, kind, engines, calls per frame, mean/p50/p90 ms, share of the frame."""
+    rows = []
+    for s in d.get("stages") or []:
+        what = s["kind"] if s["kind"] == "model" else (s.get("step") or s["kind"])
+        rows.append([s["name"], what + (" (map)" if s.get("map") else ""), ",".join(s.get("engines") or []) or "numpy",
+                     f"{s['calls_per_frame']:g}", f"{s['mean_ms']:.3f}", f"{s.get('p50_ms') or 0:.3f}",
+                     f"{s.get('p90_ms') or 0:.3f}", f"{100 * (s.get('share') or 0):.1f} %"])
+    return rows
+
+
+STAGE_HEAD = ["stage", "kind", "engine", "calls/frame", "mean ms", "p50 ms", "p90 ms", "share"]
+
+
+def format_app(d: dict[str, Any]) -> str:
+    """The plain-text summary of an app's profile: per frame, then per stage (pre, each model, each step, post)."""
+    t, lat, b = d["target"], d["latency"], d["bundle"]
+    lines = [f"profile of app {b.get('app')} ({b['id']}) on {t['board']} ({t['host']})"
+             + ("  [EMULATED]" if d.get("emulated") else "")]
+    st = d["settings"]
+    lines.append(f"  {lat['count']} frames ({st['runs']} run(s) of {st['frames_per_run']} reference frame(s), warm-up "
+                 f"{st['warmup']}); load {d.get('load_ms', 0):.0f} ms, first frame {d.get('first_run_ms', 0):.1f} ms")
+    lines.append("  per frame (ms): " + "  ".join(f"{k} {lat[k + '_ms']:.3f}" for k in
+                                                  ("min", "p50", "p90", "p99", "max", "mean")))
+    rows = [STAGE_HEAD, *stage_table(d)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(STAGE_HEAD))]
+    for r in rows:
+        lines.append("    " + "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    acc = d.get("accuracy") or {}
+    if acc.get("checked"):
+        lines.append("  stages against their references: " + ("all match" if acc.get("passed") else
+                                                              f"FAILED, first: {acc.get('first_failure')}"))
+    m = d.get("memory") or {}
+    if m.get("peak_rss_mb") is not None:
+        lines.append(f"  memory: peak RSS {m['peak_rss_mb']:.1f} MB")
+    for f in d.get("flags") or []:
+        lines.append(f"  [{f['severity']}] {f['message']}")
+    return "\n".join(lines)
 
 
 def top_layers(data: dict[str, Any], n: int = 20) -> list[dict[str, Any]]:

@@ -293,6 +293,15 @@ def build_report(measure: Mapping[str, Any], board: BoardProfile, target: Mappin
 
     emulated = bool(measure.get("emulated")) or bool(target.get("emulated"))
     matches = bool(target.get("matches_board"))
+    if measure.get("kind") == "app":  # the roofline and published figures are per model: an app has its stages
+        exp, flags = {"compared": False, "roofline": None, "reference": None, "related_references": []}, []
+        if emulated:
+            flags.append({"code": "emulated", "severity": "info",
+                          "message": "running on an emulated board: numbers are marked emulated"})
+        data = {"schema": SCHEMA, "created_at": _now(), "edgesdk_version": __version__,
+                "target": dict(target, emulated=emulated), **{k: v for k, v in measure.items() if k != "schema"},
+                "emulated": emulated, "expectations": exp, "flags": flags}
+        return ProfileReport(data)
     exp, flags = expectations(board, measure, emulated=emulated, matches_board=matches, model_path=model_path,
                               model_name=model_name, vendor_estimates=vendor_estimates)
     data = {"schema": SCHEMA, "created_at": _now(), "edgesdk_version": __version__,
