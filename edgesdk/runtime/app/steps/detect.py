@@ -51,7 +51,10 @@ def _vector(x: Any, where: str, name: str, n: int, dtype: Any) -> np.ndarray:
 
 def _meta(x: Any, where: str) -> tuple[float, float, float, float, float, float]:
     """letterbox's meta: [scale_x, scale_y, pad_x, pad_y, src_h, src_w] (source = (net - pad) / scale)."""
-    m = as_array(x, where, "meta").reshape(-1).astype(np.float64)
+    m = as_array(x, where, "meta").reshape(-1)
+    if m.dtype.kind not in "iuf":
+        raise AppError(f"{where}: input 'meta' must be numbers (the letterbox step's meta), got {m.dtype} values")
+    m = m.astype(np.float64)
     if m.size != 6 or not np.isfinite(m).all() or m[0] <= 0 or m[1] <= 0 or m[4] <= 0 or m[5] <= 0:
         raise AppError(f"{where}: input 'meta' must be 6 numbers [scale_x, scale_y, pad_x, pad_y, src_h, src_w] "
                        f"with positive scales and size (as the letterbox step gives), got {m.tolist()}")
