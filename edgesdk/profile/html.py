@@ -162,16 +162,21 @@ th{background:#f0f0f0} .grid{display:flex;gap:24px;flex-wrap:wrap} .card{flex:1 
 """
 
 
+def _head(data: Mapping[str, Any], title: str) -> list[str]:
+    """The page's start: its title, host, release, date and schema."""
+    t = data["target"]
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{E(title)}</title>"
+            f"<style>{_CSS}</style></head><body>",
+            f"<h1>{E(title)}</h1><div>host {E(str(t['host']))} &middot; release {E(str(t.get('release')))} "
+            f"&middot; {E(data['created_at'])} &middot; schema {E(data['schema'])}</div>"]
+
+
 def render_app_html(data: Mapping[str, Any]) -> str:
     """An app's report: per frame (histogram), per stage (a bar per stage, the stage table), stage checks."""
     from edgesdk.profile.report import STAGE_HEAD, stage_table
 
     t, lat, b = data["target"], data["latency"], data["bundle"]
-    title = f"edgesdk profile: app {b.get('app', b['id'])} on {t['board']}"
-    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{E(title)}</title>"
-           f"<style>{_CSS}</style></head><body>"]
-    out.append(f"<h1>{E(title)}</h1><div>host {E(str(t['host']))} &middot; release {E(str(t.get('release')))} "
-               f"&middot; {E(data['created_at'])} &middot; schema {E(data['schema'])}</div>")
+    out = _head(data, f"edgesdk profile: app {b.get('app', b['id'])} on {t['board']}")
     if data["emulated"]:
         out.append("<div class='emu'>EMULATED board (qemu): these timings are the emulator's.</div>")
     tp = data.get("throughput") or {}
@@ -210,11 +215,7 @@ def render_html(data: Mapping[str, Any]) -> str:
     if data.get("kind") == "app":
         return render_app_html(data)
     t, lat, b = data["target"], data["latency"], data["bundle"]
-    title = f"edgesdk profile: {b.get('source_model', {}).get('name', b['id'])} on {t['board']}"
-    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{E(title)}</title>"
-           f"<style>{_CSS}</style></head><body>"]
-    out.append(f"<h1>{E(title)}</h1><div>host {E(str(t['host']))} &middot; release {E(str(t.get('release')))} "
-               f"&middot; {E(data['created_at'])} &middot; schema {E(data['schema'])}</div>")
+    out = _head(data, f"edgesdk profile: {b.get('source_model', {}).get('name', b['id'])} on {t['board']}")
     if data["emulated"]:
         out.append("<div class='emu'>EMULATED board (qemu): these timings are the emulator's and are never compared "
                    "with the board's published or estimated figures.</div>")

@@ -451,6 +451,15 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     """Read and validate BUNDLE/manifest.json; with verify, also check every file's sha256 and
     that no file in the bundle escapes it through a symlink."""
     root = Path(bundle_dir)
+    m = read_manifest(root, Manifest.from_dict)
+    if verify:
+        verify_files(root, m)
+    return m
+
+
+def read_manifest(root: Path, from_dict: Any) -> Any:
+    """ROOT/manifest.json parsed by from_dict(data, where), its bundle_id checked against its content (the one
+    reading of a manifest file: model bundles and app bundles)."""
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{root}: not a bundle (no {MANIFEST})")
@@ -458,11 +467,9 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
-    m = Manifest.from_dict(data, str(mpath))
+    m = from_dict(data, str(mpath))
     if m.bundle_id and m.bundle_id != m.content_id():
         raise BundleError(f"{mpath}: field bundle_id: {m.bundle_id} does not match the content ({m.content_id()})")
-    if verify:
-        verify_files(root, m)
     return m
 
 

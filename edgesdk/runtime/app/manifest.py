@@ -31,6 +31,7 @@ from edgesdk.runtime.manifest import (
     _release_version,
     canonical_json,
     load_manifest,
+    read_manifest,
     verify_files,
 )
 
@@ -219,15 +220,7 @@ def load_app_manifest(bundle_dir: str | Path, verify: bool = True) -> AppManifes
     """Read and validate APP/manifest.json and its stages' sub-bundle manifests; with verify, every file's sha256."""
     root = Path(bundle_dir)
     mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{root}: not a bundle (no {MANIFEST})")
-    try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
-    m = AppManifest.from_dict(data, str(mpath))
-    if m.bundle_id and m.bundle_id != m.content_id():
-        raise BundleError(f"{mpath}: field bundle_id: {m.bundle_id} does not match the content ({m.content_id()})")
+    m = read_manifest(root, AppManifest.from_dict)
     if verify:
         verify_files(root, m)  # type: ignore[arg-type]
     sub = {}
