@@ -134,7 +134,7 @@ def profile_cmd(
     if json_out:
         print_json(rep.to_dict())
     else:
-        console.print(_s(rep.format(), markup=False), highlight=False, markup=False)
+        console.print(_s(rep.format(), markup=False), highlight=False, markup=False, soft_wrap=True)
 
 
 def _diff(files: list[str], json_out: bool) -> None:

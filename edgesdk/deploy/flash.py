@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ Event = Callable[[dict[str, Any]], None]
 #: how to reach a board: SSHConnection (default) or anything with its interface (FakeTransport)
 Connect = Callable[[SSHTarget], Transport]
 PHASES = ("convert", "connect", "probe", "provision", "admit", "push", "install", "smoke")
+
+
+def smoke_timeout(manifest: Any, seconds: float) -> float:
+    """The smoke test's time limit: `seconds` per model stage of an app (each stage is checked on every reference
+    sample, then the app runs end to end), `seconds` for a model bundle."""
+    stages = getattr(manifest, "model_stages", None)
+    return seconds * max(1, len(stages)) if stages is not None else seconds
 
 
 @dataclass
@@ -361,13 +369,14 @@ def flash_bundle(bundle: Path, manifest: Any, files: dict[str, LocalFile], prof:
                 smoke_notes.append("accelerator absent: segments "
                                    + ", ".join(s.id for s in manifest.segments if s.accelerator)
                                    + " run their CPU version (--fallback cpu)")
+            smoke_s = smoke_timeout(manifest, opts.smoke_timeout)
             try:
                 act = rb.call("activate", manifest.bundle_id, rb.token, f"--python={python}",
-                              f"--timeout={opts.smoke_timeout}", f"--keep={opts.keep}",
+                              f"--timeout={smoke_s}", f"--keep={opts.keep}",
                               f"--note={' '.join(smoke_notes)}", f"--fallback={fallback or 'error'}",
                               *(["--allow-downgrade"] if opts.allow_downgrade else []),
                               *(["--allow-root"] if opts.allow_root_smoke else []),
-                              timeout=opts.smoke_timeout + 120)
+                              timeout=smoke_s + 120)
             except SmokeFailed as exc:
                 d = exc.detail
                 done(Outcome.ROLLED_BACK, str(exc), 1, log=d.get("log"), smoke=d.get("smoke"),
@@ -548,14 +557,33 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 # says (the agent bounds each by the size its manifest declares: shape x dtype + the .npy header)
 
 
-#: images `edgesdk run` pushes as they are (the board decodes them: a bundle's preprocess, an app's image input)
+#: images `edgesdk run` decodes on the host and pushes as .npy (H x W x 3 uint8 BGR: a bundle's preprocess and an
+#: app's image input take them so)
 RUN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _image_as_npy(src: Path, dst: Path) -> Path:
+    """An image decoded here (OpenCV, BGR uint8 as the board's runtime takes images) into a .npy: the board's
+    runtime is numpy-only and does not decode PNG/JPEG itself."""
+    import numpy as np
+
+    try:
+        import cv2
+    except ImportError as exc:
+        raise InputError(f"--input {src}: decoding images needs OpenCV on this machine (pip install "
+                         "opencv-python-headless), or give a .npy") from exc
+    img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(f"--input {src}: not an image OpenCV can read")
+    np.save(dst, img, allow_pickle=False)
+    return dst
 
 
 def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, release: str | None = None,
                python: str | None = None, timeout: float = 300, *, allow_root: bool = False,
                transport: Connect | None = None) -> RunResult:
-    """Run a release on the board with .npy inputs (NAME=FILE or FILE); outputs come back as .npy into
+    """Run a release on the board with .npy or image inputs (NAME=FILE or FILE; images decoded here); outputs
+    (an app's: in the answer, as JSON) come back as .npy into
     out_dir/<host>/ (names checked: nothing is written outside it). The board runs
     `python -m edgesdk.runtime run` from its venv, as nobody (allow_root: as root when nobody cannot run the
     python; else that is an error), as the release was flashed (--fallback cpu is recorded).
@@ -574,6 +602,15 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
         if name and not _SAFE_NAME.match(name):
             raise InputError(f"--input {item}: bad tensor name")
         feeds.append((name, p))
+    with tempfile.TemporaryDirectory(prefix="edgesdk-run-") as td:
+        # images are decoded here, before anything connects (a bad one is refused first)
+        feeds = [(n, _image_as_npy(p, Path(td) / f"input_{i}.npy") if p.suffix.lower() in RUN_IMAGE_SUFFIXES else p)
+                 for i, (n, p) in enumerate(feeds)]
+        return _run_remote(target, feeds, out_dir, release, python, timeout, allow_root, transport)
+
+
+def _run_remote(target: SSHTarget, feeds: list[tuple[str, Path]], out_dir: str | Path, release: str | None,
+                python: str | None, timeout: float, allow_root: bool, transport: Connect | None) -> RunResult:
     conn, rb = _open(target, transport)
     work = "run-" + secrets.token_hex(6)
     with conn:
@@ -582,9 +619,8 @@ def run_remote(target: SSHTarget, inputs: list[str], out_dir: str | Path, releas
             sftp.mkdir(rdir, 0o755)
             args = []
             for i, (name, p) in enumerate(feeds):
-                fn = f"input_{i}{p.suffix.lower()}"
-                upload(sftp, p, f"{rdir}/{fn}", 0)
-                args.append(f"--input={name}={fn}")
+                upload(sftp, p, f"{rdir}/input_{i}.npy", 0)
+                args.append(f"--input={name}=input_{i}.npy")
         try:
             r = rb.call("run", release or "current", f"--python={python or rb.venv_python}", f"--timeout={timeout}",
                         f"--workdir={work}", *args, *(["--allow-root"] if allow_root else []), timeout=timeout + 60)

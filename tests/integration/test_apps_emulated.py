@@ -6,7 +6,7 @@ decoded outputs come back: strings, track ids) and `edgesdk profile` per stage. 
 behaves differently on the board: its smoke test names that stage and the board rolls back to the app before.
 
 OCR: PP-OCRv4 mobile det + cls + rec (rapidocr-onnxruntime's wheel), real text images (scripts/app_samples.py).
-Tracking: YOLOv8n (nudenet's wheel) + SORT over 12 frames of two faces crossing.
+Tracking: YOLOv8n (nudenet's wheel) + SORT over 8 frames of two faces crossing.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def _json(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
-def _prepare(name: str, tmp: Path) -> Path:
+def _prepare(name: str, tmp: Path, **kw: Any) -> Path:
     apps = _script("app_examples")
     try:
-        return apps.prepare(name, tmp / name)
+        return apps.prepare(name, tmp / name, **kw)
     except Exception as exc:  # noqa: BLE001 - a zoo download failing is a skip here, a failure under CI
         if os.environ.get("CI") == "true":
             raise
@@ -99,7 +99,10 @@ def _stage_table(prof: dict[str, Any], stages: list[str]) -> None:
 def test_ocr_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
     from edgesdk.evaluate import cer
 
-    app_yaml = _prepare("ocr", tmp_path)
+    # scikit-image's photo of a page and a rendered image with one line upside down (the direction classifier
+    # turns it); the other three rendered images are left to `scripts/app_examples.py ocr` (qemu's ARM is slow:
+    # about 50 s an OCR frame here, and the smoke test, the run and the profile each go over every image)
+    app_yaml = _prepare("ocr", tmp_path, ocr_files=["flipped.png", "page.png"])
     app_dir = app_yaml.parent
     images = sorted((app_dir / "samples").glob("*.png"))
     r = _flash_run_profile(app_dir, tmp_path, images)
@@ -126,13 +129,13 @@ def test_ocr_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
 
 
 def test_tracking_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
-    app_yaml = _prepare("tracking", tmp_path)
+    app_yaml = _prepare("tracking", tmp_path, frames=8)  # 8 frames: the faces still cross mid-way (~5 s a frame)
     app_dir = app_yaml.parent
     frames = sorted((app_dir / "samples").glob("frame_*.png"))
     r = _flash_run_profile(app_dir, tmp_path, frames)
     host_ids = [ref["outputs"]["ids"] for ref in r["convert"]["reference_outputs"]]
     board_ids = [fr["outputs"]["ids"] for fr in r["run"]["frames"]]
-    assert len(board_ids) == len(frames) == 12
+    assert len(board_ids) == len(frames) == 8
     same = sum(a == b for a, b in zip(board_ids, host_ids))
     print(f"\ntrack ids, board vs host onnxruntime: {same}/{len(frames)} frames equal; board {board_ids}")
     assert same == len(frames)
