@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -113,12 +114,29 @@ class OrtRunner:
             if tuple(v.shape) != tuple(self.shapes[k]):
                 raise AppError(f"{self.where}: input {k!r} is fed {list(v.shape)}; the stage's input_shape is "
                                f"{list(self.shapes[k])} (the board's bundle takes only that shape)")
-        outs = self.sess.run(self.output_names, {k: np.ascontiguousarray(v, dtype=np.float32)
-                                                 if v.dtype == np.float64 else v for k, v in feed.items()})
+            want = _ORT_DTYPES.get(self.inputs[k].type)
+            if want is not None and v.dtype != want:
+                raise AppError(f"{self.where}: input {k!r} is fed {v.dtype}; the model takes {want} (the board's "
+                               "bundle takes only that dtype: cast it in the stage that makes it)")
+        try:
+            outs = self.sess.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in feed.items()})
+        except Exception as exc:  # onnxruntime's own errors: name the stage
+            raise AppError(f"{self.where}: onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from exc
         return dict(zip(self.output_names, outs))
 
 
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+               "tensor(double)": np.dtype(np.float64), "tensor(int64)": np.dtype(np.int64),
+               "tensor(int32)": np.dtype(np.int32), "tensor(uint8)": np.dtype(np.uint8),
+               "tensor(int8)": np.dtype(np.int8), "tensor(bool)": np.dtype(np.bool_)}
+
+
 # -- spec -> stage specs --------------------------------------------------------------------------------------------
+def _norm(rel: str) -> str:
+    """A file of the app as the bundle's files table names it (`./keys.txt` is `keys.txt`)."""
+    return PurePosixPath(rel).as_posix()
+
+
 def _rel_file(app_dir: Path, rel: str, where: str, spec_path: Path) -> Path:
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:
@@ -169,11 +187,13 @@ def _stage_specs(spec: AppSpec, app_dir: Path, spec_path: Path, onnx: Mapping[st
         elif d.kind == "step":
             cls = builtin(str(d.step), f"{spec_path}: field {where}.step")
             outs = tuple(d.outputs) if d.outputs else cls.outputs
-            out.append(StageSpec(d.name, "step", dict(d.inputs), outs, params=dict(d.params), step=d.step,
+            params = {k: (_norm(v) if k in cls.file_params and isinstance(v, str) else v) for k, v in d.params.items()}
+            out.append(StageSpec(d.name, "step", dict(d.inputs), outs, params=params, step=d.step,
                                  map=d.map, stateful=cls.stateful))
         else:
             mod, _, fn = str(d.custom).rpartition(":")
             _rel_file(app_dir, mod, f"{where}.custom", spec_path)
+            mod = _norm(mod)
             out.append(StageSpec(d.name, "custom", dict(d.inputs), tuple(d.outputs or ()), params=dict(d.params),
                                  function=f"{mod}:{fn}", map=d.map, stateful=bool(d.params.get("stateful", False))))
     return out
@@ -192,8 +212,25 @@ def app_files(spec: AppSpec, stages: Sequence[StageSpec], app_dir: Path, spec_pa
             mod = str(s.function).rpartition(":")[0]
             files[mod] = _rel_file(app_dir, mod, f"stages.{i}.custom", spec_path)
     for k, rel in [("modules", m) for m in spec.modules] + [("files", f) for f in spec.files]:
-        files[rel] = _rel_file(app_dir, rel, k, spec_path)
+        files[_norm(rel)] = _rel_file(app_dir, rel, k, spec_path)
     return files
+
+
+def check_wiring(spec_path: Path, stages: Sequence[StageSpec], inputs: Sequence[str],
+                 outputs: Mapping[str, str]) -> None:
+    """Every wire against the stages' concrete outputs (a model stage's are known once its model is read)."""
+    avail = set(inputs)
+    for i, s in enumerate(stages):
+        for k, w in s.inputs.items():
+            if w not in avail:
+                raise AppSpecError(str(spec_path), [f"field stages.{i}.inputs.{k}: {w!r} is no app input and no "
+                                                    f"output of an earlier stage (available: "
+                                                    f"{', '.join(sorted(avail))})"])
+        avail |= {f"{s.name}.{o}" for o in s.outputs}
+    for k, w in outputs.items():
+        if w not in avail:
+            raise AppSpecError(str(spec_path), [f"field outputs.{k}: {w!r} is produced by no stage (available: "
+                                                f"{', '.join(sorted(avail))})"])
 
 
 def _in_bundle(stages: Sequence[StageSpec]) -> list[StageSpec]:
@@ -212,6 +249,15 @@ def _in_bundle(stages: Sequence[StageSpec]) -> list[StageSpec]:
     return out
 
 
+def _shown(p: Path, app_dir: Path) -> str:
+    """A path as the manifest records it: relative to the app's folder when inside it (the bundle id must not
+    depend on where the app was checked out)."""
+    try:
+        return Path(p).resolve().relative_to(app_dir).as_posix()
+    except ValueError:
+        return Path(p).name
+
+
 # -- samples -----------------------------------------------------------------------------------------------------
 def read_samples(d: Path, inputs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """The app's sample inputs: one file a sample, in name order. Images (BGR uint8, as the board reads them) or
@@ -225,8 +271,11 @@ def read_samples(d: Path, inputs: Sequence[str]) -> list[tuple[str, dict[str, An
     for p in files:
         suf = p.suffix.lower()
         if suf == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                arrs = {k: z[k] for k in z.files}
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    arrs = {k: z[k] for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                raise InputError(f"--sample {p}: not a readable .npz of arrays: {exc}") from exc
             missing = [n for n in inputs if n not in arrs]
             if missing:
                 raise InputError(f"--sample {p}: no array for app input(s) {missing} (it has {sorted(arrs)})")
@@ -235,7 +284,10 @@ def read_samples(d: Path, inputs: Sequence[str]) -> list[tuple[str, dict[str, An
         if len(inputs) != 1:
             raise InputError(f"--sample {p}: the app takes {list(inputs)}: give .npz files with those arrays")
         if suf == ".npy":
-            out.append((p.name, {inputs[0]: np.load(p, allow_pickle=False)}))
+            try:
+                out.append((p.name, {inputs[0]: np.load(p, allow_pickle=False)}))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"--sample {p}: not a readable .npy array: {exc}") from exc
         else:
             import cv2
 
@@ -271,6 +323,8 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
                          "--sample DIR (or `samples:` in app.yaml)")
     samples = read_samples(sample_dir, spec.inputs)
     out_dir = Path(out) if out is not None else app_dir / "build" / f"{spec.name}-{board}"
+    if out is None:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
     check_out_dir(out_dir, force)
     warnings: list[str] = []
 
@@ -291,12 +345,20 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
             onnx_src = to_onnx(src, work / "onnx" / d.name, shapes or None, trust_model=d.trust_model)
             runners[d.name] = OrtRunner(onnx_src.path, shapes, f"{spec_path}: stage {d.name!r}")
         stages = _stage_specs(spec, app_dir, spec_path, runners)
+        check_wiring(spec_path, stages, spec.inputs, spec.outputs)
         files = app_files(spec, stages, app_dir, spec_path)
+        # the app's files are copied first and the host's reference run reads those copies, by the names the
+        # board uses: what was recorded is what ships
+        for rel, src in files.items():
+            dst = work / "bundle" / "files" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
 
         def resolve(rel: str) -> Path:
-            return app_dir / rel
+            return work / "bundle" / rel
 
-        graph = AppGraph(stages, spec.inputs, spec.outputs, resolve, lambda s: runners[s.name], where=str(spec_path))
+        graph = AppGraph(_in_bundle(stages), spec.inputs, spec.outputs, resolve, lambda s: runners[s.name],
+                         where=str(spec_path))
 
         # 2. the reference run on the host
         say(f"reference run on the host (onnxruntime): {len(samples)} sample(s) from {sample_dir}")
@@ -367,11 +429,7 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
             rep.engines = sorted({s.engine for s in res.segments})
             warnings += [f"stage {d.name}: {w}" for w in res.warnings if "random" not in w]
 
-        # 4. files, manifest
-        for rel, src in files.items():
-            dst = work / "bundle" / "files" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+        # 4. the manifest
         root = work / "bundle"
         table = {}
         for dirpath, _dirs, fnames in os.walk(root):
@@ -384,7 +442,8 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
                         stages=tuple(_in_bundle(stages)), files=dict(sorted(table.items())), samples=tuple(refs),
                         tolerance=dict(spec.tolerance),
                         source={"spec": spec_path.name, "sha256": sha256_file(spec_path),
-                                "samples": str(sample_dir), "models": {k: v.name for k, v in model_files.items()}},
+                                "samples": _shown(sample_dir, app_dir),
+                                "models": {k: v.name for k, v in model_files.items()}},
                         edgesdk_version=__version__,
                         created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         m = replace(m, bundle_id=m.content_id())

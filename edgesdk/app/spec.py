@@ -36,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgesdk.errors import InputError
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+#: stage names the bundle uses itself (reference/<k>/app.in.npz holds the app's own inputs)
+RESERVED = ("app",)
 
 
 class AppSpecError(InputError):
@@ -85,9 +87,11 @@ class StageDecl(BaseModel):
         (a new shape starts at each NAME=)."""
         if isinstance(v, list) and any(isinstance(x, int) and not isinstance(x, bool) for x in v) \
                 and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            if not (isinstance(v[0], str) and "=" in v[0]):
+                raise ValueError(f"expected NAME=D0,D1,... (e.g. input_shape: [x=1,3,640,640]), got {v!r}")
             out: list[str] = []
             for x in v:
-                if isinstance(x, str) and ("=" in x or not out):
+                if isinstance(x, str) and "=" in x:
                     out.append(x)
                 else:
                     out[-1] += f",{x}"
@@ -98,6 +102,8 @@ class StageDecl(BaseModel):
     @classmethod
     def _names(cls, v: Any) -> Any:
         names = list(v) if v is not None else []
+        if v is not None and not names:
+            raise ValueError("an empty list of outputs: name them, or leave `outputs` out")
         bad = [n for n in names if not re.match(NAME_RE, n)]
         if bad:
             raise ValueError(f"output names must be identifiers, got {bad}")
@@ -127,11 +133,41 @@ class AppSpec(BaseModel):
     files: list[str] = Field(default_factory=list)
     tolerance: dict[str, float] = Field(default_factory=lambda: {"max_abs_rel": 1e-3})
 
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - {"max_abs_rel"})
+        if bad:
+            raise ValueError(f"unknown key {bad[0]!r} (the app's step tolerance has max_abs_rel; a model stage is "
+                             "judged by its own bundle's tolerance)")
+        if any(not x >= 0 for x in v.values()):
+            raise ValueError(f"max_abs_rel must be >= 0, got {v}")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not re.match(NAME_RE, n)]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"input names must be distinct identifiers, got {v}")
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _output_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [n for n in v if not re.match(NAME_RE, n)]
+        if bad:
+            raise ValueError(f"output names must be identifiers, got {bad}")
+        return v
+
     @model_validator(mode="after")
     def _wiring(self) -> AppSpec:
         avail = set(self.inputs)
         names: set[str] = set()
         for i, s in enumerate(self.stages):
+            if s.name in RESERVED:
+                raise ValueError(f"stages.{i}.name: {s.name!r} is reserved (the bundle records the app's own inputs "
+                                 "and outputs under it): choose another name")
             if s.name in names or s.name in self.inputs:
                 raise ValueError(f"stages.{i}.name: {s.name!r} is used twice")
             names.add(s.name)
@@ -157,6 +193,10 @@ class AppSpec(BaseModel):
                 if missing:
                     raise ValueError(f"stages.{i}.inputs: step {s.step} needs input {missing[0]!r} wired "
                                      f"(its inputs: {', '.join(cls.inputs + cls.optional_inputs)})")
+                try:  # its parameters, now: a typo is refused before any model is converted
+                    cls(s.params, f"stages.{i} ({s.name}).params", None)
+                except AppError as exc:
+                    raise ValueError(str(exc)) from None
             avail |= {f"{s.name}.{o}" for o in outs} | ({f"{s.name}.*"} if not outs else set())
         for k, w in self.outputs.items():
             stage = w.split(".", 1)[0]

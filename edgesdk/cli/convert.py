@@ -120,12 +120,19 @@ def convert_cmd(
     if looks_like_app(model):
         given = [f for f, v in (("--precision", precision), ("--engine", engine), ("--calib", calib),
                                 ("--preprocess", preprocess), ("--postprocess", postprocess), ("--target", target),
-                                ("--input-shape", input_shape), ("--dry-run", dry_run)) if v]
+                                ("--input-shape", input_shape), ("--dry-run", dry_run), ("--mean", mean),
+                                ("--std", std), ("--scale", scale is not None), ("--color", color),
+                                ("--resize", resize), ("--calib-method", calib_method),
+                                ("--vai-version", vai_version), ("--dpu-fingerprint", dpu_fingerprint),
+                                ("--no-prepare", no_prepare), ("--trust-model", trust_model),
+                                ("--plan", plan != "best"), ("--max-segments", max_segments is not None),
+                                ("--no-rewrite", no_rewrite)) if v]
         if given:
             from edgesdk.errors import InputError
 
-            raise InputError(f"{model}: {', '.join(given)} apply to one model; an app's stages set them in app.yaml "
-                             "(precision, engine, input_shape, target per model stage)")
+            raise InputError(f"{model}: {', '.join(given)} apply to one model; an app's stages set what they need in "
+                             "app.yaml (precision, engine, input_shape, target, plan, trust_model per model stage; "
+                             "preprocessing is a step)")
         _convert_app(model, board, out, sample, force, sign, json_out, calib_limit)
         return
     if sign is not None and not dry_run:

@@ -319,8 +319,8 @@ def rollback_cmd(
 
 @handle_errors
 def run_cmd(
-    inputs: list[str] = typer.Option(..., "--input", metavar="[NAME=]FILE", help="Input tensor (.npy) or image "
-                                     "(repeatable; for an app, several are consecutive frames)."),
+    inputs: list[str] = typer.Option(..., "--input", metavar="[NAME=]FILE", help="Input tensor (.npy), or for an "
+                                     "app release an image (decoded here; repeatable: consecutive frames)."),
     host: str | None = HOST_OPT, board: str | None = BOARD_OPT,
     release: str | None = typer.Option(None, "--release", metavar="ID", help="Release to run (default: current)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Outputs land in OUT/<host>/."),

@@ -166,8 +166,9 @@ def test_board_verbs_smoke_run_profile(built: dict[str, Any], tmp_path: Path) ->
 
 def test_verify_passes_then_names_the_first_failing_stage(built: dict[str, Any]) -> None:
     b, d = built["bundle"], built["dir"]
-    ok = _edgesdk("verify", str(b), "--json", cwd=d)
+    ok = _edgesdk("verify", str(b), "--json", cwd=d, env={"PYTHONDONTWRITEBYTECODE": ""})
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert not list(b.rglob("__pycache__"))  # the custom module ran from memory: the bundle is as it was
     rep = json.loads(ok.stdout)
     assert rep["ok"] and [s["name"] for s in rep["stages"]] == ["pre", "cnn", "top"]
     bad = _edgesdk("verify", str(b), "--json", cwd=d, env={"EDGESDK_TEST_BREAK": "1"})
@@ -235,6 +236,11 @@ def test_a_failing_model_stage_is_named_and_looked_at_layer_by_layer(tmp_path: P
     (lambda s: s.replace("color: RGB", "color: RGB, gamma: 2"), "stages.0 (pre).params.gamma"),
     (lambda s: s.replace("model: digits_cnn.onnx", "model: missing.onnx"), "stages.1.model"),
     (lambda s: s.replace("modules: [post.py]", "modules: [nope.py]"), "modules"),
+    (lambda s: s.replace("name: top\n", "name: app\n"), "stages.2.name"),
+    (lambda s: s + "tolerance: {max_abs: 0.1}\n", "tolerance"),
+    (lambda s: s.replace("    precision: fp32\n", "    precision: fp32\n    input_shape: [1, 3, 32, 32]\n"),
+     "stages.1.input_shape"),
+    (lambda s: s.replace("outputs: [digit, prob]", "outputs: []"), "stages.2.outputs"),
 ])
 def test_app_spec_errors_name_the_file_and_field(tmp_path: Path, edit: Any, field: str) -> None:
     app = _write_app(tmp_path / "u", n=1)

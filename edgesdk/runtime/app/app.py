@@ -52,7 +52,8 @@ class App:
             return _SessionRunner(s)
 
         try:
-            self.graph = AppGraph(m.stages, m.inputs, m.outputs, self._resolve, runner, where=str(self.bundle_dir))
+            self.graph = AppGraph(m.stages, m.inputs, m.outputs, self._resolve, runner, where=str(self.bundle_dir),
+                                  sha256=lambda rel: self.manifest.files.get(rel))
         except BaseException:
             self.close()
             raise

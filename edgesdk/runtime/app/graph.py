@@ -10,7 +10,6 @@ A wire is an app input name or ``stage.output``. A stage with ``map: true`` runs
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,24 +45,48 @@ class AppRun:
     trace: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
-def load_custom(path: Path, func: str, where: str) -> Callable[..., Any]:
-    """The function FUNC of the module file PATH (a file the app ships, hashed in its manifest)."""
+def load_custom(path: Path, func: str, where: str, sha256: str | None = None) -> Callable[..., Any]:
+    """The function FUNC of the module file PATH (a file the app ships, hashed in its manifest). The bytes are read
+    once, checked against `sha256` when given, and executed from memory: no import machinery, so no bytecode cache
+    is read (a stale .pyc cannot stand in for the checked source) or written into the bundle."""
+    import hashlib
+    import types
+
     if not path.is_file():
         raise AppError(f"{where}: custom step module {path} is missing")
-    name = f"edgesdk_app_custom_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise AppError(f"{where}: {path} is not a Python module")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise AppError(f"{where}: custom step module {path} does not match the sha256 its manifest records")
+    name = f"edgesdk_app_custom_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    mod = types.ModuleType(name)
+    mod.__file__ = str(path)
+    sys.modules[name] = mod  # dataclasses and pickling look a module up by name
     try:
-        spec.loader.exec_module(mod)
+        exec(compile(data, str(path), "exec"), mod.__dict__)  # noqa: S102 - the app's own, hash-checked code
     except Exception as exc:  # the app's own code: name it, never a bare traceback
+        sys.modules.pop(name, None)
         raise AppError(f"{where}: importing {path.name} failed: {type(exc).__name__}: {exc}") from exc
     fn = getattr(mod, func, None)
     if not callable(fn):
         raise AppError(f"{where}: {path.name} has no function {func!r}")
     return fn
+
+
+def _value(v: Any, where: str) -> Any:
+    """A custom step's output value as the graph carries it: an ndarray (numbers, booleans or str) or a flat list
+    of them (a tuple is a list)."""
+    if isinstance(v, (list, tuple)):
+        return [_item(x, where) for x in v]
+    return _item(v, where)
+
+
+def _item(x: Any, where: str) -> np.ndarray:
+    if isinstance(x, (list, tuple, dict)) or x is None:
+        raise AppError(f"{where}: expected an array, a number or a string, got {type(x).__name__}")
+    a = np.asarray(x)
+    if a.dtype.kind not in "biufU":
+        raise AppError(f"{where}: {a.dtype} values cannot be carried between stages (numbers, booleans or str only)")
+    return a
 
 
 class _Custom:
@@ -81,9 +104,9 @@ class _Custom:
             raise AppError(f"{self.where}: the custom function raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(res, Mapping) or set(res) != set(self.outputs):
             got = sorted(res) if isinstance(res, Mapping) else type(res).__name__
-            raise AppError(f"{self.where}: the custom function must return a dict with {list(self.outputs)}, "
-                           f"returned {got}")
-        return dict(res)
+            raise AppError(f"{self.where}: the custom function must return a dict with exactly "
+                           f"{list(self.outputs)}, returned {got}")
+        return {k: _value(v, f"{self.where}: output {k!r}") for k, v in res.items()}
 
     def reset(self) -> None:
         reset = getattr(self.fn, "reset", None)
@@ -111,7 +134,8 @@ class _Model:
         pass
 
 
-def build_step(spec: StageSpec, resolve: Callable[[str], Path], where: str) -> Any:
+def build_step(spec: StageSpec, resolve: Callable[[str], Path], where: str,
+               sha256: Callable[[str], str | None] | None = None) -> Any:
     """The callable of a step / custom stage (its params checked now: errors name the stage and field)."""
     if spec.kind == "step":
         cls: type[Step] = builtin(str(spec.step), where)
@@ -122,7 +146,8 @@ def build_step(spec: StageSpec, resolve: Callable[[str], Path], where: str) -> A
         mod, _, fn = str(spec.function).rpartition(":")
         if not mod or not fn:
             raise AppError(f"{where}.function: expected 'module.py:function', got {spec.function!r}")
-        return _Custom(load_custom(resolve(mod), fn, where), spec.params, spec.outputs, where)
+        return _Custom(load_custom(resolve(mod), fn, where, sha256(mod) if sha256 else None), spec.params,
+                       spec.outputs, where)
     raise AppError(f"{where}: a {spec.kind} stage is not a step")
 
 
@@ -144,7 +169,7 @@ class AppGraph:
 
     def __init__(self, stages: Sequence[StageSpec], inputs: Sequence[str], outputs: Mapping[str, str],
                  resolve: Callable[[str], Path], model_runner: Callable[[StageSpec], ModelRunner],
-                 where: str = "app") -> None:
+                 where: str = "app", sha256: Callable[[str], str | None] | None = None) -> None:
         self.stages = tuple(stages)
         self.inputs = tuple(inputs)
         self.outputs = dict(outputs)
@@ -152,7 +177,8 @@ class AppGraph:
         self.impl: dict[str, Any] = {}
         for i, s in enumerate(self.stages):
             w = f"{where}: stages.{i} ({s.name})"
-            self.impl[s.name] = (_Model(model_runner(s), s, w) if s.kind == "model" else build_step(s, resolve, w))
+            self.impl[s.name] = (_Model(model_runner(s), s, w) if s.kind == "model"
+                                 else build_step(s, resolve, w, sha256))
 
     def reset(self) -> None:
         for impl in self.impl.values():
@@ -195,16 +221,20 @@ class AppGraph:
             t0 = time.perf_counter()
             out = self.call(s, vals)
             ms = (time.perf_counter() - t0) * 1e3
-            calls = max(1, len(next(iter(v for v in vals.values() if isinstance(v, list)), [None]))) if s.map else 1
+            calls = len(next(iter(v for v in vals.values() if isinstance(v, list)), [])) if s.map else 1
             timings[s.name] = StageTiming(calls, ms)
             if on_stage is not None:
                 on_stage(s.name, ms)
-            if trace:
-                tr[s.name] = {"inputs": vals, "outputs": out}
+            if trace:  # copies: a later custom step changing an array in place must not change this record
+                tr[s.name] = {"inputs": _copy(vals), "outputs": _copy(out)}
             for o, v in out.items():
                 env[f"{s.name}.{o}"] = v
         total = (time.perf_counter() - t_all) * 1e3
         return AppRun({k: env[w] for k, w in self.outputs.items()}, timings, total, tr)
+
+
+def _copy(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: [np.array(x) for x in v] if isinstance(v, list) else np.array(v) for k, v in values.items()}
 
 
 # -- checking stages against their reference -------------------------------------------------------------------
@@ -259,16 +289,24 @@ def compare_step_values(got: Sequence[Any], ref: Sequence[Any], max_abs_rel: flo
             if a.shape != b.shape:
                 return OutputCheck(False, problem=f"{where}: shape {list(a.shape)}, reference {list(b.shape)}")
             if b.dtype.kind in "US" or a.dtype.kind in "US":
-                if not np.array_equal(a.astype(str), b.astype(str)):
+                if a.dtype.kind != b.dtype.kind or not np.array_equal(a, b):
                     return OutputCheck(False, problem=f"{where}: {_short(a)} != reference {_short(b)}")
             elif b.dtype.kind in "iub" and a.dtype.kind in "iub":
                 if not np.array_equal(a, b):
-                    return OutputCheck(False, problem=f"{where}: integers differ from the reference "
+                    return OutputCheck(False, problem=f"{where}: {_short(a)} != reference {_short(b)}"
+                                       if b.size <= 8 else f"{where}: integers differ from the reference "
                                        f"({int(np.sum(a != b))} of {b.size})")
             elif b.size:
                 af, bf = a.astype(np.float64), b.astype(np.float64)
-                rng = float(bf.max() - bf.min()) or max(1.0, float(np.abs(bf).max()))
-                err = float(np.abs(af - bf).max()) / rng
+                fa, fb = np.isfinite(af), np.isfinite(bf)
+                if not np.array_equal(fa, fb) or not np.array_equal(af[~fa], bf[~fb], equal_nan=True):
+                    return OutputCheck(False, problem=f"{where}: its non-finite values (nan/inf) differ from the "
+                                       "reference's")
+                if not fb.any():
+                    continue
+                bf_f = bf[fb]
+                rng = float(bf_f.max() - bf_f.min()) or max(1.0, float(np.abs(bf_f).max()))
+                err = float(np.abs(af[fa] - bf_f).max()) / rng
                 worst = max(worst, err)
     if worst > max_abs_rel:
         return OutputCheck(False, worst, problem=f"max |a-b|/range {worst:.3g} > {max_abs_rel:g}")
@@ -299,11 +337,15 @@ def check_stages(graph: AppGraph, samples: Sequence[Any], root: Path,
             if files is None:
                 error = f"sample {smp.name} has no reference for this stage"
                 break
-            ins, outs = load_values(root / files["inputs"]), load_values(root / files["outputs"])
+            try:
+                ins, outs = load_values(root / files["inputs"]), load_values(root / files["outputs"])
+            except (OSError, ValueError) as exc:
+                error = f"sample {smp.name}: its recorded values cannot be read: {type(exc).__name__}: {exc}"
+                break
             t0 = time.perf_counter()
             try:
                 res = graph.call(s, ins)
-            except EdgeSDKError as exc:
+            except Exception as exc:  # noqa: BLE001 - one stage's failure is that stage's result, never a traceback
                 error = f"sample {smp.name}: {type(exc).__name__}: {exc}"
                 break
             ms += (time.perf_counter() - t0) * 1e3
@@ -336,8 +378,10 @@ def jsonable(v: Any, digits: int = 3) -> Any:
     if isinstance(v, (list, tuple)):
         return [jsonable(x, digits) for x in v]
     a = np.asarray(v)
-    if a.dtype.kind in "US":
+    if a.dtype.kind == "U":
         return a.tolist()
+    if a.dtype.kind == "S":
+        return np.char.decode(a, "utf-8", "replace").tolist()
     if a.dtype.kind == "f":
         return np.round(a.astype(np.float64), digits).tolist()
     if a.dtype.kind in "iub":

@@ -221,6 +221,10 @@ def load_app_manifest(bundle_dir: str | Path, verify: bool = True) -> AppManifes
     root = Path(bundle_dir)
     mpath = root / MANIFEST
     m = read_manifest(root, AppManifest.from_dict)
+    for i, smp in enumerate(m.samples):  # every reference file is one the table hashes
+        for rel in (smp.inputs, smp.outputs, *(f for io in smp.stages.values() for f in io.values())):
+            if rel not in m.files:
+                raise BundleError(f"{mpath}: field samples.{i}: {rel} is not listed in files")
     if verify:
         verify_files(root, m)  # type: ignore[arg-type]
     sub = {}
@@ -255,13 +259,17 @@ def pack(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
             for i, x in enumerate(v):
                 if isinstance(x, (list, tuple)):
                     raise BundleError(f"value {k!r}: a list of lists cannot be stored (item {i})")
-                out[f"{k}.{i}"] = np.asarray(x)
+                out[f"{k}.{i}"] = _storable(x, f"{k}.{i}")
         else:
-            a = np.asarray(v)
-            if a.dtype == object:
-                raise BundleError(f"value {k!r}: object arrays cannot be stored (use numbers or str)")
-            out[k] = a
+            out[k] = _storable(v, k)
     return out
+
+
+def _storable(x: Any, key: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "biufcUS":
+        raise BundleError(f"value {key!r}: {a.dtype} arrays cannot be stored without pickle (use numbers or str)")
+    return a
 
 
 def unpack(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -280,8 +288,14 @@ def unpack(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def save_values(path: str | Path, values: Mapping[str, Any]) -> None:
-    with open(path, "wb") as fh:
-        np.savez(fh, **pack(values))
+    """An .npz np.load reads, written entry by entry (np.savez(**values) would take a value named `file` for its
+    own argument), never pickled."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for k, a in pack(values).items():
+            with z.open(f"{k}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(a), allow_pickle=False)
 
 
 def load_values(path: str | Path) -> dict[str, Any]:

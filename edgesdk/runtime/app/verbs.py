@@ -142,19 +142,19 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         wall = time.perf_counter() - wall0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         frame_mean = sum(totals) / len(totals)
+        used = app.engines_used()
         stages = []
         for s in m.stages:
             xs = per_stage[s.name]
             st = P.latency_stats(xs)
             mean = sum(xs) / len(xs)
             stages.append({"name": s.name, "kind": s.kind, "step": s.step, "map": s.map,
-                           "engines": sorted({seg.engine for seg in m.sub[s.name].segments}) if s.kind == "model"
+                           "engines": sorted({u["engine"] for u in used.get(s.name, [])}) if s.kind == "model"
                            else [], "calls_per_frame": round(sum(calls[s.name]) / len(calls[s.name]), 3),
                            "mean_ms": round(mean, 4), "p50_ms": st.get("p50_ms"), "p90_ms": st.get("p90_ms"),
                            "share": round(mean / frame_mean, 4) if frame_mean else None})
         checks = app.check() if not getattr(args, "no_check", False) else []
         bad = first_failure(checks)
-        used = app.engines_used()
         proc_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
         result: dict[str, Any] = {
             "schema": P.SCHEMA, "kind": "app",
