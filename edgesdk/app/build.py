@@ -30,7 +30,7 @@ import numpy as np
 from edgesdk.app.spec import AppSpec, AppSpecError, StageDecl, load_app_spec
 from edgesdk.errors import InputError
 from edgesdk.runtime.app.graph import AppGraph, jsonable
-from edgesdk.runtime.app.manifest import AppManifest, SampleRef, StageSpec, save_values
+from edgesdk.runtime.app.manifest import AppManifest, SampleRef, StageSpec, save_values, wiring_problem
 from edgesdk.runtime.app.steps import AppError, builtin
 from edgesdk.runtime.manifest import MANIFEST, canonical_json, sha256_file
 
@@ -216,23 +216,6 @@ def app_files(spec: AppSpec, stages: Sequence[StageSpec], app_dir: Path, spec_pa
     return files
 
 
-def check_wiring(spec_path: Path, stages: Sequence[StageSpec], inputs: Sequence[str],
-                 outputs: Mapping[str, str]) -> None:
-    """Every wire against the stages' concrete outputs (a model stage's are known once its model is read)."""
-    avail = set(inputs)
-    for i, s in enumerate(stages):
-        for k, w in s.inputs.items():
-            if w not in avail:
-                raise AppSpecError(str(spec_path), [f"field stages.{i}.inputs.{k}: {w!r} is no app input and no "
-                                                    f"output of an earlier stage (available: "
-                                                    f"{', '.join(sorted(avail))})"])
-        avail |= {f"{s.name}.{o}" for o in s.outputs}
-    for k, w in outputs.items():
-        if w not in avail:
-            raise AppSpecError(str(spec_path), [f"field outputs.{k}: {w!r} is produced by no stage (available: "
-                                                f"{', '.join(sorted(avail))})"])
-
-
 def _in_bundle(stages: Sequence[StageSpec]) -> list[StageSpec]:
     """The stage specs as the bundle holds them: file params and modules under files/."""
     out = []
@@ -345,7 +328,9 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
             onnx_src = to_onnx(src, work / "onnx" / d.name, shapes or None, trust_model=d.trust_model)
             runners[d.name] = OrtRunner(onnx_src.path, shapes, f"{spec_path}: stage {d.name!r}")
         stages = _stage_specs(spec, app_dir, spec_path, runners)
-        check_wiring(spec_path, stages, spec.inputs, spec.outputs)
+        problem = wiring_problem(stages, spec.inputs, spec.outputs)  # the model stages' real outputs, now known
+        if problem:
+            raise AppSpecError(str(spec_path), [problem])
         files = app_files(spec, stages, app_dir, spec_path)
         # the app's files are copied first and the host's reference run reads those copies, by the names the
         # board uses: what was recorded is what ships

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -156,13 +157,8 @@ def convert_cmd(
                   prepare=not no_prepare, progress=_progress(json_out), trust_model=trust_model, target=target,
                   calib_method=calib_method, plan=plan, max_segments=max_segments,
                   rewrite=not no_rewrite)
-    signed = None
-    if sign is not None and not res.dry_run:
-        from edgesdk.signing import sign_bundle
-
-        signed = sign_bundle(res.out, sign)
+    signed = _sign_and_json(res, sign if not res.dry_run else None, json_out)
     if json_out:
-        print_json({**res.to_dict(), **({"signed": signed.to_dict()} if signed else {})})
         return
     for w in res.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -192,6 +188,19 @@ def convert_cmd(
         console.print(f"signed with {signed.fingerprint}, release_version {signed.release_version}", highlight=False)
 
 
+def _sign_and_json(res: Any, sign: Path | None, json_out: bool) -> Any:
+    """Sign the written bundle (model or app) with `sign` (its signature, or None); with --json print the result
+    and the signature."""
+    signed = None
+    if sign is not None:
+        from edgesdk.signing import sign_bundle
+
+        signed = sign_bundle(res.out, sign)
+    if json_out:
+        print_json({**res.to_dict(), **({"signed": signed.to_dict()} if signed else {})})
+    return signed
+
+
 def _convert_app(spec: Path, board: str, out: Path | None, sample: Path | None, force: bool, sign: Path | None,
                  json_out: bool, calib_limit: int | None) -> None:
     """`edgesdk convert app.yaml`: every model stage for the board, one app bundle (edgesdk.app.build)."""
@@ -203,13 +212,8 @@ def _convert_app(spec: Path, board: str, out: Path | None, sample: Path | None, 
         load_private_key(sign)
     res = convert_app(spec, board, out=out, sample=sample, force=force, progress=_progress(json_out),
                       calib_limit=calib_limit)
-    signed = None
-    if sign is not None:
-        from edgesdk.signing import sign_bundle
-
-        signed = sign_bundle(res.out, sign)
+    signed = _sign_and_json(res, sign, json_out)
     if json_out:
-        print_json({**res.to_dict(), **({"signed": signed.to_dict()} if signed else {})})
         return
     for w in res.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,20 +182,9 @@ class AppManifest:
 
     def check_wiring(self, where: str) -> None:
         """Every wire names an app input or an earlier stage's output; stage names are unique."""
-        avail = set(self.inputs)
-        seen: set[str] = set()
-        for i, s in enumerate(self.stages):
-            if s.name in seen or s.name in self.inputs:
-                raise BundleError(f"{where}: field stages.{i}.name: {s.name!r} is used twice")
-            seen.add(s.name)
-            for k, w in s.inputs.items():
-                if w not in avail:
-                    raise BundleError(f"{where}: field stages.{i}.inputs.{k}: {w!r} is no app input and no output "
-                                      f"of an earlier stage (available: {', '.join(sorted(avail))})")
-            avail |= {f"{s.name}.{o}" for o in s.outputs}
-        for k, w in self.outputs.items():
-            if w not in avail:
-                raise BundleError(f"{where}: field outputs.{k}: {w!r} is produced by no stage")
+        problem = wiring_problem(self.stages, self.inputs, self.outputs)
+        if problem:
+            raise BundleError(f"{where}: {problem}")
 
     def content_id(self) -> str:
         d = self.to_dict()
@@ -205,6 +194,26 @@ class AppManifest:
 
     def untuned_id(self) -> str:
         return replace(self, release_version=None).content_id()
+
+
+def wiring_problem(stages: Sequence[StageSpec], inputs: Sequence[str], outputs: Mapping[str, str]) -> str | None:
+    """The first wire that names no app input and no earlier stage's output, or a stage name used twice, as
+    "field ...: ..." (the app bundle's check, and convert's once the model stages' outputs are known); None if none."""
+    avail = set(inputs)
+    seen: set[str] = set()
+    for i, s in enumerate(stages):
+        if s.name in seen or s.name in inputs:
+            return f"field stages.{i}.name: {s.name!r} is used twice"
+        seen.add(s.name)
+        for k, w in s.inputs.items():
+            if w not in avail:
+                return (f"field stages.{i}.inputs.{k}: {w!r} is no app input and no output of an earlier stage "
+                        f"(available: {', '.join(sorted(avail))})")
+        avail |= {f"{s.name}.{o}" for o in s.outputs}
+    for k, w in outputs.items():
+        if w not in avail:
+            return f"field outputs.{k}: {w!r} is produced by no stage (available: {', '.join(sorted(avail))})"
+    return None
 
 
 def is_app(bundle_dir: str | Path) -> bool:
@@ -304,4 +313,4 @@ def load_values(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["APP_KIND", "APP_SCHEMA_VERSION", "AppManifest", "SampleRef", "StageSpec", "is_app", "load_any",
-           "load_app_manifest", "load_values", "pack", "save_values", "unpack"]
+           "load_app_manifest", "load_values", "pack", "save_values", "unpack", "wiring_problem"]
