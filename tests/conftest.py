@@ -1,18 +1,65 @@
-"""Shared fixtures, and a guard: nothing under test may run a bare `pip` from PATH.
+"""Shared fixtures, and two guards.
 
-MNN's console-script wrappers do `os.system("pip install ...")` (see DEVELOPERS.md); a bare `pip`
-would install into whatever interpreter is first on PATH. During the tests `pip`/`pip3` on PATH are
-shims that refuse and record the call, and the session fails if any was made.
+- Nothing under test may run a bare `pip` from PATH. MNN's console-script wrappers do
+  `os.system("pip install ...")` (see DEVELOPERS.md); a bare `pip` would install into whatever interpreter
+  is first on PATH. During the tests `pip`/`pip3` on PATH are shims that refuse and record the call, and the
+  session fails if any was made.
+- A test run has an edgesdk home of its own: its emulated boards, bundles, locks and keys are not the ones of
+  another run on this machine (or of the developer's own emulator), so two runs never flash one board. The
+  caches that are slow to fill (rootfs, converter venvs, wheelhouse, prepared models, reference nets) are the
+  machine's, linked in. A caller that sets EDGESDK_HOME keeps it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: the parts of the edgesdk home a test run shares with the machine: caches, slow to fill, safe to share
+SHARED_CACHES = ("rootfs", "toolchains", "wheelhouse", "prepared", "refnets", "cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_edgesdk_home():
+    if os.environ.get("EDGESDK_HOME"):
+        yield
+        return
+    from edgesdk.paths import home
+
+    shared = home()
+    run_home = Path(tempfile.mkdtemp(prefix="edgesdk-test-home-"))
+    for cache in SHARED_CACHES:
+        (shared / cache).mkdir(parents=True, exist_ok=True)
+        (run_home / cache).symlink_to(shared / cache)
+    os.environ["EDGESDK_HOME"] = str(run_home)
+    try:
+        yield
+    finally:
+        _stop_emulators(run_home / "emulators")
+        del os.environ["EDGESDK_HOME"]
+        shutil.rmtree(run_home, ignore_errors=True)  # the links go, the caches they point to stay
+
+
+def _stop_emulators(root: Path) -> None:
+    """Stop any emulated board this run left running (a test that failed before its fixture's teardown)."""
+    if not root.is_dir():
+        return
+    from edgesdk import emulator
+    from edgesdk.boards import get_board
+
+    for d in root.iterdir():
+        try:
+            board = get_board(d.name)
+            if emulator.status(board).state == "running":
+                emulator.stop(board)
+        except Exception as exc:  # noqa: BLE001 - teardown: report, never mask the run's own result
+            print(f"edgesdk tests: could not stop the emulated {d.name}: {exc}")
 
 
 @pytest.fixture

@@ -124,11 +124,19 @@ def test_report_roundtrip_html_and_diff(measure, tmp_path):
     assert "<script src" not in h and "http://" not in h.replace("http://www.w3.org/2000/svg", "")
     assert h.count('class="chart"') == 3 and "rect class=\"bar\"" in h
     assert [k for _, k, _ in timeline_items(a.data)][:3] == ["conversion", "cpu", "conversion"]
+    # the diff's verdict on fixed latencies (the measured ones are as noisy as this machine): B twice as slow
+    # with a spread of 5% is significant; the same change inside a spread as wide as the values is noise
+    lat = {"min_ms": 0.9, "p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2, "max_ms": 1.3, "mean_ms": 1.0,
+           "stdev_ms": 0.05, "count": 12}
+    a.data["latency"] = lat
     b = copy.deepcopy(a.data)
-    b["latency"] = {k: (v * 2 if k.endswith("_ms") else v) for k, v in b["latency"].items()}
+    b["latency"] = {k: (v * 2 if k.endswith("_ms") and k != "stdev_ms" else v) for k, v in lat.items()}
     (tmp_path / "b.json").write_text(json.dumps(b))
     d = diff(a, load_report(tmp_path / "b.json"))
     assert d.verdict.startswith("B is slower by 100.0%")
+    b["latency"]["stdev_ms"] = a.data["latency"]["stdev_ms"] = 3.0
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert diff(a, load_report(tmp_path / "b.json")).verdict == "no significant change in p50 latency"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "other/1"}))
     with pytest.raises(InputError, match="schema"):
