@@ -183,16 +183,6 @@ def _human(args: argparse.Namespace, result: dict[str, Any]) -> Callable[[dict[s
 
 
 # -- run -------------------------------------------------------------------------------------------------
-def _engines_arg(bundle: str, engine: list[str] | None, threads: int) -> list[Any] | None:
-    if not engine and not threads:
-        return None
-    from edgesdk.runtime.manifest import load_manifest
-
-    segs = load_manifest(bundle, verify=False).segments
-    names = engine or sorted({s.engine for s in segs} | {s.cpu_version.engine for s in segs if s.cpu_version})
-    return [(n, {"threads": threads}) if threads else n for n in names]
-
-
 def _used(sess: Any) -> list[dict[str, Any]]:
     return [{"segment": u.segment, "engine": u.engine, "planned": u.planned, "fallback": u.fallback,
              "reason": u.reason, "version": u.version} for u in sess.engines_used]
@@ -202,14 +192,15 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     import numpy as np
 
     from edgesdk.runtime.pipeline import read_image
-    from edgesdk.runtime.session import Session
+    from edgesdk.runtime.manifest import load_manifest
+    from edgesdk.runtime.session import Session, engine_choices
 
     if args.bench < 0:
         raise InputError(f"--bench must be >= 0, got {args.bench}")
     out_dir = Path(args.out_dir) if args.out_dir else None
     if out_dir is not None and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir}: no such directory")
-    engines = _engines_arg(args.bundle, args.engine, args.threads)
+    engines = engine_choices(load_manifest(args.bundle, verify=False), args.engine, args.threads)
     with Session(args.bundle, engines=engines, fallback=args.fallback) as sess:
         tensors: dict[str, Any] = {}
         image = None

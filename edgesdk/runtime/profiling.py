@@ -574,15 +574,6 @@ def pipeline_throughput(sess: Any, feed: Mapping[str, np.ndarray], frames: int, 
 
 
 # -- the profile -------------------------------------------------------------------------------------------
-def _engines_arg(sess_manifest: Any, threads: int, engines: Sequence[str] | None) -> list[Any] | None:
-    if not threads and not engines:
-        return None
-    segs = sess_manifest.segments
-    names = list(engines) if engines else sorted({s.engine for s in segs}
-                                                   | {s.cpu_version.engine for s in segs if s.cpu_version})
-    return [(n, {"threads": threads}) if threads else n for n in names]
-
-
 def profile_bundle(bundle: str | Path, runs: int = 50, warmup: int = 5, threads: int = 0, per_layer: bool = False,
                    layer_runs: int = 10, pipeline_frames: int | None = None, image: np.ndarray | None = None,
                    engines: Sequence[str] | None = None, fallback: str = "error", use_tuning: bool = True,
@@ -590,14 +581,14 @@ def profile_bundle(bundle: str | Path, runs: int = 50, warmup: int = 5, threads:
     """Profile a bundle on this machine; the measurement part of an edgesdk.profile/1 report (a dict)."""
     from edgesdk.runtime.errors import InputError
     from edgesdk.runtime.manifest import load_manifest
-    from edgesdk.runtime.session import Session
+    from edgesdk.runtime.session import Session, engine_choices
 
     if runs < 1 or warmup < 0 or threads < 0 or layer_runs < 1:
         raise InputError(f"runs must be >= 1, warmup and threads >= 0, layer runs >= 1 (got runs={runs}, "
                          f"warmup={warmup}, threads={threads}, layer_runs={layer_runs})")
     bundle = Path(bundle)
     manifest = load_manifest(bundle, verify=False)
-    eng_arg = _engines_arg(manifest, threads, engines)
+    eng_arg = engine_choices(manifest, engines, threads)
     tuning = None
     if eng_arg is None and use_tuning:
         tuning = load_tuning(bundle)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,17 @@ def normalize_engines(engines: Iterable[EngineChoice] | None) -> dict[str, dict[
             raise InputMismatch(f"engines: {name!r} is listed twice")
         out[name] = opts
     return out
+
+
+def engine_choices(manifest: Any, engines: Sequence[str] | None, threads: int) -> list[EngineChoice] | None:
+    """The `engines` of a Session from the CLI's --engine/--threads: None (the bundle's own) when neither is given;
+    with --threads alone, every engine the bundle's segments (and their CPU versions) use, at that many threads."""
+    if not engines and not threads:
+        return None
+    segs = manifest.segments
+    names = list(engines) if engines else sorted({s.engine for s in segs}
+                                                   | {s.cpu_version.engine for s in segs if s.cpu_version})
+    return [(n, {"threads": threads}) if threads else n for n in names]
 
 
 # -- tensor conversion at segment boundaries ---------------------------------------------------

@@ -164,6 +164,30 @@ def test_board_verbs_smoke_run_profile(built: dict[str, Any], tmp_path: Path) ->
     assert txt.returncode == 0 and "calls/frame" in txt.stdout and "cnn" in txt.stdout, txt.stdout + txt.stderr
 
 
+def test_board_verbs_take_threads_and_engines_and_refuse_model_only_options(built: dict[str, Any]) -> None:
+    """--threads/--engine reach every model stage's Session; a model bundle's option with no meaning on an app
+    (--per-layer, --bench, ...) is refused with exit 2 and what to do instead, not ignored."""
+    from edgesdk.runtime.app import App
+
+    b = built["bundle"]
+    with App(b, threads=1) as app:
+        app.run(app.reference_inputs()[0])
+        used = app.engines_used()
+        allowed = app.sessions["cnn"]._allowed
+    engines = {u["engine"] for u in used["cnn"]}
+    assert engines and engines <= set(allowed) and all(v == {"threads": 1} for v in allowed.values()), allowed
+    py = [sys.executable, "-m", "edgesdk.runtime"]
+    r = subprocess.run([*py, "profile", str(b), "--runs", "1", "--warmup", "0", "--threads", "1",
+                        *[a for e in sorted(engines) for a in ("--engine", e)], "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["settings"]["threads"] == 1
+    for verb, extra, flag in (("profile", ["--per-layer"], "--per-layer"), ("profile", ["--frames", "3"], "--frames"),
+                              ("run", ["--input", str(b / "manifest.json"), "--bench", "2"], "--bench")):
+        r = subprocess.run([*py, verb, str(b), *extra, "--json"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (verb, extra, r.stdout + r.stderr)
+        assert flag in r.stdout + r.stderr and "app" in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
 def test_verify_passes_then_names_the_first_failing_stage(built: dict[str, Any]) -> None:
     b, d = built["bundle"], built["dir"]
     ok = _edgesdk("verify", str(b), "--json", cwd=d, env={"PYTHONDONTWRITEBYTECODE": ""})

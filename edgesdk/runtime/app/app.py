@@ -38,16 +38,24 @@ class App:
     """An app bundle loaded for running: every stage's sub-bundle opened (sha256s checked once, over the app)."""
 
     def __init__(self, bundle_dir: str | Path, engines: Iterable[Any] | None = None, fallback: str = "error", *,
-                 verify: bool = True) -> None:
-        from edgesdk.runtime.session import Session
+                 verify: bool = True, threads: int = 0) -> None:
+        """engines: what every stage's Session may use (names, or (name, options)); threads > 0: that many threads
+        for each engine a stage uses (within `engines` when it names them), as the board CLI's --threads."""
+        from edgesdk.runtime.manifest import load_manifest
+        from edgesdk.runtime.session import Session, engine_choices
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest: AppManifest = load_app_manifest(self.bundle_dir, verify=verify)
         self.sessions: dict[str, Any] = {}
         m = self.manifest
+        if threads < 0:
+            raise AppError(f"threads must be >= 0, got {threads}")
+        names = None if engines is None else [e if isinstance(e, str) else e[0] for e in engines]
 
         def runner(spec: StageSpec) -> _SessionRunner:
-            s = Session(self.bundle_dir / str(spec.bundle), engines=engines, fallback=fallback, verify=False)
+            sub = self.bundle_dir / str(spec.bundle)
+            choice = engines if not threads else engine_choices(load_manifest(sub, verify=False), names, threads)
+            s = Session(sub, engines=choice, fallback=fallback, verify=False)
             self.sessions[spec.name] = s
             return _SessionRunner(s)
 

@@ -56,8 +56,35 @@ def _frames(items: list[str], inputs: tuple[str, ...]) -> list[dict[str, Any]]:
     return frames
 
 
+#: per verb, the options of a model bundle's verb that have no meaning on an app, and what to do instead
+NOT_FOR_APPS = {
+    "run": {"bench": ("--bench", "edgesdk profile times an app per stage and per frame"),
+            "tensors": ("--tensors", "an app's inputs are what its first stages take: give each as NAME=FILE.npy"),
+            "out_dir": ("--out-dir", "an app's outputs are decoded results: they are in the JSON result")},
+    "profile": {"per_layer": ("--per-layer", "profile one model stage for its layers: its sub-bundle is "
+                              "APP/stages/NAME (edgesdk profile --host local APP/stages/NAME --per-layer); "
+                              "edgesdk verify APP --per-layer names the first failing layer"),
+                "frames": ("--frames", "an app's profile runs its reference samples as consecutive frames"),
+                "image": ("--image", "an app's profile runs its reference samples (convert --sample DIR)")},
+}
+
+
+def _refuse_model_options(args: argparse.Namespace) -> None:
+    for attr, (flag, instead) in NOT_FOR_APPS.get(getattr(args, "verb", ""), {}).items():
+        v = getattr(args, attr, None)
+        if v not in (None, False, 0):
+            raise InputError(f"{args.bundle}: {flag} is for a model bundle, and this is an app: {instead}")
+
+
+def _open(args: argparse.Namespace, verify: bool = True) -> App:
+    _refuse_model_options(args)
+    engines = getattr(args, "engine", None)
+    return App(args.bundle, engines=engines or None, fallback=args.fallback, verify=verify,
+               threads=int(getattr(args, "threads", 0) or 0))
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    with App(args.bundle, fallback=args.fallback) as app:
+    with _open(args) as app:
         frames = _frames(args.input, app.inputs)
         app.reset()
         out = []
@@ -76,7 +103,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 def smoke(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    with App(args.bundle, fallback=args.fallback, verify=True) as app:
+    with _open(args) as app:
         m = app.manifest
         if not m.samples:
             raise InputError(f"{args.bundle}: the app has no reference samples to smoke-test with")
@@ -115,7 +142,7 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     sys_before = P.system_snapshot()
     rss0 = P.rss_mb()
     t0 = time.perf_counter()
-    with App(args.bundle, fallback=args.fallback) as app:
+    with _open(args) as app:
         load_ms = (time.perf_counter() - t0) * 1e3
         m = app.manifest
         frames = app.reference_inputs()
@@ -162,7 +189,8 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                        "kind": "app", "app": m.name, "stages": len(m.stages), "segments": len(m.segments),
                        "inputs": [{"name": n} for n in m.inputs], "source_model": {"name": m.name}},
             "settings": {"runs": args.runs, "warmup": args.warmup, "frames_per_run": len(frames),
-                         "feed": "reference samples", "fallback": args.fallback},
+                         "feed": "reference samples", "fallback": args.fallback,
+                         "threads": int(getattr(args, "threads", 0) or 0), "engines": list(args.engine or [])},
             "engines_used": [{"segment": f"{st}/{u['segment']}", "engine": u["engine"], "planned": u["planned"],
                               "fallback": u["fallback"], "reason": u["reason"], "version": u["version"]}
                              for st, us in used.items() for u in us],
