@@ -186,6 +186,11 @@ def test_board_verbs_take_threads_and_engines_and_refuse_model_only_options(buil
         r = subprocess.run([*py, verb, str(b), *extra, "--json"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2, (verb, extra, r.stdout + r.stderr)
         assert flag in r.stdout + r.stderr and "app" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    # what the refusal of --per-layer says to do instead: a model stage's sub-bundle profiles layer by layer
+    st = _edgesdk("profile", str(b / "stages" / "cnn"), "--board", "rpi4", "--host", "local", "--per-layer",
+                  "--runs", "1", "--warmup", "0", "--json", cwd=built["dir"])
+    assert st.returncode == 0, st.stdout[-2000:] + st.stderr[-2000:]
+    assert json.loads(st.stdout)["layers"][0]["available"]
 
 
 def test_verify_passes_then_names_the_first_failing_stage(built: dict[str, Any]) -> None:
