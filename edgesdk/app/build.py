@@ -29,7 +29,7 @@ import numpy as np
 
 from edgesdk.app.spec import AppSpec, AppSpecError, StageDecl, load_app_spec
 from edgesdk.errors import InputError
-from edgesdk.runtime.app.graph import AppGraph, jsonable
+from edgesdk.runtime.app.graph import AppGraph, VariantRunner, jsonable, shape_key
 from edgesdk.runtime.app.manifest import AppManifest, SampleRef, StageSpec, save_values, wiring_problem
 from edgesdk.runtime.app.steps import AppError, builtin
 from edgesdk.runtime.manifest import MANIFEST, canonical_json, sha256_file
@@ -51,6 +51,7 @@ class StageReport:
     precision: str | None = None
     items: int = 0  # how many times the host run called it over the samples
     host_ms: float = 0.0
+    variants: int | None = None  # a model stage converted at several input shapes: how many
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -314,19 +315,25 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         # the model stages' ONNX on the host, and their runners
-        runners: dict[str, OrtRunner] = {}
+        runners: dict[str, Any] = {}
         model_files: dict[str, Path] = {}
+        variant_shapes: dict[str, list[dict[str, tuple[int, ...]]]] = {}
         for i, d in enumerate(spec.stages):
             if d.kind != "model":
                 continue
             src = _rel_file(app_dir, str(d.model), f"stages.{i}.model", spec_path)
             model_files[d.name] = src
             try:
-                shapes = shapes_from(d.shapes())
+                variant_shapes[d.name] = [shapes_from(v) for v in d.shape_variants()]
             except InputError as exc:
                 raise AppSpecError(str(spec_path), [f"field stages.{i}.input_shape: {exc}"]) from exc
-            onnx_src = to_onnx(src, work / "onnx" / d.name, shapes or None, trust_model=d.trust_model)
-            runners[d.name] = OrtRunner(onnx_src.path, shapes, f"{spec_path}: stage {d.name!r}")
+            where = f"{spec_path}: stage {d.name!r}"
+            ort_runners = []
+            for j, shapes in enumerate(variant_shapes[d.name]):
+                onnx_src = to_onnx(src, work / "onnx" / d.name / str(j), shapes or None, trust_model=d.trust_model)
+                ort_runners.append(OrtRunner(onnx_src.path, shapes, where))
+            runners[d.name] = (ort_runners[0] if len(ort_runners) == 1 else
+                               VariantRunner([(shape_key_of(r.shapes), r) for r in ort_runners], where))
         stages = _stage_specs(spec, app_dir, spec_path, runners)
         problem = wiring_problem(stages, spec.inputs, spec.outputs)  # the model stages' real outputs, now known
         if problem:
@@ -384,35 +391,53 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
 
         # 3. the model stages, each converted for the board on the tensors it really received
         models = [d for d in spec.stages if d.kind == "model"]
+        bundles: dict[str, list[str]] = {}
         for n_done, d in enumerate(models, 1):
             items = stage_inputs[d.name]
             if not items:
                 raise InputError(f"{spec_path}: stage {d.name!r} ran on no item of the samples (its list inputs were "
                                  f"empty on every sample): give samples on which it runs, so that its bundle has a "
                                  "real reference input")
-            sdir = work / "samples" / d.name
-            sdir.mkdir(parents=True)
-            for j, feed in enumerate(items[:MAX_STAGE_SAMPLES]):
-                np.savez(sdir / f"{j:04d}.npz", **feed)
-            say(f"stage {d.name} ({n_done}/{len(models)}): converting {model_files[d.name].name} for {board}"
-                + (f" ({d.precision})" if d.precision else "") + f" on {min(len(items), MAX_STAGE_SAMPLES)} recorded "
-                "input(s)")
+            variants = variant_shapes[d.name]
+            groups = _by_variant(items, variants, runners[d.name])
             t0 = time.perf_counter()
-            (work / "bundle" / "stages").mkdir(parents=True, exist_ok=True)
-
-            def sub(msg: str, _n: str = d.name) -> None:
-                say(f"  {_n}: {msg}")
-
-            res = convert_fn(model_files[d.name], board, out=work / "bundle" / "stages" / d.name,
-                             precision=d.precision, engine=d.engine, input_shapes=shapes_from(d.shapes()) or None,
-                             sample=sdir, calib=sdir if d.precision == "int8" else None, calib_limit=calib_limit,
-                             target=d.target, plan=d.plan, trust_model=d.trust_model, force=True, progress=sub)
             rep = reports[d.name]
+            (work / "bundle" / "stages").mkdir(parents=True, exist_ok=True)
+            bundles[d.name] = []
+            for j, shapes in enumerate(variants):
+                vitems = groups[j]
+                vname = d.name if len(variants) == 1 else f"{d.name}.v{j}"
+                shown = "" if len(variants) == 1 else f" at {_shown_shapes(shapes)} (variant {j + 1}/{len(variants)})"
+                if not vitems:
+                    vitems = [_fit(x, shapes) for x in _nearest(groups, j)]
+                    warnings.append(f"stage {d.name}: no sample gave it an input of shape {_shown_shapes(shapes)}: "
+                                    "that variant's reference and calibration inputs are recorded inputs of another "
+                                    "variant, padded or cut to that shape; give samples that reach it for real ones")
+                sdir = work / "samples" / vname
+                sdir.mkdir(parents=True)
+                for k, feed in enumerate(vitems[:MAX_STAGE_SAMPLES]):
+                    np.savez(sdir / f"{k:04d}.npz", **feed)
+                say(f"stage {d.name} ({n_done}/{len(models)}): converting {model_files[d.name].name} for {board}"
+                    + shown + (f" ({d.precision})" if d.precision else "")
+                    + f" on {min(len(vitems), MAX_STAGE_SAMPLES)} recorded input(s)")
+
+                def sub(msg: str, _n: str = vname) -> None:
+                    say(f"  {_n}: {msg}")
+
+                res = convert_fn(model_files[d.name], board, out=work / "bundle" / "stages" / vname,
+                                 precision=d.precision, engine=d.engine, input_shapes=shapes or None,
+                                 sample=sdir, calib=sdir if d.precision == "int8" else None, calib_limit=calib_limit,
+                                 target=d.target, plan=d.plan, trust_model=d.trust_model, force=True, progress=sub)
+                bundles[d.name].append(f"stages/{vname}")
+                if j == 0:
+                    rep.bundle_id = res.bundle_id
+                    rep.precision = res.precision
+                rep.engines = sorted(set(rep.engines) | {s.engine for s in res.segments})
+                warnings += [f"stage {vname}: {w}" for w in res.warnings if "random" not in w]
             rep.seconds = time.perf_counter() - t0
-            rep.bundle_id = res.bundle_id
-            rep.precision = res.precision
-            rep.engines = sorted({s.engine for s in res.segments})
-            warnings += [f"stage {d.name}: {w}" for w in res.warnings if "random" not in w]
+            rep.variants = len(variants) if len(variants) > 1 else None
+        stages = [replace(s, bundle=bundles[s.name][0], variants=tuple(bundles[s.name][1:]) or None)
+                  if s.kind == "model" else s for s in stages]
 
         # 4. the manifest
         root = work / "bundle"
@@ -445,6 +470,44 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
     say(f"wrote app bundle {m.bundle_id} to {out_dir}")
     return AppConvertResult(out_dir, board, m, list(reports.values()), [f for f, _ in samples], ref_json, warnings,
                             time.perf_counter() - t_all)
+
+
+def shape_key_of(shapes: Mapping[str, Sequence[int]]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
+
+
+def _shown_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+
+
+def _by_variant(items: Sequence[Mapping[str, np.ndarray]], variants: Sequence[Mapping[str, Sequence[int]]],
+                runner: Any) -> list[list[dict[str, np.ndarray]]]:
+    """The recorded inputs of a model stage, per shape variant (the host run fed each one its variant)."""
+    if len(variants) == 1:
+        return [[dict(x) for x in items]]
+    keys = [k for k, _r in runner.variants]
+    groups: list[list[dict[str, np.ndarray]]] = [[] for _ in variants]
+    for x in items:
+        groups[keys.index(shape_key(x))].append(dict(x))
+    return groups
+
+
+def _nearest(groups: Sequence[Sequence[Mapping[str, np.ndarray]]], j: int) -> Sequence[Mapping[str, np.ndarray]]:
+    """The recorded inputs of the variant nearest to variant j that has some (the next larger first)."""
+    order = sorted((i for i in range(len(groups)) if groups[i]), key=lambda i: (abs(i - j), i < j))
+    return groups[order[0]]
+
+
+def _fit(feed: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """A recorded input brought to another variant's shapes: cut where it is larger, padded with its edge values
+    where it is smaller (a text line's padded end, an image's border)."""
+    out = {}
+    for k, v in feed.items():
+        want = tuple(shapes.get(k, v.shape))
+        a = v[tuple(slice(0, min(n, w)) for n, w in zip(v.shape, want))]
+        pad = [(0, max(0, w - n)) for n, w in zip(a.shape, want)]
+        out[k] = np.ascontiguousarray(np.pad(a, pad, mode="edge") if any(p for _, p in pad) else a)
+    return out
 
 
 def app_cache_key(spec_path: str | Path) -> str:

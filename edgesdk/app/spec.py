@@ -78,6 +78,9 @@ class StageDecl(BaseModel):
             raise ValueError(f"custom: expected 'module.py:function', got {self.custom!r}")
         if self.custom is not None and not self.outputs:
             raise ValueError("a custom stage declares its outputs")
+        variants = self.shape_variants()
+        if len({tuple(v) for v in variants}) != len(variants):
+            raise ValueError("input_shape: two shape variants are the same")
         return self
 
     @field_validator("input_shape", mode="before")
@@ -118,6 +121,19 @@ class StageDecl(BaseModel):
     def shapes(self) -> list[str]:
         s = self.input_shape
         return [s] if isinstance(s, str) else list(s or [])
+
+    def shape_variants(self) -> list[list[str]]:
+        """The input shapes the stage is converted at: one list of NAME=D0,D1,... per variant. An input named more
+        than once has shape variants (`input_shape: [x=1,3,48,320, x=1,3,48,640]`: the stage is converted at each,
+        and each input it is fed runs on the variant of its shape); every other input keeps its one shape."""
+        by_name: dict[str, list[str]] = {}
+        for item in self.shapes():
+            by_name.setdefault(item.partition("=")[0].strip(), []).append(item)
+        n = max((len(v) for v in by_name.values()), default=1)
+        bad = {k: len(v) for k, v in by_name.items() if len(v) not in (1, n)}
+        if bad:
+            raise ValueError(f"inputs with shape variants need as many shapes each ({n}); got {bad}")
+        return [[v[j] if len(v) > 1 else v[0] for v in by_name.values()] for j in range(n)] if by_name else [[]]
 
 
 class AppSpec(BaseModel):

@@ -109,11 +109,26 @@ def verify_app(bundle: str | Path, per_layer: bool = True, samples: int | None =
 
 def _layers(app: Any, spec: Any, rep: AppVerifyReport) -> None:
     """Per-layer view inside a failing model stage (its sub-bundle, on the stage's own recorded inputs)."""
+    from edgesdk.runtime.app.graph import shape_key
+    from edgesdk.runtime.app.manifest import input_shapes
+
+    all_feeds = _stage_samples(app, spec.name)
+    # a stage with shape variants: the first variant whose recorded inputs show a bad layer (else the last looked at)
+    for j, bdir in enumerate(spec.bundles):
+        sub = app.manifest.sub[spec.sub_key(j)]
+        feeds = [f for f in all_feeds if shape_key(f) == input_shapes(sub)]
+        if len(spec.bundles) > 1 and not feeds:
+            continue
+        _variant_layers(app, spec, rep, app.bundle_dir / bdir, sub, feeds, spec.sub_key(j))
+        if rep.first_bad_layer is not None or sub.precision != "int8":
+            break
+
+
+def _variant_layers(app: Any, spec: Any, rep: AppVerifyReport, sub_dir: Path, sub: Any, feeds: list[dict[str, Any]],
+                    key: str) -> None:
     from edgesdk import verify as V
 
-    sub_dir = app.bundle_dir / str(spec.bundle)
-    sub = app.manifest.sub[spec.name]
-    rep.layer_stage = spec.name
+    rep.layer_stage = key
     thr = sub.tolerance.cosine_min or V.LAYER_COSINE
     rep.layer_threshold = thr
     model = Path(str((sub.source_model or {}).get("path") or ""))
@@ -122,7 +137,6 @@ def _layers(app: Any, spec: Any, rep: AppVerifyReport) -> None:
             rep.notes.append(f"stage {spec.name}: per-layer comparison needs its fp32 ONNX model, which is not on "
                              f"this machine ({model or 'no path in the sub-bundle'})")
         else:
-            feeds = _stage_samples(app, spec.name)
             try:
                 rep.layers, rep.first_bad_layer = V.per_layer(model, feeds, thr,
                                                               {t.name: t.shape for t in sub.inputs})

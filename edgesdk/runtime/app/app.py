@@ -21,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.runtime.app.graph import AppGraph, AppRun, OutputCheck, StageCheck, check_stages, first_failure
-from edgesdk.runtime.app.manifest import AppManifest, StageSpec, load_app_manifest, load_values
+from edgesdk.runtime.app.graph import (
+    AppGraph,
+    AppRun,
+    OutputCheck,
+    StageCheck,
+    VariantRunner,
+    check_stages,
+    first_failure,
+)
+from edgesdk.runtime.app.manifest import AppManifest, StageSpec, input_shapes, load_app_manifest, load_values
 from edgesdk.runtime.app.steps import AppError
 
 
@@ -52,12 +60,18 @@ class App:
             raise AppError(f"threads must be >= 0, got {threads}")
         names = None if engines is None else [e if isinstance(e, str) else e[0] for e in engines]
 
-        def runner(spec: StageSpec) -> _SessionRunner:
-            sub = self.bundle_dir / str(spec.bundle)
+        def session(spec: StageSpec, j: int, bdir: str) -> _SessionRunner:
+            sub = self.bundle_dir / bdir
             choice = engines if not threads else engine_choices(load_manifest(sub, verify=False), names, threads)
             s = Session(sub, engines=choice, fallback=fallback, verify=False)
-            self.sessions[spec.name] = s
+            self.sessions[spec.sub_key(j)] = s
             return _SessionRunner(s)
+
+        def runner(spec: StageSpec) -> Any:
+            if len(spec.bundles) == 1:
+                return session(spec, 0, spec.bundles[0])
+            return VariantRunner([(input_shapes(m.sub[spec.sub_key(j)]), session(spec, j, b))
+                                  for j, b in enumerate(spec.bundles)], f"{self.bundle_dir}: stage {spec.name!r}")
 
         try:
             self.graph = AppGraph(m.stages, m.inputs, m.outputs, self._resolve, runner, where=str(self.bundle_dir),

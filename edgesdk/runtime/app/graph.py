@@ -114,6 +114,44 @@ class _Custom:
             reset()
 
 
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def shape_key(feed: Mapping[str, Any]) -> ShapeKey:
+    return tuple(sorted((k, tuple(int(d) for d in np.shape(v))) for k, v in feed.items()))
+
+
+def _shown_key(key: ShapeKey) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, dims))}" for k, dims in key)
+
+
+class VariantRunner:
+    """A model stage converted at several input shapes (its variants): each feed runs on the variant of its shapes.
+    ``inputs`` and ``output_names`` are the first variant's (the variants differ only in shapes)."""
+
+    def __init__(self, variants: Sequence[tuple[ShapeKey, ModelRunner]], where: str) -> None:
+        self.variants = list(variants)
+        self.by_key = dict(self.variants)
+        self.where = where
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inputs", "output_names"):
+            return getattr(self.variants[0][1], name)
+        raise AttributeError(name)
+
+    def pick(self, feed: Mapping[str, Any]) -> int:
+        key = shape_key(feed)
+        for j, (k, _r) in enumerate(self.variants):
+            if k == key:
+                return j
+        raise AppError(f"{self.where}: no variant of the stage takes inputs {_shown_key(key)}; it is converted at "
+                       + "; ".join(_shown_key(k) for k, _r in self.variants)
+                       + " (the stage before it must give one of these shapes)")
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.variants[self.pick(feed)][1].run(feed)
+
+
 class _Model:
     """A model stage: its model's inputs fed from wires, its outputs renamed to the stage's names."""
 

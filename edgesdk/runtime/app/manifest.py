@@ -47,7 +47,9 @@ class StageSpec:
     kind: model (``bundle`` is its sub-bundle dir), step (``step`` a built-in name) or custom (``function``
     "files/mod.py:fn"). inputs: the stage's input name -> a wire ("APP_INPUT" or "stage.output"). outputs: the
     stage's output names; for a model, ``model_outputs`` maps each to the model's own output name. map: run once per
-    item of the list inputs.
+    item of the list inputs. variants: a model stage converted at several input shapes (a recogniser at several
+    widths) has one sub-bundle per shape: ``bundle`` the first, ``variants`` the others; each input runs on the
+    sub-bundle of its shape.
     """
 
     name: str
@@ -61,11 +63,21 @@ class StageSpec:
     function: str | None = None
     map: bool = False
     stateful: bool = False
+    variants: tuple[str, ...] | None = None
+
+    @property
+    def bundles(self) -> tuple[str, ...]:
+        """A model stage's sub-bundle dirs, one per shape variant (the first is ``bundle``)."""
+        return (str(self.bundle), *(self.variants or ())) if self.kind == "model" else ()
+
+    def sub_key(self, j: int) -> str:
+        """The name of variant j's sub-bundle in AppManifest.sub and in segment ids: the stage's, then "stage#j"."""
+        return self.name if j == 0 else f"{self.name}#{j}"
 
     @classmethod
     def parse(cls, r: _Reader) -> StageSpec:
         r.unknown({"name", "kind", "inputs", "outputs", "params", "bundle", "model_outputs", "step", "function",
-                   "map", "stateful"})
+                   "map", "stateful", "variants"})
         kind = r.get("kind", str, choices=STAGE_KINDS)
         s = cls(name=r.get("name", str), kind=kind, inputs=dict(r.get("inputs", dict)),
                 outputs=tuple(r.get("outputs", list)), params=dict(r.get("params", dict, {})),
@@ -73,7 +85,9 @@ class StageSpec:
                 model_outputs=dict(r.get("model_outputs", dict, {})),
                 step=r.get("step", str) if kind == "step" else None,
                 function=r.get("function", str) if kind == "custom" else None,
-                map=r.get("map", bool, False), stateful=r.get("stateful", bool, False))
+                map=r.get("map", bool, False), stateful=r.get("stateful", bool, False),
+                variants=tuple(r.relpath(f"variants.{j}", v) for j, v in enumerate(r.get("variants", list)))
+                if kind == "model" and r.get("variants", list, None) else None)
         for k, v in s.inputs.items():
             if not isinstance(v, str):
                 raise r.fail(f"inputs.{k}", "expected a wire name (an app input or stage.output)")
@@ -237,17 +251,30 @@ def load_app_manifest(bundle_dir: str | Path, verify: bool = True) -> AppManifes
     if verify:
         verify_files(root, m)  # type: ignore[arg-type]
     sub = {}
-    for i, s in enumerate(m.model_stages):
-        if f"{s.bundle}/{MANIFEST}" not in m.files:
-            raise BundleError(f"{mpath}: field stages.{s.name}.bundle: {s.bundle}/{MANIFEST} is not listed in files")
-        sm = load_manifest(root / str(s.bundle), verify=False)  # its files are in this manifest's table, checked
-        names = {t.name for t in sm.outputs}
-        for local, model_name in s.model_outputs.items():
-            if model_name not in names:
-                raise BundleError(f"{mpath}: field stages.{s.name}.model_outputs.{local}: the model has no output "
-                                  f"{model_name!r} (it has {sorted(names)})")
-        sub[s.name] = sm
+    for s in m.model_stages:
+        seen: dict[tuple, str] = {}
+        for j, bdir in enumerate(s.bundles):
+            fld = f"stages.{s.name}." + ("bundle" if j == 0 else f"variants.{j - 1}")
+            if f"{bdir}/{MANIFEST}" not in m.files:
+                raise BundleError(f"{mpath}: field {fld}: {bdir}/{MANIFEST} is not listed in files")
+            sm = load_manifest(root / bdir, verify=False)  # its files are in this manifest's table, checked
+            names = {t.name for t in sm.outputs}
+            for local, model_name in s.model_outputs.items():
+                if model_name not in names:
+                    raise BundleError(f"{mpath}: field {fld}: stage {s.name}'s model has no output {model_name!r} "
+                                      f"for model_outputs.{local} (it has {sorted(names)})")
+            key = input_shapes(sm)
+            if key in seen:
+                raise BundleError(f"{mpath}: field {fld}: takes the same input shapes as {seen[key]}: a stage's "
+                                  "variants differ in their input shapes")
+            seen[key] = bdir
+            sub[s.sub_key(j)] = sm
     return replace(m, sub=sub)
+
+
+def input_shapes(m: Manifest) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A sub-bundle's input shapes, as the key its stage picks a variant by."""
+    return tuple(sorted((t.name, tuple(int(d) for d in t.shape)) for t in m.inputs))
 
 
 def load_any(bundle_dir: str | Path, verify: bool = True) -> Manifest | AppManifest:

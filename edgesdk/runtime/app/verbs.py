@@ -176,8 +176,10 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             st = P.latency_stats(xs)
             mean = sum(xs) / len(xs)
             stages.append({"name": s.name, "kind": s.kind, "step": s.step, "map": s.map,
-                           "engines": sorted({u["engine"] for u in used.get(s.name, [])}) if s.kind == "model"
-                           else [], "calls_per_frame": round(sum(calls[s.name]) / len(calls[s.name]), 3),
+                           "engines": sorted({u["engine"] for j in range(len(s.bundles))
+                                               for u in used.get(s.sub_key(j), [])}),
+                           "variants": len(s.bundles) if len(s.bundles) > 1 else None,
+                           "calls_per_frame": round(sum(calls[s.name]) / len(calls[s.name]), 3),
                            "mean_ms": round(mean, 4), "p50_ms": st.get("p50_ms"), "p90_ms": st.get("p90_ms"),
                            "share": round(mean / frame_mean, 4) if frame_mean else None})
         checks = app.check() if not getattr(args, "no_check", False) else []

@@ -98,7 +98,10 @@ class Letterbox(Step):
     (``align: topleft``: the same scale and size, no pad before it); the padded area holds what a pixel of value
     ``pad_value`` (0..255, default 114) normalises to. ``fit: height`` (default ``contain``) is PaddleOCR's
     text-line resize instead: the height filled, the width by the ratio up to w (a longer line is squeezed into w),
-    the rest padded. Without keep_ratio the image is resized to [h, w]. The
+    the rest padded. With ``widths`` [w1 < w2 < ... = w] (fit: height only) the tensor is as wide as the first
+    width the line fits into, squeezed by at most ``max_squeeze`` (default 1: not at all): the recogniser after it
+    is a model stage converted at each width (input_shape with one shape per width), and a long line is read at a
+    width near its own instead of squeezed into w. Without keep_ratio the image is resized to [h, w]. The
     resize is resize_numpy (bilinear, uint8 in and out). ``color``: the model's channel order, RGB (default) or
     BGR, or GREY (0.299 R + 0.587 G + 0.114 B of the resized image in float, one channel); a grey image given to
     an RGB/BGR model is repeated on three channels. Then x = (pixel * scale - mean) / std per channel (``scale``
@@ -123,8 +126,13 @@ class Letterbox(Step):
             self.fit: str = p.get("fit", str, "contain", choices=("contain", "height"))
             if self.fit == "height" and not self.keep_ratio:
                 raise p.fail("fit", "fit: height keeps the ratio up to the width; it cannot go with keep_ratio: false")
+            self.widths: tuple[int, ...] = self._widths(p)
+            self.max_squeeze: float = p.get("max_squeeze", float, 1.0, lo=1.0)
+            if "max_squeeze" in p.params and len(self.widths) == 1:
+                raise p.fail("max_squeeze", "only with widths (a line squeezed into a width, not the next one)")
         else:
             self.keep_ratio, self.align, self.pad_value, self.fit = False, "center", 0.0, "contain"
+            self.widths, self.max_squeeze = (self.size[1],), 1.0
         self.color: str = p.get("color", str, "RGB", choices=("RGB", "BGR", "GREY"))
         self.scale: float = p.get("scale", float, 1.0 / 255.0)
         if not math.isfinite(self.scale):
@@ -136,9 +144,31 @@ class Letterbox(Step):
             raise p.fail("std", f"must not be 0, got {self.std.tolist()}")
         self.layout: str = p.get("layout", str, "NCHW", choices=("NCHW", "NHWC"))
 
+    def _widths(self, p: Params) -> tuple[int, ...]:
+        if "widths" not in p.params:
+            p.get("widths", list, None)
+            return (self.size[1],)
+        v = p.get("widths", list)
+        if not v or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v) \
+                or any(b <= a for a, b in zip(v, v[1:])):
+            raise p.fail("widths", f"expected increasing integers >= 1, got {v!r}")
+        if self.fit != "height":
+            raise p.fail("widths", "only with fit: height (a text line read at one of several widths)")
+        if v[-1] != self.size[1]:
+            raise p.fail("widths", f"the last width is size's width ({self.size[1]}), got {v[-1]}")
+        return tuple(int(n) for n in v)
+
+    def out_width(self, h: int, w: int) -> int:
+        """The tensor's width for an h x w source: size's, or with widths the first one the image fits into at
+        the network height, squeezed by at most max_squeeze (else the last)."""
+        if len(self.widths) == 1:
+            return self.size[1]
+        natural = math.ceil(self.size[0] * w / h)
+        return next((x for x in self.widths if x * self.max_squeeze >= natural), self.widths[-1])
+
     def geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(new_w, new_h, pad_x, pad_y) of an h x w source image."""
-        out_h, out_w = self.size
+        out_h, out_w = self.size[0], self.out_width(h, w)
         if not self.keep_ratio:
             return out_w, out_h, 0, 0
         if self.fit == "height":  # PaddleOCR's text-line resize: full height, width by the ratio, squeezed at out_w
@@ -162,7 +192,7 @@ class Letterbox(Step):
     def __call__(self, **inputs: Value) -> dict[str, Value]:
         img, _ = _image(inputs["image"], self.where)
         h, w = img.shape[:2]
-        out_h, out_w = self.size
+        out_h, out_w = self.size[0], self.out_width(h, w)
         nw, nh, px, py = self.geometry(h, w)
         small = self._channels(resize_numpy(img, nw, nh))
         if (nw, nh) == (out_w, out_h):
