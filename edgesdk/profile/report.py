@@ -131,7 +131,8 @@ def stage_table(d: dict[str, Any]) -> list[list[str]]:
     rows = []
     for s in d.get("stages") or []:
         what = s["kind"] if s["kind"] == "model" else (s.get("step") or s["kind"])
-        rows.append([s["name"], what + (" (map)" if s.get("map") else ""), ",".join(s.get("engines") or []) or "numpy",
+        tags = [t for t in ("map" if s.get("map") else "", f"{s['variants']} shapes" if s.get("variants") else "") if t]
+        rows.append([s["name"], what + (f" ({', '.join(tags)})" if tags else ""), ",".join(s.get("engines") or []) or "numpy",
                      f"{s['calls_per_frame']:g}", f"{s['mean_ms']:.3f}", f"{s.get('p50_ms') or 0:.3f}",
                      f"{s.get('p90_ms') or 0:.3f}", f"{100 * (s.get('share') or 0):.1f} %"])
     return rows

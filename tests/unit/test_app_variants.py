@@ -154,8 +154,12 @@ def test_convert_makes_one_sub_bundle_per_variant_and_each_line_runs_on_its_own(
     r = subprocess.run([*py, "profile", str(b), "--runs", "1", "--warmup", "0", "--json"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    st = {s["name"]: s for s in json.loads(r.stdout)["stages"]}
+    prof = json.loads(r.stdout)
+    st = {s["name"]: s for s in prof["stages"]}
     assert st["rec"]["variants"] == 2 and st["rec"]["engines"]
+    from edgesdk.profile.report import stage_table
+
+    assert [row[1] for row in stage_table(prof)] == ["letterbox", "model (2 shapes)", "ctc_decode"]
 
 
 def test_a_variant_no_sample_reaches_gets_a_fitted_input_and_a_warning(tmp_path: Path) -> None:
