@@ -31,7 +31,7 @@ from edgesdk.errors import BundleError, InputError
 from edgesdk.paths import home, write_atomic
 from edgesdk.runtime import trust
 from edgesdk.runtime.app.manifest import load_any
-from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING, load_manifest
+from edgesdk.runtime.manifest import MANIFEST, SIGNATURE, TUNING
 
 KEY_SUFFIX, PUB_SUFFIX = ".key", ".pub"
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from onnx import helper, numpy_helper
 
 from edgesdk.boards import BoardProfile
 from edgesdk.graph.load import Model, _subgraph_outer_inputs, graph_index, load_weights
-from edgesdk.graph.shapes import elem_type, infer_shapes, node_cost, tensor_table
+from edgesdk.graph.shapes import infer_shapes, node_cost, tensor_table
 from edgesdk.graph.support import check_support
 from edgesdk.toolchains.spec import OpTable
 

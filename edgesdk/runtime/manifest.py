@@ -413,16 +413,20 @@ class Manifest:
 
     # -- identity --------------------------------------------------------------------------
     def content_id(self) -> str:
-        d = self.to_dict()
-        d.pop("bundle_id", None)
-        d.pop("created_at", None)
-        return "b" + hashlib.sha256(canonical_json(d)).hexdigest()[:16]
+        return content_hash(self.to_dict(), "b")
 
     def untuned_id(self) -> str:
         """The content id of this bundle without its tuning.json and release_version: the bundle `edgesdk tune`
         measured (the `bundle_id` a tuning.json records), whether the tuning is listed yet and however signed."""
         return replace(self, files={k: v for k, v in self.files.items() if k != TUNING},
                        release_version=None).content_id()
+
+
+def content_hash(d: dict[str, Any], prefix: str) -> str:
+    """A manifest's id: PREFIX + the sha256 of its canonical JSON without bundle_id and created_at (so the id names
+    the content, whenever and as whatever it was written)."""
+    d = {k: v for k, v in d.items() if k not in ("bundle_id", "created_at")}
+    return prefix + hashlib.sha256(canonical_json(d)).hexdigest()[:16]
 
 
 def _release_version(r: _Reader) -> int | None:

@@ -13,7 +13,6 @@ rolls back and is signed as one release. Standard library + numpy, like the rest
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,7 @@ from edgesdk.runtime.manifest import (
     Segment,
     _Reader,
     _release_version,
-    canonical_json,
+    content_hash,
     load_manifest,
     read_manifest,
     verify_files,
@@ -201,10 +200,7 @@ class AppManifest:
             raise BundleError(f"{where}: {problem}")
 
     def content_id(self) -> str:
-        d = self.to_dict()
-        d.pop("bundle_id", None)
-        d.pop("created_at", None)
-        return "a" + hashlib.sha256(canonical_json(d)).hexdigest()[:16]
+        return content_hash(self.to_dict(), "a")
 
     def untuned_id(self) -> str:
         return replace(self, release_version=None).content_id()
