@@ -82,18 +82,25 @@ def _flash_run_profile(app_dir: Path, tmp: Path, frames: list[Path]) -> dict[str
     return {"convert": conv_j, "verify": ver_j, "flash": fl_j, "run": run_j, "profile": prof_j, "bundle": bundle}
 
 
-def _stage_table(prof: dict[str, Any], stages: list[str]) -> None:
+def _say(tmp: Path, text: str) -> None:
+    """Print, and keep in TMP/summary.txt (the numbers a closing note quotes, also when pytest runs quietly)."""
+    print(text)
+    with open(tmp / "summary.txt", "a", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+
+
+def _stage_table(prof: dict[str, Any], stages: list[str], tmp: Path) -> None:
     assert prof["kind"] == "app" and prof["emulated"]
     got = [s["name"] for s in prof["stages"]]
     assert got == stages
     for s in prof["stages"]:
         assert s["mean_ms"] >= 0 and s["calls_per_frame"] >= 0 and s["share"] is not None
     assert prof["accuracy"]["checked"] and prof["accuracy"]["passed"], prof["accuracy"]
-    print("\nper-stage profile (emulated rpi4, ms per frame):")
+    _say(tmp, "\nper-stage profile (emulated rpi4, ms per frame):")
     for s in prof["stages"]:
-        print(f"  {s['name']:<10} {s['kind']:<6} {','.join(s['engines']) or 'numpy':<8} x{s['calls_per_frame']:<5} "
-              f"{s['mean_ms']:10.2f} ms  {100 * s['share']:5.1f} %")
-    print(f"  frame p50 {prof['latency']['p50_ms']:.1f} ms")
+        _say(tmp, f"  {s['name']:<10} {s['kind']:<6} {','.join(s['engines']) or 'numpy':<8} "
+             f"x{s['calls_per_frame']:<5} {s['mean_ms']:10.2f} ms  {100 * s['share']:5.1f} %")
+    _say(tmp, f"  frame p50 {prof['latency']['p50_ms']:.1f} ms")
 
 
 def test_ocr_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
@@ -111,20 +118,20 @@ def test_ocr_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
     assert len(frames) == len(images)
     truth = json.loads((app_dir / "truth.json").read_text(encoding="utf-8"))
     board_texts, host_texts, truth_texts = [], [], []
-    print("\nOCR on the emulated rpi4 (board | host onnxruntime | truth):")
+    _say(tmp_path, "\nOCR on the emulated rpi4 (board | host onnxruntime | truth):")
     for img, fr in zip(images, frames):
         got = fr["outputs"]["texts"]
         assert isinstance(got, list) and all(isinstance(t, str) for t in got)
         board_texts.append("\n".join(got))
         host_texts.append("\n".join(host[img.name]))
         truth_texts.append("\n".join(truth[img.name]))
-        print(f"  {img.name}: {got} | {host[img.name]} | {truth[img.name]}")
+        _say(tmp_path, f"  {img.name}: {got} | {host[img.name]} | {truth[img.name]}")
     vs_host = cer(board_texts, host_texts)
     vs_truth = cer(board_texts, truth_texts)
-    print(f"  CER board vs host onnxruntime: {vs_host:.4f}; board vs truth: {vs_truth:.4f}")
+    _say(tmp_path, f"  CER board vs host onnxruntime: {vs_host:.4f}; board vs truth: {vs_truth:.4f}")
     assert vs_host is not None and vs_host <= 0.01
     _stage_table(r["profile"], ["det_pre", "det", "det_post", "order", "crop", "cls_pre", "cls", "turn", "rec_pre",
-                                "rec", "rec_post"])
+                                "rec", "rec_post"], tmp_path)
     assert (tmp_path / "ocr.html").read_text(encoding="utf-8").count("<tr>") >= 11
 
 
@@ -139,10 +146,10 @@ def test_tracking_app_on_the_emulated_rpi4(rpi4, tmp_path: Path) -> None:
     board_ids = [fr["outputs"]["ids"] for fr in r["run"]["frames"]]
     assert len(board_ids) == len(frames) == 12
     same = sum(a == b for a, b in zip(board_ids, host_ids))
-    print(f"\ntrack ids, board vs host onnxruntime: {same}/{len(frames)} frames equal; board {board_ids}")
+    _say(tmp_path, f"\ntrack ids, board vs host onnxruntime: {same}/{len(frames)} frames equal; board {board_ids}")
     assert same == len(frames)
     assert all(ids == [1, 2] for ids in board_ids)  # two faces, each keeps its id across the crossing
-    _stage_table(r["profile"], ["pre", "det", "det_post", "track"])
+    _stage_table(r["profile"], ["pre", "det", "det_post", "track"], tmp_path)
     # the board rolls back as a whole: an app whose custom step differs on ARM fails its smoke test at that stage
     bad = tmp_path / "broken"
     shutil.copytree(app_dir, bad, ignore=shutil.ignore_patterns("build"))
