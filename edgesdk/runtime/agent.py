@@ -1365,7 +1365,8 @@ def verb_run(b: Board, args: argparse.Namespace) -> dict:
     if not os.path.isdir(wd) or os.path.islink(wd):
         raise Fail("work dir missing", EXIT_INPUT)
     limits = output_limits(b.p("releases", rid))
-    extra = ["--tensors", f"--out-dir={wd}", "--bench=1"]
+    # a model's run: tensors in, output files, one timed run; an app's: frames in, decoded results in the answer
+    extra = [] if is_app_release(b.p("releases", rid)) else ["--tensors", f"--out-dir={wd}", "--bench=1"]
     for item in args.inputs:
         name, _, fn = item.partition("=")
         check_rel(fn)
@@ -1406,14 +1407,26 @@ def npy_limit(shape: object, dtype: object) -> int:
     return min(n * max(ITEMSIZE.get(str(dtype), 8), 4) + NPY_SLACK, MAX_OUTPUT_BYTES)
 
 
-def output_limits(release: str) -> dict:
-    """{output name: the most bytes its .npy may have} from the release's manifest.json."""
+def _release_manifest(release: str) -> dict:
     try:
         with open(os.path.join(release, "manifest.json"), encoding="utf-8") as fh:
             data = json.load(fh)
-        outs = data.get("outputs")
-    except (OSError, ValueError, AttributeError):
-        raise Fail("the release's manifest.json is not readable", EXIT_FAILED) from None
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise Fail("the release's manifest.json is not readable", EXIT_FAILED)
+    return data
+
+
+def is_app_release(release: str) -> bool:
+    """An app release (manifest kind "app"): its run takes frames and answers with decoded results, no files."""
+    return _release_manifest(release).get("kind") == "app"
+
+
+def output_limits(release: str) -> dict:
+    """{output name: the most bytes its .npy may have} from the release's manifest.json."""
+    data = _release_manifest(release)
+    outs = data.get("outputs")
     if data.get("kind") == "app":
         return {}  # an app's outputs (texts, boxes, track ids) come back in the run's result, never as files
     if not isinstance(outs, list):

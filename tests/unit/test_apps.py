@@ -193,6 +193,45 @@ def test_board_verbs_take_threads_and_engines_and_refuse_model_only_options(buil
     assert json.loads(st.stdout)["layers"][0]["available"]
 
 
+def test_the_board_agent_installs_activates_and_runs_an_app_release(built: dict[str, Any], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The deploy agent as `edgesdk flash` and `edgesdk run` drive it on the board (here: a board dir on this host,
+    the real board CLI): lock, install, activate (the app's smoke test), run on frames the host pushed as .npy."""
+    import io
+    import shutil
+
+    import cv2
+
+    from edgesdk.runtime import agent
+
+    def call(*argv: str) -> tuple[int, dict[str, Any]]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"{}")))
+        rc = agent.main(["--base", str(base), *argv])
+        return rc, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    b, d = built["bundle"], built["dir"]
+    bid = json.loads((b / "manifest.json").read_text())["bundle_id"]
+    base, token = tmp_path / "board", "t" * 16
+    assert call("lock", "acquire", token)[0] == 0
+    shutil.copytree(b, base / "staging" / bid)
+    rc, r = call("install", bid, token)
+    assert rc == 0 and r["installed"], r
+    rc, r = call("activate", bid, token, f"--python={sys.executable}", "--allow-root")
+    assert rc == 0 and r["smoke"]["ok"] and r["smoke"]["kind"] == "app", r
+    wd = base / "tmp" / "w1"
+    wd.mkdir(parents=True)
+    imgs = sorted((d / "samples").glob("*.png"))[:2]
+    for i, img in enumerate(imgs):
+        np.save(wd / f"f{i}.npy", cv2.imread(str(img)))
+    rc, r = call("run", "current", f"--python={sys.executable}", "--workdir=w1", "--allow-root",
+                 *[f"--input==f{i}.npy" for i in range(len(imgs))])  # as the host sends them
+    assert rc == 0, r
+    frames = r["result"]["frames"]
+    assert len(frames) == 2 and all(isinstance(f["outputs"]["digit"], int) for f in frames), r["result"]
+    assert r["outputs"] == {} or not r["outputs"]
+
+
 def test_verify_passes_then_names_the_first_failing_stage(built: dict[str, Any]) -> None:
     b, d = built["bundle"], built["dir"]
     ok = _edgesdk("verify", str(b), "--json", cwd=d, env={"PYTHONDONTWRITEBYTECODE": ""})
