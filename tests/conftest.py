@@ -33,7 +33,9 @@ def _own_edgesdk_home():
     from edgesdk.paths import home
 
     shared = home()
-    run_home = Path(tempfile.mkdtemp(prefix="edgesdk-test-home-"))
+    # beside the caches, not in /tmp: the emulated boards' rootfs copies live here (on tmpfs they would be RAM)
+    (shared / "test-homes").mkdir(parents=True, exist_ok=True)
+    run_home = Path(tempfile.mkdtemp(prefix="run-", dir=shared / "test-homes"))
     for cache in SHARED_CACHES:
         (shared / cache).mkdir(parents=True, exist_ok=True)
         (run_home / cache).symlink_to(shared / cache)

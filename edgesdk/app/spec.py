@@ -78,8 +78,10 @@ class StageDecl(BaseModel):
             raise ValueError(f"custom: expected 'module.py:function', got {self.custom!r}")
         if self.custom is not None and not self.outputs:
             raise ValueError("a custom stage declares its outputs")
-        variants = self.shape_variants()
-        if len({tuple(v) for v in variants}) != len(variants):
+        from edgesdk.graph.load import parse_input_shape
+
+        variants = [tuple(sorted(parse_input_shape(x) for x in v)) for v in self.shape_variants()]
+        if len(set(variants)) != len(variants):
             raise ValueError("input_shape: two shape variants are the same")
         return self
 
@@ -126,9 +128,15 @@ class StageDecl(BaseModel):
         """The input shapes the stage is converted at: one list of NAME=D0,D1,... per variant. An input named more
         than once has shape variants (`input_shape: [x=1,3,48,320, x=1,3,48,640]`: the stage is converted at each,
         and each input it is fed runs on the variant of its shape); every other input keeps its one shape."""
+        from edgesdk.graph.load import parse_input_shape
+
         by_name: dict[str, list[str]] = {}
         for item in self.shapes():
-            by_name.setdefault(item.partition("=")[0].strip(), []).append(item)
+            try:
+                name, _ = parse_input_shape(item)
+            except InputError as exc:
+                raise ValueError(str(exc).replace("--input-shape ", "input_shape ")) from exc
+            by_name.setdefault(name, []).append(item)
         n = max((len(v) for v in by_name.values()), default=1)
         bad = {k: len(v) for k, v in by_name.items() if len(v) not in (1, n)}
         if bad:

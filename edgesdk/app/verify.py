@@ -52,25 +52,6 @@ class AppVerifyReport:
                 "notes": self.notes}
 
 
-def _stage_samples(app: Any, stage: str) -> list[dict[str, Any]]:
-    """The recorded inputs of a model stage, one feed per call (a mapped stage: one per item)."""
-    from edgesdk.runtime.app.manifest import load_values
-
-    feeds: list[dict[str, Any]] = []
-    for smp in app.manifest.samples:
-        files = smp.stages.get(stage)
-        if files is None:
-            continue
-        ins = load_values(app.bundle_dir / files["inputs"])
-        lists = {k: v for k, v in ins.items() if isinstance(v, list)}
-        if not lists:
-            feeds.append(ins)
-            continue
-        n = min(len(v) for v in lists.values())
-        feeds += [{k: (v[i] if isinstance(v, list) else v) for k, v in ins.items()} for i in range(n)]
-    return feeds
-
-
 def verify_app(bundle: str | Path, per_layer: bool = True, samples: int | None = None,
                fallback: str | None = None) -> AppVerifyReport:
     """Check every stage of the app bundle against its recorded reference; see the module doc."""
@@ -97,7 +78,7 @@ def verify_app(bundle: str | Path, per_layer: bool = True, samples: int | None =
         rep = AppVerifyReport(b, m.name, m.bundle_id, m.board, checks, bad.name if bad else None, engines,
                               notes=notes)
         if bad is not None and per_layer:
-            spec = next(s for s in m.stages if s.name == bad.name)
+            spec = next(s for s in m.stages if s.name == bad.name.partition("#")[0])  # "rec#1": a variant
             if spec.kind == "model":
                 _layers(app, spec, rep)
             else:
@@ -112,16 +93,18 @@ def _layers(app: Any, spec: Any, rep: AppVerifyReport) -> None:
     from edgesdk.runtime.app.graph import shape_key
     from edgesdk.runtime.app.manifest import input_shapes
 
-    all_feeds = _stage_samples(app, spec.name)
+    all_feeds = app.stage_feeds(spec.name)
     # a stage with shape variants: the first variant whose recorded inputs show a bad layer (else the last looked at)
     for j, bdir in enumerate(spec.bundles):
         sub = app.manifest.sub[spec.sub_key(j)]
         feeds = [f for f in all_feeds if shape_key(f) == input_shapes(sub)]
         if len(spec.bundles) > 1 and not feeds:
             continue
-        _variant_layers(app, spec, rep, app.bundle_dir / bdir, sub, feeds, spec.sub_key(j))
+        _variant_layers(app, spec, rep, app.bundle_dir / bdir, sub, feeds,
+                        spec.name if len(spec.bundles) == 1 else f"{spec.name} ({bdir})")
         if rep.first_bad_layer is not None or sub.precision != "int8":
             break
+    rep.notes[:] = list(dict.fromkeys(rep.notes))  # a note every variant gave, once
 
 
 def _variant_layers(app: Any, spec: Any, rep: AppVerifyReport, sub_dir: Path, sub: Any, feeds: list[dict[str, Any]],

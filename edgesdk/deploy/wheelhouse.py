@@ -61,7 +61,8 @@ def engine_packages(engines: set[str]) -> list[str]:
 def board_wheel(out_dir: Path | None = None) -> LocalFile:
     """The board package's wheel (edgesdk_runtime-<version>-py3-none-any.whl) of this host's own version,
     written from the files of the installed edgesdk.runtime (checked against its RECORD when it came from a
-    wheel). Cached in <edgesdk home>/wheelhouse/board-wheel/; an unchanged package leaves the file alone."""
+    wheel). Cached in <edgesdk home>/wheelhouse/board-wheel/<content key>/: the key is the hash of the package's
+    files, so two checkouts (or installs) of one version never write one path with different code."""
     import edgesdk
     from edgesdk.runtime import _build
 
@@ -72,8 +73,17 @@ def board_wheel(out_dir: Path | None = None) -> LocalFile:
             f"the board package edgesdk-runtime here is {ver} ({pkg}), but edgesdk is {edgesdk.__version__}",
             fix=f"{sys.executable} -m pip install 'edgesdk-runtime=={edgesdk.__version__}'")
     _check_installed_files(pkg, ver)
-    path = _build.build_wheel(out_dir or home() / "wheelhouse" / "board-wheel", pkg)
+    path = _build.build_wheel((out_dir or home() / "wheelhouse" / "board-wheel") / _package_key(pkg), pkg)
     return LocalFile(path, sha256_file(path), path.stat().st_size)
+
+
+def _package_key(pkg: Path) -> str:
+    from edgesdk.runtime import _build
+
+    h = hashlib.sha256()
+    for name, path in _build.sources(pkg):
+        h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 def _check_installed_files(pkg: Path, ver: str) -> None:

@@ -109,7 +109,8 @@ def test_spec_reads_shape_variants(tmp_path: Path) -> None:
     p = _write(tmp_path / "a", [(16, 40)])
     rec = load_app_spec(p).stages[1]
     assert rec.shape_variants() == [["x=1,3,8,32"], ["x=1,3,8,64"]]
-    for shape, why in (("[x=1,3,8,32, x=1,3,8,32]", "the same"),
+    for shape, why in (("[x=1,3,8,32, x=1,3,8,32]", "the same"), ("[x=1,3,8,32, x=1x3x8x32]", "the same"),
+                       ("[x=1,3,8,32, x=1,3,8,a]", "integers"),
                        ("[x=1,3,8,32, x=1,3,8,64, y=1,2, y=1,3, y=1,4]", "as many shapes")):
         p.write_text(APP.replace("[x=1,3,8,32, x=1,3,8,64]", shape), encoding="utf-8")
         with pytest.raises(AppSpecError, match=why):
@@ -172,3 +173,9 @@ def test_a_variant_no_sample_reaches_gets_a_fitted_input_and_a_warning(tmp_path:
     assert len(warn) == 1 and "x=1x3x8x64" in warn[0], res["warnings"]
     ver = _edgesdk("verify", "build", "--json", cwd=d)
     assert ver.returncode == 0, ver.stdout[-2000:] + ver.stderr[-2000:]
+    # the variant no sample reaches is checked on its own sub-bundle's reference (the smoke test runs it too)
+    stages = {s["name"]: s for s in json.loads(ver.stdout)["stages"]}
+    assert stages["rec#1"]["ok"] and stages["rec#1"]["samples"] == 1, stages
+    py = [sys.executable, "-m", "edgesdk.runtime"]
+    sm = subprocess.run([*py, "smoke", str(d / "build"), "--json"], capture_output=True, text=True, timeout=300)
+    assert sm.returncode == 0 and json.loads(sm.stdout)["checks"]["rec#1"]["ok"], sm.stdout + sm.stderr

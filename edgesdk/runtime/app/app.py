@@ -28,6 +28,7 @@ from edgesdk.runtime.app.graph import (
     StageCheck,
     VariantRunner,
     check_stages,
+    shape_key,
     first_failure,
 )
 from edgesdk.runtime.app.manifest import AppManifest, StageSpec, input_shapes, load_app_manifest, load_values
@@ -49,7 +50,6 @@ class App:
                  verify: bool = True, threads: int = 0) -> None:
         """engines: what every stage's Session may use (names, or (name, options)); threads > 0: that many threads
         for each engine a stage uses (within `engines` when it names them), as the board CLI's --threads."""
-        from edgesdk.runtime.manifest import load_manifest
         from edgesdk.runtime.session import Session, engine_choices
 
         self.bundle_dir = Path(bundle_dir)
@@ -58,11 +58,12 @@ class App:
         m = self.manifest
         if threads < 0:
             raise AppError(f"threads must be >= 0, got {threads}")
+        engines = None if engines is None else list(engines)
         names = None if engines is None else [e if isinstance(e, str) else e[0] for e in engines]
 
         def session(spec: StageSpec, j: int, bdir: str) -> _SessionRunner:
             sub = self.bundle_dir / bdir
-            choice = engines if not threads else engine_choices(load_manifest(sub, verify=False), names, threads)
+            choice = engines if not threads else engine_choices(m.sub[spec.sub_key(j)], names, threads)
             s = Session(sub, engines=choice, fallback=fallback, verify=False)
             self.sessions[spec.sub_key(j)] = s
             return _SessionRunner(s)
@@ -125,7 +126,53 @@ class App:
         def model_compare(spec: StageSpec, out: str, got: list[Any], ref: list[Any]) -> OutputCheck:
             return model_output_check(self.manifest.sub[spec.name].tolerance, out, got, ref)
 
-        return check_stages(self.graph, smp, self.bundle_dir, model_compare, self.manifest.tolerance, only)
+        checks = check_stages(self.graph, smp, self.bundle_dir, model_compare, self.manifest.tolerance, only)
+        # a shape variant no recorded input reaches is checked on its own sub-bundle's reference, so the smoke test
+        # runs every sub-bundle the board may be asked to run
+        for spec in self.manifest.model_stages:
+            if len(spec.bundles) == 1 or (only is not None and spec.name not in set(only)):
+                continue
+            reached = {shape_key(f) for f in self.stage_feeds(spec.name, smp)}
+            for j in range(len(spec.bundles)):
+                if input_shapes(self.manifest.sub[spec.sub_key(j)]) not in reached:
+                    checks.append(self._own_reference_check(spec, j))
+        return checks
+
+    def stage_feeds(self, stage: str, samples: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """The recorded inputs of a stage over the reference samples, one feed per call (a mapped stage: one per
+        item)."""
+        feeds: list[dict[str, Any]] = []
+        for smp in self.manifest.samples if samples is None else samples:
+            files = smp.stages.get(stage)
+            if files is None:
+                continue
+            ins = load_values(self.bundle_dir / files["inputs"])
+            lists = {k: v for k, v in ins.items() if isinstance(v, list)}
+            if not lists:
+                feeds.append(ins)
+                continue
+            n = min(len(v) for v in lists.values())
+            feeds += [{k: (v[i] if isinstance(v, list) else v) for k, v in ins.items()} for i in range(n)]
+        return feeds
+
+    def _own_reference_check(self, spec: StageSpec, j: int) -> StageCheck:
+        """Variant j of a model stage on its sub-bundle's own reference input (what convert fitted to its shape)."""
+        import time
+
+        from edgesdk.runtime.reference import check_reference, reference_arrays
+
+        key = spec.sub_key(j)
+        sess = self.sessions[key]
+        t0 = time.perf_counter()
+        try:
+            feed, _ = reference_arrays(sess.bundle_dir, sess.manifest)
+            verdict = check_reference(sess, sess.run(feed))
+        except Exception as exc:  # noqa: BLE001 - a stage's failure is its check's verdict, never a traceback
+            return StageCheck(key, "model", 1, {}, (time.perf_counter() - t0) * 1e3,
+                              error=f"{type(exc).__name__}: {exc}")
+        outs = {name: OutputCheck(bool(c.get("ok")), c.get("max_abs_rel"), c.get("cosine"), c.get("problem"))
+                for name, c in verdict.checks().items()}
+        return StageCheck(key, "model", 1, outs, (time.perf_counter() - t0) * 1e3)
 
     def close(self) -> None:
         for s in self.sessions.values():

@@ -62,7 +62,8 @@ NOT_FOR_APPS = {
             "tensors": ("--tensors", "an app's inputs are what its first stages take: give each as NAME=FILE.npy"),
             "out_dir": ("--out-dir", "an app's outputs are decoded results: they are in the JSON result")},
     "profile": {"per_layer": ("--per-layer", "profile one model stage for its layers: its sub-bundle is "
-                              "APP/stages/NAME (edgesdk profile --host local APP/stages/NAME --per-layer); "
+                              "APP/stages/NAME, or APP/stages/NAME.vJ for a stage with shape variants "
+                              "(edgesdk profile --host local APP/stages/NAME --per-layer); "
                               "edgesdk verify APP --per-layer names the first failing layer"),
                 "frames": ("--frames", "an app's profile runs its reference samples as consecutive frames"),
                 "image": ("--image", "an app's profile runs its reference samples (convert --sample DIR)")},
