@@ -30,7 +30,15 @@ import numpy as np
 from edgesdk.app.spec import AppSpec, AppSpecError, StageDecl, load_app_spec
 from edgesdk.errors import InputError
 from edgesdk.runtime.app.graph import AppGraph, VariantRunner, jsonable, shape_key
-from edgesdk.runtime.app.manifest import AppManifest, SampleRef, StageSpec, save_values, wiring_problem
+from edgesdk.runtime.app.manifest import (
+    AppManifest,
+    SampleRef,
+    StageSpec,
+    save_values,
+    shapes_key,
+    shown_shapes,
+    wiring_problem,
+)
 from edgesdk.runtime.app.steps import AppError, builtin
 from edgesdk.runtime.manifest import MANIFEST, canonical_json, sha256_file
 
@@ -333,7 +341,7 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
                 onnx_src = to_onnx(src, work / "onnx" / d.name / str(j), shapes or None, trust_model=d.trust_model)
                 ort_runners.append(OrtRunner(onnx_src.path, shapes, where))
             runners[d.name] = (ort_runners[0] if len(ort_runners) == 1 else
-                               VariantRunner([(shape_key_of(r.shapes), r) for r in ort_runners], where))
+                               VariantRunner([(shapes_key(r.shapes), r) for r in ort_runners], where))
         stages = _stage_specs(spec, app_dir, spec_path, runners)
         problem = wiring_problem(stages, spec.inputs, spec.outputs)  # the model stages' real outputs, now known
         if problem:
@@ -407,10 +415,10 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
             for j, shapes in enumerate(variants):
                 vitems = groups[j]
                 vname = d.name if len(variants) == 1 else f"{d.name}.v{j}"
-                shown = "" if len(variants) == 1 else f" at {_shown_shapes(shapes)} (variant {j + 1}/{len(variants)})"
+                shown = "" if len(variants) == 1 else f" at {shown_shapes(shapes_key(shapes))} (variant {j + 1}/{len(variants)})"
                 if not vitems:
                     vitems = [_fit(x, shapes) for x in _nearest(groups, j)]
-                    warnings.append(f"stage {d.name}: no sample gave it an input of shape {_shown_shapes(shapes)}: "
+                    warnings.append(f"stage {d.name}: no sample gave it an input of shape {shown_shapes(shapes_key(shapes))}: "
                                     "that variant's reference and calibration inputs are recorded inputs of another "
                                     "variant, padded or cut to that shape; give samples that reach it for real ones")
                 sdir = work / "samples" / vname
@@ -470,14 +478,6 @@ def convert_app(spec_path: str | Path, board: str, out: str | Path | None = None
     say(f"wrote app bundle {m.bundle_id} to {out_dir}")
     return AppConvertResult(out_dir, board, m, list(reports.values()), [f for f, _ in samples], ref_json, warnings,
                             time.perf_counter() - t_all)
-
-
-def shape_key_of(shapes: Mapping[str, Sequence[int]]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    return tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
-
-
-def _shown_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
 
 
 def _by_variant(items: Sequence[Mapping[str, np.ndarray]], variants: Sequence[Mapping[str, Sequence[int]]],

@@ -68,8 +68,8 @@ PHASES = ("convert", "connect", "probe", "provision", "admit", "push", "install"
 
 
 def smoke_timeout(manifest: Any, seconds: float) -> float:
-    """The smoke test's time limit: `seconds` per model stage (per shape variant) of an app (each stage is checked on every reference
-    sample, then the app runs end to end), `seconds` for a model bundle."""
+    """The smoke test's time limit: `seconds` per model stage of an app, per shape variant (each stage is checked
+    on every reference sample, then the app runs end to end), `seconds` for a model bundle."""
     stages = getattr(manifest, "model_stages", None)
     return seconds * max(1, sum(len(s.bundles) for s in stages)) if stages is not None else seconds
 

@@ -28,8 +28,8 @@ from edgesdk.runtime.app.graph import (
     StageCheck,
     VariantRunner,
     check_stages,
-    shape_key,
     first_failure,
+    shape_key,
 )
 from edgesdk.runtime.app.manifest import AppManifest, StageSpec, input_shapes, load_app_manifest, load_values
 from edgesdk.runtime.app.steps import AppError

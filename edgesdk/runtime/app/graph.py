@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgesdk.runtime.app.manifest import StageSpec, load_values
+from edgesdk.runtime.app.manifest import ShapeKey, StageSpec, load_values, shapes_key, shown_shapes
 from edgesdk.runtime.app.steps import AppError, Step, builtin
 from edgesdk.runtime.errors import EdgeSDKError
 
@@ -114,15 +114,9 @@ class _Custom:
             reset()
 
 
-ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
-
-
 def shape_key(feed: Mapping[str, Any]) -> ShapeKey:
-    return tuple(sorted((k, tuple(int(d) for d in np.shape(v))) for k, v in feed.items()))
-
-
-def _shown_key(key: ShapeKey) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, dims))}" for k, dims in key)
+    """The shapes of a feed's arrays, as the key a stage with shape variants picks by."""
+    return shapes_key({k: np.shape(v) for k, v in feed.items()})
 
 
 class VariantRunner:
@@ -144,8 +138,8 @@ class VariantRunner:
         for j, (k, _r) in enumerate(self.variants):
             if k == key:
                 return j
-        raise AppError(f"{self.where}: no variant of the stage takes inputs {_shown_key(key)}; it is converted at "
-                       + "; ".join(_shown_key(k) for k, _r in self.variants)
+        raise AppError(f"{self.where}: no variant of the stage takes inputs {shown_shapes(key)}; it is converted at "
+                       + "; ".join(shown_shapes(k) for k, _r in self.variants)
                        + " (the stage before it must give one of these shapes)")
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -268,9 +268,22 @@ def load_app_manifest(bundle_dir: str | Path, verify: bool = True) -> AppManifes
     return replace(m, sub=sub)
 
 
-def input_shapes(m: Manifest) -> tuple[tuple[str, tuple[int, ...]], ...]:
+#: input name -> shape, sorted: what a stage with shape variants picks its variant by
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def shapes_key(shapes: Mapping[str, Sequence[int]]) -> ShapeKey:
+    return tuple(sorted((k, tuple(int(d) for d in v)) for k, v in shapes.items()))
+
+
+def shown_shapes(key: ShapeKey) -> str:
+    """x=1x3x48x320, y=..."""
+    return ", ".join(f"{k}={'x'.join(map(str, dims))}" for k, dims in key)
+
+
+def input_shapes(m: Manifest) -> ShapeKey:
     """A sub-bundle's input shapes, as the key its stage picks a variant by."""
-    return tuple(sorted((t.name, tuple(int(d) for d in t.shape)) for t in m.inputs))
+    return shapes_key({t.name: t.shape for t in m.inputs})
 
 
 def load_any(bundle_dir: str | Path, verify: bool = True) -> Manifest | AppManifest:
